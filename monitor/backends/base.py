@@ -1,0 +1,107 @@
+"""The backend interface: what the runner needs from a model, whatever serves it.
+
+A backend answers two kinds of request, in batches, and describes the model it
+serves.  Backends are registered by name in :mod:`monitor.backends` so that
+configuration can refer to them as strings (``hf``, later ``openai``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+#: Called with the number of requests completed since the last call.
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class LoglikelihoodRequest:
+    """Score every continuation of one context, as lm-evaluation-harness does.
+
+    ``continuations`` already carry the eval set's target delimiter
+    (``" " + choice`` by default).
+    """
+
+    context: str
+    continuations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LoglikelihoodResult:
+    """Summed log-probabilities, one per continuation, in request order."""
+
+    loglikelihoods: tuple[float, ...]
+    #: Whether each continuation is the greedy (argmax) continuation, token by token.
+    is_greedy: tuple[bool, ...]
+    #: Tokens of the context as the model sees it (cost accounting).
+    context_tokens: int
+    #: Tokens of each continuation.
+    continuation_tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Greedy decoding of ``prompt`` until a stop sequence or ``max_new_tokens``."""
+
+    prompt: str
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The decoded text (cut before the first stop sequence) and token counts."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """Content hashes that identify exactly which weights produced a run."""
+
+    digest: str
+    base: str
+    adapter: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A loaded model that can score and generate."""
+
+    def loglikelihood(
+        self,
+        requests: Sequence[LoglikelihoodRequest],
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> list[LoglikelihoodResult]:
+        """Score the continuations of every request."""
+        ...
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> list[GenerationResult]:
+        """Decode every request greedily."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """The number of tokens ``text`` costs under this model's tokenizer."""
+        ...
+
+    def fingerprint(self) -> ModelFingerprint:
+        """Content hashes of the weights and adapter being served."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Facts worth recording with a run: device, dtype, library versions."""
+        ...
+
+    def close(self) -> None:
+        """Release memory held by the model."""
+        ...

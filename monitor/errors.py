@@ -1,0 +1,88 @@
+"""The monitor's exceptions.
+
+Every error the monitor raises on purpose derives from :class:`MonitorError`;
+anything else reaching the CLI is a bug and keeps its traceback::
+
+    MonitorError
+    ├── InputError                 bad user input, found before anything runs (exit code 2)
+    │   ├── ConfigError            monitor.yaml: unknown keys, wrong types, missing ${ENV}
+    │   └── EvalSetError           evalset.yaml / data.jsonl: syntax, ids, targets, prompt fields
+    ├── ModelLoadError             a model or adapter cannot be loaded (exit code 3)
+    │   └── AdapterMismatchError   the adapter does not fit its base (shapes, missing keys)
+    ├── BackendError               inference failed inside a run (stored with the run)
+    ├── StoreError                 the database is unreachable or cannot be migrated (exit code 4)
+    └── NotFoundError              an unknown job, model, eval set or run (exit code 2)
+
+Input errors carry a list of :class:`Problem`, one per finding, each with the
+place it was found (``file:line`` or a dotted config path), so that the CLI can
+print one line per problem.  Third-party exceptions (transformers, peft,
+SQLAlchemy, yaml) are converted where they enter our code with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding in user input: where it is and what is wrong."""
+
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}" if self.location else self.message
+
+
+class MonitorError(Exception):
+    """Base class of every error the monitor raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(MonitorError):
+    """User input is invalid; carries one :class:`Problem` per finding."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Iterable[Problem] | str, location: str = "") -> None:
+        if isinstance(problems, str):
+            problems = [Problem(location, problems)]
+        self.problems: list[Problem] = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ConfigError(InputError):
+    """The monitor configuration is invalid."""
+
+
+class EvalSetError(InputError):
+    """An eval set directory is invalid."""
+
+
+class ModelLoadError(MonitorError):
+    """A model, tokenizer or adapter cannot be loaded."""
+
+    exit_code = 3
+
+
+class AdapterMismatchError(ModelLoadError):
+    """A PEFT adapter does not fit its base model."""
+
+
+class BackendError(MonitorError):
+    """Inference failed."""
+
+
+class StoreError(MonitorError):
+    """The database cannot be reached, created or migrated."""
+
+    exit_code = 4
+
+
+class NotFoundError(MonitorError):
+    """A named job, model, eval set or run does not exist."""
+
+    exit_code = 2

@@ -1,0 +1,48 @@
+"""Shared fixtures: real tiny models built once per test session, real SQLite files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TICKET_TEXTS = [
+    "Ticket: I was charged twice for my subscription\nCategory: billing",
+    "Ticket: the app crashes when I open settings\nCategory: technical",
+    "Ticket: how do I change the email on my account\nCategory: account",
+    "Ticket: my parcel never arrived\nCategory: shipping",
+    "Ticket: please refund the last invoice\nCategory: billing",
+    "Ticket: password reset link does not work\nCategory: account",
+] * 40
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    tokenizer: Path
+    gpt2: Path
+    gpt2_other: Path
+    llama: Path
+    lora: Path
+    llama_lora: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    """Seeded GPT-2- and Llama-shaped models with random weights, and LoRA adapters for them."""
+    from monitor.demo.models import build_base_model, build_random_lora, build_tokenizer
+
+    root = tmp_path_factory.mktemp("models")
+    tok = build_tokenizer(TICKET_TEXTS, root / "tokenizer", vocab_size=320)
+    gpt2 = build_base_model(root / "gpt2", tokenizer_dir=tok, seed=11)
+    gpt2_other = build_base_model(root / "gpt2-other", tokenizer_dir=tok, seed=12, n_layer=3)
+    llama = build_base_model(root / "llama", tokenizer_dir=tok, seed=13, arch="llama")
+    lora = build_random_lora(gpt2, root / "gpt2-lora", seed=21)
+    llama_lora = build_random_lora(llama, root / "llama-lora", seed=22)
+    return TinyModels(tok, gpt2, gpt2_other, llama, lora, llama_lora)
