@@ -1,0 +1,40 @@
+"""model-aging-monitor: watch fine-tuned language models age.
+
+The public API is small on purpose: load an eval set, load a backend, evaluate,
+and keep the history in a store.  The CLI (``monitor``) wires these together.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import (
+    AdapterMismatchError,
+    BackendError,
+    ConfigError,
+    EvalSetError,
+    InputError,
+    ModelLoadError,
+    MonitorError,
+    NotFoundError,
+    Problem,
+    StoreError,
+)
+from .evalsets import EvalItem, EvalSet, load_evalset
+
+__all__ = [
+    "AdapterMismatchError",
+    "BackendError",
+    "ConfigError",
+    "EvalItem",
+    "EvalSet",
+    "EvalSetError",
+    "InputError",
+    "ModelLoadError",
+    "MonitorError",
+    "NotFoundError",
+    "Problem",
+    "StoreError",
+    "__version__",
+    "load_evalset",
+]

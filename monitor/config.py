@@ -1,0 +1,240 @@
+"""``monitor.yaml``: the schema, ``${ENV}`` interpolation and the loader.
+
+The schema refuses unknown keys; every problem comes out as one line with the
+file, the line and the dotted key path.  Relative paths are resolved against
+the configuration file's directory.  The loaded :class:`MonitorConfig` is frozen.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ._yaml import LocatedYaml, load_yaml, pydantic_problems, read_text
+from .errors import ConfigError, Problem
+from .schedule import cron_trigger, parse_interval
+
+CONFIG_VERSION = 1
+DEFAULT_DATABASE = "sqlite:///monitor.db"
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+Name = Annotated[str, Field(pattern=_NAME, max_length=200)]
+
+
+def _check_interval(value: str) -> str:
+    parse_interval(value)
+    return value
+
+
+def _check_strategy(value: str) -> str:
+    if value in ("zero-shot", "evalset") or (value.endswith("-shot") and value[:-5].isdigit()):
+        return value
+    raise ValueError(f"{value!r} is not a prompt strategy; use zero-shot, N-shot (like 5-shot) or evalset")
+
+
+Interval = Annotated[str, AfterValidator(_check_interval)]
+Strategy = Annotated[str, AfterValidator(_check_strategy)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """A model to evaluate: a base, an optional adapter, the backend that serves it."""
+
+    backend: Literal["hf"] = "hf"
+    base: str
+    adapter: str | None = None
+    revision: str | None = None
+    strategy: Strategy = "zero-shot"
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_tokens: Annotated[int, Field(ge=64)] | None = None
+
+
+class ScheduleConfig(_Strict):
+    """When a job runs: ``every: 6h`` or ``cron: "0 3 * * *"`` (in ``timezone``)."""
+
+    every: Interval | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+    #: How late a missed run may still start (missed fires coalesce into one run).
+    grace: Interval = "1h"
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ScheduleConfig:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of 'every' or 'cron'")
+        if self.cron is not None:
+            cron_trigger(self.cron, self.timezone)
+        return self
+
+
+class JobConfig(_Strict):
+    """Which models run on which eval sets, and when."""
+
+    models: Annotated[tuple[Name, ...], Field(min_length=1)]
+    evalsets: Annotated[tuple[Name, ...], Field(min_length=1)]
+    strategies: tuple[Strategy, ...] | None = None
+    schedule: ScheduleConfig | None = None
+
+
+class MonitorConfig(_Strict):
+    """The whole ``monitor.yaml``."""
+
+    version: Literal[1] = CONFIG_VERSION
+    database: str = DEFAULT_DATABASE
+    models: dict[Name, ModelConfig] = Field(default_factory=dict)
+    evalsets: dict[Name, str] = Field(default_factory=dict)
+    jobs: dict[Name, JobConfig] = Field(default_factory=dict)
+    #: Directory the file was loaded from; relative paths resolve against it.
+    root: Path = Path()
+
+    @field_validator("database")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError(f"{value!r} is not a database URL (like sqlite:///monitor.db)")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> MonitorConfig:
+        missing = []
+        for job_name, job in self.jobs.items():
+            missing += [
+                f"jobs.{job_name}.models: unknown model {m!r}" for m in job.models if m not in self.models
+            ]
+            missing += [
+                f"jobs.{job_name}.evalsets: unknown eval set {e!r}"
+                for e in job.evalsets
+                if e not in self.evalsets
+            ]
+        if missing:
+            raise ValueError("; ".join(missing))
+        return self
+
+    def resolve(self, path: str) -> Path:
+        """A configured path, relative to the configuration file."""
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else (self.root / candidate)
+
+    def model_source(self, name: str) -> tuple[str, str | None]:
+        """Base and adapter of a model, local paths resolved (a hub id stays as it is)."""
+        model = self.models[name]
+        base = str(self.resolve(model.base)) if _looks_local(model.base, self.root) else model.base
+        adapter = str(self.resolve(model.adapter)) if model.adapter else None
+        return base, adapter
+
+    def database_url(self) -> str:
+        """The database URL, with a relative SQLite path resolved against the config file."""
+        prefix = "sqlite:///"
+        if self.database.startswith(prefix) and not self.database.startswith(prefix + "/"):
+            rest = self.database[len(prefix) :]
+            if rest and rest != ":memory:":
+                return prefix + str(self.resolve(rest))
+        return self.database
+
+
+def _looks_local(base: str, root: Path) -> bool:
+    return base.startswith((".", "/", "~")) or (root / base).exists() or base.count("/") != 1
+
+
+def interpolate_env(
+    value: Any, env: Mapping[str, str], loc: tuple[str | int, ...] = ()
+) -> tuple[Any, list[tuple[tuple[str | int, ...], str]]]:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; report unset variables with their key path."""
+    errors: list[tuple[tuple[str | int, ...], str]] = []
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            errors.append((loc, f"environment variable {name} is not set"))
+            return ""
+
+        return _ENV.sub(substitute, value), errors
+    if isinstance(value, dict):
+        out = {}
+        for key, sub in value.items():
+            out[key], errs = interpolate_env(sub, env, (*loc, str(key)))
+            errors += errs
+        return out, errors
+    if isinstance(value, list):
+        items = []
+        for index, sub in enumerate(value):
+            new, errs = interpolate_env(sub, env, (*loc, index))
+            items.append(new)
+            errors += errs
+        return items, errors
+    return value, errors
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> MonitorConfig:
+    """Load and validate ``monitor.yaml``.
+
+    Raises:
+        ConfigError: one problem per finding, each with file, line and key path.
+    """
+    config_path = Path(path)
+    text, problems = read_text(config_path)
+    if text is None:
+        raise ConfigError(problems)
+    if not text.strip():
+        raise ConfigError("file is empty", str(config_path))
+    located, problems = load_yaml(text, config_path)
+    if located is None:
+        raise ConfigError(problems)
+    if not isinstance(located.data, dict):
+        raise ConfigError("must be a mapping of keys (database, models, evalsets, jobs)", f"{config_path}:1")
+    data, env_errors = interpolate_env(located.data, os.environ if env is None else env)
+    if env_errors:
+        raise ConfigError(_located(config_path, located, loc, msg) for loc, msg in env_errors)
+    if "root" in data:
+        raise ConfigError([_located(config_path, located, ("root",), "root: unknown key")])
+    data["root"] = config_path.resolve().parent
+    try:
+        return MonitorConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            _split_reference_errors(pydantic_problems(exc, config_path, located), config_path, located)
+        ) from None
+
+
+def _located(path: Path, located: LocatedYaml, loc: tuple[str | int, ...], message: str) -> Problem:
+    line = located.line_of(loc)
+    dotted = ".".join(str(p) for p in loc)
+    where = f"{path}:{line}" if line else str(path)
+    return Problem(where, f"{dotted}: {message}" if dotted and not message.startswith(dotted) else message)
+
+
+def _split_reference_errors(problems: list[Problem], path: Path, located: LocatedYaml) -> list[Problem]:
+    # Cross-reference errors are raised once for the whole document; give each its own line and location.
+    out = []
+    for problem in problems:
+        head, _, rest = problem.message.partition(": ")
+        if head == "(document)" and "unknown" in rest:
+            for part in rest.split("; "):
+                dotted, _, message = part.partition(": ")
+                loc = tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
+                out.append(_located(path, located, loc, f"{dotted}: {message}"))
+        else:
+            out.append(problem)
+    return out

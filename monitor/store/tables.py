@@ -1,0 +1,109 @@
+"""SQLModel tables: the whole history of models, eval set versions, runs and per-item results.
+
+Schema changes go through Alembic (``monitor/store/migrations``); a test checks
+that the migrations and these classes describe the same schema.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
+
+
+class ModelRecord(SQLModel, table=True):
+    """A named model the monitor evaluates: a base plus an optional adapter, served by a backend."""
+
+    __tablename__ = "models"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=200)
+    kind: str = Field(max_length=40)
+    base: str = Field(sa_column=Column(Text, nullable=False))
+    adapter: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    fingerprint: str | None = Field(default=None, max_length=80)
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class EvalSetVersionRecord(SQLModel, table=True):
+    """One content version of an eval set; runs point at the exact version they used."""
+
+    __tablename__ = "evalset_versions"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_evalset_versions_name_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, max_length=200)
+    version: str = Field(max_length=80)
+    task: str = Field(max_length=40)
+    path: str = Field(sa_column=Column(Text, nullable=False))
+    item_count: int
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class RunRecord(SQLModel, table=True):
+    """One evaluation of one model on one eval set version under one prompt strategy."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_model_evalset_started", "model_id", "evalset_name", "started_at"),
+        Index("ix_runs_status", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="models.id")
+    evalset_version_id: int = Field(foreign_key="evalset_versions.id")
+    evalset_name: str = Field(max_length=200)
+    job: str | None = Field(default=None, max_length=200)
+    status: str = Field(max_length=20)
+    trigger: str = Field(max_length=40)
+    strategy: str = Field(max_length=40)
+    fewshot_k: int = 0
+    settings_digest: str = Field(max_length=40)
+    settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    model_fingerprint: str | None = Field(default=None, max_length=80)
+    evalset_version: str = Field(max_length=80)
+    started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    finished_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    duration_s: float | None = None
+    load_s: float | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    items_total: int = 0
+    items_done: int = 0
+    items_failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    backend_info: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class ItemResultRecord(SQLModel, table=True):
+    """How one item did in one run; unique per run and item, so a resumed run never stores it twice."""
+
+    __tablename__ = "item_results"
+    __table_args__ = (UniqueConstraint("run_id", "item_id", name="uq_item_results_run_item"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="runs.id", index=True)
+    item_id: str = Field(max_length=200)
+    prediction: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    target: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    correct: bool | None = None
+    score: float | None = None
+    scores: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    loglikelihoods: list[float] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
