@@ -285,6 +285,9 @@ def _load_items(path: Path, spec: EvalSetSpec | None, problems: list[Problem]) -
     items: list[EvalItem] = []
     seen: dict[str, int] = {}
     fields = prompt_fields(spec.prompt) if spec is not None else set()
+    if not text.strip():
+        problems.append(Problem(str(path), "file is empty: an eval set needs at least one item"))
+        return items
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -305,8 +308,6 @@ def _load_items(path: Path, spec: EvalSetSpec | None, problems: list[Problem]) -
             continue
         seen[item.id] = lineno
         items.append(item)
-    if not seen and not any(p.location.startswith(str(path)) for p in problems):
-        problems.append(Problem(str(path), "file is empty: an eval set needs at least one item"))
     return items
 
 
