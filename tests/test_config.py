@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from monitor.config import load_config
 from monitor.errors import ConfigError
@@ -55,7 +56,7 @@ def test_loads_frozen_config_with_resolved_paths(tmp_path: Path) -> None:
     assert base == str(tmp_path / "models/base") and adapter == str(tmp_path / "models/lora")
     assert cfg.resolve(cfg.evalsets["tickets"]) == tmp_path / "evals/tickets"
     assert cfg.jobs["hourly"].strategies == ("zero-shot", "2-shot")
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(ValidationError):  # frozen
         cfg.models["router"].base = "x"  # type: ignore[misc]
 
 
