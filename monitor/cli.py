@@ -336,12 +336,12 @@ def config_problems(cfg: Any, config_path: Path) -> list[Problem]:
         for model_name in job.models:
             strategies = job.strategies or (cfg.models[model_name].strategy,)
             for es_name in job.evalsets:
-                es = loaded.get(es_name)
-                if es is None:
+                found = loaded.get(es_name)
+                if found is None:
                     continue
                 for strategy in strategies:
                     try:
-                        es.render_fewshot_prefix(parse_strategy(strategy, es))
+                        found.render_fewshot_prefix(parse_strategy(strategy, found))
                     except EvalSetError as exc:
                         problems.append(
                             Problem(

@@ -97,7 +97,7 @@ class JobConfig(_Strict):
 class MonitorConfig(_Strict):
     """The whole ``monitor.yaml``."""
 
-    version: Literal[1] = CONFIG_VERSION
+    version: Literal[1] = 1
     database: str = DEFAULT_DATABASE
     models: dict[Name, ModelConfig] = Field(default_factory=dict)
     evalsets: dict[Name, str] = Field(default_factory=dict)
