@@ -236,7 +236,7 @@ def test_check_config_reports_every_problem(tiny_models: TinyModels, tmp_path: P
     routing, triage = make_evalsets(tmp_path / "evals")
     (routing / "data.jsonl").write_text('{"id": "a", "input": "x", "target": "nope"}\n')
     config = write_config(tmp_path, tiny_models, routing, triage, adapter=tmp_path / "missing")
-    code, stdout, stderr = invoke("check-config", "--config", str(config))
+    code, _, stderr = invoke("check-config", "--config", str(config))
     assert code == 2
     lines = stderr.strip().splitlines()
     assert (
