@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ def alembic_config(engine: Engine) -> Any:
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` with Alembic."""
     from alembic import command
+    from alembic.util import CommandError
 
     cfg = alembic_config(engine)
     try:
@@ -95,6 +96,12 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     except SQLAlchemyError as exc:
         raise StoreError(
             f"cannot migrate {redact_url(str(engine.url))}: {exc.__class__.__name__}: {exc}"
+        ) from exc
+    except CommandError as exc:
+        # Typically a database written by a newer monitor: its revision is unknown to this one.
+        raise StoreError(
+            f"cannot migrate {redact_url(str(engine.url))}: {exc} "
+            "(was it created by a newer version of the monitor?)"
         ) from exc
 
 
@@ -290,7 +297,11 @@ class Store:
         error: str | None = None,
         backend_info: dict[str, Any] | None = None,
     ) -> RunRecord:
-        """Close a run with its final status, metrics and error text."""
+        """Close a run with its final status, metrics and error text.
+
+        ``error`` replaces any earlier error: a resumed run that succeeds keeps no
+        error from its interruption.  Metrics and backend facts are kept when not given.
+        """
         with self.session() as s:
             run = s.get(RunRecord, run_id)
             if run is None:
@@ -300,8 +311,7 @@ class Store:
             run.duration_s = (run.finished_at - _aware(run.started_at)).total_seconds()
             if metrics is not None:
                 run.metrics = metrics
-            if error is not None:
-                run.error = error
+            run.error = error
             if backend_info is not None:
                 run.backend_info = backend_info
             s.add(run)
@@ -404,9 +414,10 @@ class SeriesStatus:
 
 def _aware(value: datetime) -> datetime:
     # SQLite returns naive datetimes even for timezone-aware columns; we only ever store UTC.
-    from datetime import timezone
-
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    # PostgreSQL returns them in the session's time zone, which need not be UTC.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
