@@ -11,6 +11,7 @@ anything else reaching the CLI is a bug and keeps its traceback::
     │   └── AdapterMismatchError   the adapter does not fit its base (shapes, missing keys)
     ├── BackendError               inference failed inside a run (stored with the run)
     ├── StoreError                 the database is unreachable or cannot be migrated (exit code 4)
+    ├── LeaseHeldError             another daemon holds this database (exit code 5)
     └── NotFoundError              an unknown job, model, eval set or run (exit code 2)
 
 Input errors carry a list of :class:`Problem`, one per finding, each with the
@@ -80,6 +81,12 @@ class StoreError(MonitorError):
     """The database cannot be reached, created or migrated."""
 
     exit_code = 4
+
+
+class LeaseHeldError(MonitorError):
+    """Another daemon is running against the same database."""
+
+    exit_code = 5
 
 
 class NotFoundError(MonitorError):

@@ -119,6 +119,7 @@ def continue_run(
     should_stop: Callable[[], bool] | None = None,
 ) -> RunRecord:
     """Evaluate what run ``run_id`` has not stored yet, then close it (used to start and to resume)."""
+    store.reopen_run(run_id)
     try:
         backend, load_s = pool.get(plan.spec)
         fingerprint = backend.fingerprint()

@@ -13,12 +13,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, func, inspect, select, update
+from sqlalchemy import Engine, delete, event, func, inspect, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine
 
 from ..errors import NotFoundError, StoreError
-from .tables import EvalSetVersionRecord, ItemResultRecord, ModelRecord, RunRecord, utcnow
+from .tables import (
+    DaemonLease,
+    EvalSetVersionRecord,
+    ItemResultRecord,
+    ModelRecord,
+    RunRecord,
+    RunRequest,
+    utcnow,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -401,6 +409,133 @@ class Store:
                 ).scalar_one_or_none()
                 out.append(SeriesStatus(name, run, previous))
             return out
+
+    def unfinished_runs(self) -> list[RunRecord]:
+        """Runs left ``running`` (by a crash) or ``interrupted`` (by a shutdown), oldest first."""
+        with self.session() as s:
+            query = (
+                select(RunRecord)
+                .where(RunRecord.status.in_(("running", "interrupted")))
+                .order_by(RunRecord.id)
+            )
+            return list(s.execute(query).scalars())
+
+    def reopen_run(self, run_id: int) -> None:
+        """Mark an interrupted run as running again before it is resumed."""
+        self.update_run(run_id, status="running", finished_at=None, duration_s=None)
+
+    def last_scheduled_fire(self, job: str) -> datetime | None:
+        """When the newest scheduled run of ``job`` was meant to start."""
+        with self.session() as s:
+            value = s.execute(
+                select(func.max(RunRecord.scheduled_for)).where(RunRecord.job == job)
+            ).scalar_one_or_none()
+        return as_utc(value)
+
+    # --- the daemon's single-instance lease ------------------------------------------------------------
+
+    def acquire_lease(
+        self,
+        holder: str,
+        *,
+        host: str,
+        pid: int,
+        ttl_s: float,
+        is_alive: Any = None,
+        now: datetime | None = None,
+    ) -> DaemonLease | None:
+        """Take the daemon lease, or return the live lease that another holder keeps.
+
+        The lease is free when absent, expired, already ours, or held by a process
+        on this host that no longer exists (``is_alive(pid)`` is false), so a
+        daemon killed with ``kill -9`` does not lock its successor out for a whole TTL.
+        The take-over is a compare-and-swap on the old holder, safe on any database.
+        """
+        from datetime import timedelta
+
+        from sqlalchemy.exc import IntegrityError
+
+        now = now or utcnow()
+        expires = now + timedelta(seconds=ttl_s)
+        fields = {"holder": holder, "host": host, "pid": pid, "heartbeat_at": now, "expires_at": expires}
+        for _ in range(3):
+            with Session(self.engine, expire_on_commit=False) as s:
+                current = s.get(DaemonLease, "daemon")
+                if current is None:
+                    s.add(DaemonLease(name="daemon", acquired_at=now, **fields))
+                    try:
+                        s.commit()
+                        return None
+                    except IntegrityError:
+                        s.rollback()
+                        continue
+                free = (
+                    current.holder == holder
+                    or _aware(current.expires_at) <= now
+                    or (current.host == host and is_alive is not None and not is_alive(current.pid))
+                )
+                if not free:
+                    return current
+                result = s.execute(
+                    update(DaemonLease)
+                    .where(DaemonLease.name == "daemon", DaemonLease.holder == current.holder)
+                    .values(acquired_at=now, **fields)
+                )
+                s.commit()
+                if result.rowcount == 1:
+                    return None
+        raise StoreError("could not settle the daemon lease after 3 attempts")
+
+    def renew_lease(self, holder: str, ttl_s: float, now: datetime | None = None) -> bool:
+        """Extend our lease; false when someone else took it (we must stop)."""
+        from datetime import timedelta
+
+        now = now or utcnow()
+        with self.session() as s:
+            result = s.execute(
+                update(DaemonLease)
+                .where(DaemonLease.name == "daemon", DaemonLease.holder == holder)
+                .values(heartbeat_at=now, expires_at=now + timedelta(seconds=ttl_s))
+            )
+            return bool(result.rowcount == 1)
+
+    def release_lease(self, holder: str) -> None:
+        with self.session() as s:
+            s.execute(delete(DaemonLease).where(DaemonLease.name == "daemon", DaemonLease.holder == holder))
+
+    def current_lease(self) -> DaemonLease | None:
+        with self.session() as s:
+            return s.get(DaemonLease, "daemon")
+
+    # --- run-now requests ------------------------------------------------------------------------------
+
+    def request_run(self, job: str, requested_by: str = "") -> int:
+        """Queue a request for the daemon to run ``job`` now."""
+        with self.session() as s:
+            request = RunRequest(job=job, requested_at=utcnow(), requested_by=requested_by)
+            s.add(request)
+            s.flush()
+            assert request.id is not None
+            return request.id
+
+    def take_run_requests(self) -> list[RunRequest]:
+        """Pending run-now requests, marked as picked so that each is served once."""
+        with self.session() as s:
+            pending = list(
+                s.execute(
+                    select(RunRequest).where(RunRequest.picked_at.is_(None)).order_by(RunRequest.id)
+                ).scalars()
+            )
+            taken = []
+            for request in pending:
+                result = s.execute(
+                    update(RunRequest)
+                    .where(RunRequest.id == request.id, RunRequest.picked_at.is_(None))
+                    .values(picked_at=utcnow())
+                )
+                if result.rowcount == 1:
+                    taken.append(request)
+            return taken
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,10 @@ class RunRecord(SQLModel, table=True):
     model_fingerprint: str | None = Field(default=None, max_length=80)
     evalset_version: str = Field(max_length=80)
     started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    #: When the scheduler meant the run to start (scheduled runs only): the schedule lag is measured from it.
+    scheduled_for: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
     finished_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
@@ -107,3 +111,29 @@ class ItemResultRecord(SQLModel, table=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class DaemonLease(SQLModel, table=True):
+    """The single-instance guard: one row per database, held by the daemon that heartbeats it."""
+
+    __tablename__ = "daemon_lease"
+
+    name: str = Field(primary_key=True, max_length=40)
+    holder: str = Field(max_length=300)
+    host: str = Field(max_length=255)
+    pid: int
+    acquired_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    heartbeat_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class RunRequest(SQLModel, table=True):
+    """A request to run a job now (``monitor run-now``), picked up by the running daemon."""
+
+    __tablename__ = "run_requests"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job: str = Field(max_length=200)
+    requested_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    requested_by: str = Field(default="", max_length=300)
+    picked_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
