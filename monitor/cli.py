@@ -22,6 +22,7 @@ from . import __version__
 from .backends import ModelSpec
 from .errors import ConfigError, EvalSetError, MonitorError, NotFoundError, Problem
 from .evalsets import EvalSet, load_evalset, parse_strategy, strategy_name
+from .views import clean, json_default, primary_metric, run_to_dict, status_entries
 
 RESULTS_FORMAT_VERSION = 1
 SUMMARY_FORMAT_VERSION = 1
@@ -117,25 +118,6 @@ def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str
         print("\t".join(row))
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
-
-
-def _clean(value: Any) -> Any:
-    """NaN is not JSON: replace it with null everywhere."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 # --- monitor eval --------------------------------------------------------------------------------
 
 
@@ -218,7 +200,7 @@ def eval_command(
     }
     backend.close()
     if as_json:
-        print(json.dumps(_clean(summary), default=_json_default, indent=2))
+        print(json.dumps(clean(summary), default=json_default, indent=2))
         return
     rows = [[m, _format_metric(v.to_dict()), str(v.n)] for m, v in metrics.items()]
     _print_table(
@@ -254,7 +236,7 @@ def _write_results(path: Path, es: EvalSet, results: Sequence[Any]) -> None:
                 line["scores"] = r.scores
             if r.error:
                 line["error"] = r.error
-            fh.write(json.dumps(_clean(line), ensure_ascii=False) + "\n")
+            fh.write(json.dumps(clean(line), ensure_ascii=False) + "\n")
     tmp.replace(path)
 
 
@@ -272,7 +254,7 @@ def _eval_recorded(
     finally:
         pool.close()
     if as_json:
-        print(json.dumps(_clean(_run_dict(run, name)), default=_json_default, indent=2))
+        print(json.dumps(clean(run_to_dict(run, name)), default=json_default, indent=2))
     else:
         _print_runs([(run, name)])
     if run.status != "succeeded":
@@ -352,51 +334,6 @@ def config_problems(cfg: Any, config_path: Path) -> list[Problem]:
     return problems
 
 
-def plan_runs(cfg: Any, jobs: Sequence[str], trigger: str) -> list[Any]:
-    """The runs that ``jobs`` (all jobs when empty) ask for, eval sets loaded and validated first."""
-    from .execution import RunPlan
-
-    unknown = [j for j in jobs if j not in cfg.jobs]
-    if unknown:
-        raise NotFoundError(
-            f"unknown job(s) {', '.join(unknown)}; configured: {', '.join(cfg.jobs) or 'none'}"
-        )
-    names = list(jobs) or list(cfg.jobs)
-    evalsets: dict[str, EvalSet] = {}
-    problems: list[Problem] = []
-    for job_name in names:
-        for es_name in cfg.jobs[job_name].evalsets:
-            if es_name not in evalsets:
-                try:
-                    evalsets[es_name] = load_evalset(cfg.resolve(cfg.evalsets[es_name]))
-                except EvalSetError as exc:
-                    problems.extend(exc.problems)
-    if problems:
-        raise EvalSetError(problems)
-    plans = []
-    for job_name in names:
-        job = cfg.jobs[job_name]
-        for model_name in job.models:
-            model = cfg.models[model_name]
-            base, adapter = cfg.model_source(model_name)
-            spec = ModelSpec(
-                model.backend,
-                base,
-                adapter,
-                revision=model.revision,
-                device=model.device,
-                dtype=model.dtype,
-                batch_tokens=model.batch_tokens,
-            )
-            for es_name in job.evalsets:
-                es = evalsets[es_name]
-                for strategy in job.strategies or (model.strategy,):
-                    k = parse_strategy(strategy, es)
-                    es.render_fewshot_prefix(k)
-                    plans.append(RunPlan(model_name, spec, es, k, trigger=trigger, job=job_name))
-    return plans
-
-
 @app.command("run")
 @handle_errors
 def run_command(
@@ -405,7 +342,7 @@ def run_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
 ) -> None:
     """Run the configured jobs once and record every run."""
-    from .execution import ModelPool, execute_run
+    from .execution import ModelPool, execute_run, plan_runs
     from .store import Store
 
     cfg = _load_config(config)
@@ -425,51 +362,17 @@ def run_command(
         pool.close()
         store.close()
     if as_json:
-        print(json.dumps([_clean(_run_dict(r, n)) for r, n in finished], default=_json_default, indent=2))
+        print(json.dumps([clean(run_to_dict(r, n)) for r, n in finished], default=json_default, indent=2))
     else:
         _print_runs(finished)
     if any(run.status != "succeeded" for run, _ in finished):
         raise typer.Exit(1)
 
 
-def _run_dict(run: Any, model_name: str) -> dict[str, Any]:
-    from .store import as_utc
-
-    return {
-        "id": run.id,
-        "model": model_name,
-        "evalset": run.evalset_name,
-        "evalset_version": run.evalset_version,
-        "strategy": run.strategy,
-        "job": run.job,
-        "trigger": run.trigger,
-        "status": run.status,
-        "metrics": run.metrics,
-        "items_total": run.items_total,
-        "items_done": run.items_done,
-        "items_failed": run.items_failed,
-        "prompt_tokens": run.prompt_tokens,
-        "completion_tokens": run.completion_tokens,
-        "model_fingerprint": run.model_fingerprint,
-        "started_at": as_utc(run.started_at),
-        "finished_at": as_utc(run.finished_at),
-        "duration_s": run.duration_s,
-        "load_s": run.load_s,
-        "error": run.error,
-    }
-
-
-def _primary(run: Any) -> tuple[str, dict[str, Any] | None]:
-    if not run.metrics:
-        return "-", None
-    name = next(iter(run.metrics))
-    return name, run.metrics[name]
-
-
 def _print_runs(runs: Sequence[tuple[Any, str]]) -> None:
     rows = []
     for run, name in runs:
-        metric, value = _primary(run)
+        metric, value = primary_metric(run)
         rows.append(
             [
                 str(run.id),
@@ -498,52 +401,35 @@ def status_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The latest result per model, eval set and strategy, with the change from the previous run."""
-    from .store import as_utc
-
     store = _store_for(config, db)
-    series = store.latest_per_series()
+    entries = status_entries(store)
     store.close()
-    out = []
-    rows = []
-    for s in series:
-        metric, value = _primary(s.latest)
-        prev_value = s.previous.metrics.get(metric) if s.previous is not None and metric != "-" else None
-        delta = None
-        if value and prev_value and value.get("value") is not None and prev_value.get("value") is not None:
-            delta = value["value"] - prev_value["value"]
-        out.append(
-            {
-                "model": s.model,
-                "evalset": s.latest.evalset_name,
-                "strategy": s.latest.strategy,
-                "status": s.latest.status,
-                "run": s.latest.id,
-                "metric": metric,
-                "value": value,
-                "previous_run": s.previous.id if s.previous else None,
-                "change": delta,
-                "finished_at": as_utc(s.latest.finished_at),
-                "error": s.latest.error,
-            }
-        )
-        rows.append(
-            [
-                s.model,
-                s.latest.evalset_name,
-                s.latest.strategy,
-                s.latest.status,
-                metric,
-                _format_metric(value),
-                "-" if delta is None else f"{delta:+.4f}",
-                (as_utc(s.latest.finished_at) or as_utc(s.latest.started_at)).strftime("%Y-%m-%d %H:%M"),  # type: ignore[union-attr]
-            ]
-        )
     if as_json:
-        print(json.dumps(_clean(out), default=_json_default, indent=2))
+        print(json.dumps(entries, default=json_default, indent=2))
         return
-    if not rows:
+    print_status(entries)
+
+
+def print_status(entries: Sequence[dict[str, Any]]) -> None:
+    """The status table (rich on a terminal, tab-separated otherwise)."""
+    if not entries:
         print("no runs recorded yet")
         return
+    rows = []
+    for entry in entries:
+        when = entry["finished_at"] or entry["started_at"]
+        rows.append(
+            [
+                entry["model"],
+                entry["evalset"],
+                entry["strategy"],
+                entry["status"],
+                entry["metric"],
+                _format_metric(entry["value"]),
+                "-" if entry["change"] is None else f"{entry['change']:+.4f}",
+                when.strftime("%Y-%m-%d %H:%M") if when else "-",
+            ]
+        )
     _print_table(
         "status",
         ["model", "evalset", "strategy", "status", "metric", "value ± stderr", "change", "when (UTC)"],
@@ -568,11 +454,11 @@ def history_command(
     if not runs:
         raise NotFoundError(f"no runs of model {model!r} on eval set {evalset!r}")
     if as_json:
-        print(json.dumps([_clean(_run_dict(r, n)) for r, n in runs], default=_json_default, indent=2))
+        print(json.dumps([clean(run_to_dict(r, n)) for r, n in runs], default=json_default, indent=2))
         return
     rows = []
     for run, _ in runs:
-        metric, value = _primary(run)
+        metric, value = primary_metric(run)
         rows.append(
             [
                 str(run.id),
@@ -601,6 +487,142 @@ def history_command(
         ],
         rows,
     )
+
+
+@app.command("daemon")
+@handle_errors
+def daemon_command(
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    host: Annotated[str | None, typer.Option(help="Listen address (default: daemon.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (default: daemon.port; 0 picks one).")] = None,
+    show_status: Annotated[bool, typer.Option(help="Print the status table after every run.")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the configured jobs on their schedules and serve /metrics, health checks and the API."""
+    import signal
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from .daemon import Daemon
+    from .errors import MonitorError
+    from .exporters import DaemonCollector, StoreCollector
+    from .server import HttpServer, MonitorApp
+    from .store import Store
+
+    _setup_logging(log_level)
+    cfg = _load_config(config)
+    for problem in config_problems(cfg, config):
+        _err(f"warning: {problem} (the jobs that need it will fail and be counted)")
+    store = Store.open(cfg.database_url())
+    daemon = Daemon(cfg, store)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store, job_intervals=daemon.job_intervals))
+    registry.register(DaemonCollector(daemon))
+    token = os.environ.get(cfg.daemon.api_token_env) or None
+    listen_host = host or cfg.daemon.host
+    listen_port = cfg.daemon.port if port is None else port
+    try:
+        server = HttpServer(MonitorApp(registry, store, daemon, token), listen_host, listen_port)
+    except OSError as exc:
+        store.close()
+        raise MonitorError(f"cannot listen on {listen_host}:{listen_port}: {exc.strerror or exc}") from exc
+    stopped = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        _err(f"received {signal.Signals(signum).name}: finishing the chunk in hand, then stopping")
+        daemon.request_stop()
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if show_status:
+        daemon.on_run_finished = lambda _run: print_status(status_entries(store))
+    try:
+        daemon.start()
+    except MonitorError:
+        server.stop()
+        store.close()
+        raise
+    server.start()
+    print(
+        f"monitor daemon: metrics at {server.url}/metrics, status at {server.url}/api/v1/status", flush=True
+    )
+    if token is None:
+        _err(f"note: ${cfg.daemon.api_token_env} is not set, so the /api/v1 endpoints need no token")
+    while not stopped.wait(0.5):
+        if daemon.stopping:
+            break
+    clean = daemon.shutdown()
+    server.stop()
+    store.close()
+    _err("monitor daemon stopped" + ("" if clean else " (a run was cut short; it resumes at the next start)"))
+
+
+def _setup_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command("run-now")
+@handle_errors
+def run_now_command(
+    job: Annotated[str, typer.Argument(help="The job to run.")],
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    wait: Annotated[bool, typer.Option(help="Wait until the job's runs have finished.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600.0,
+) -> None:
+    """Ask the running daemon to run a job now."""
+    import socket
+
+    from .errors import MonitorError
+    from .execution import plan_runs
+    from .store import Store, as_utc, utcnow
+
+    cfg = _load_config(config)
+    if job not in cfg.jobs:
+        raise NotFoundError(f"unknown job {job!r}; configured: {', '.join(cfg.jobs) or 'none'}")
+    expected = len(plan_runs(cfg, [job], trigger="manual"))
+    store = Store.open(cfg.database_url())
+    try:
+        lease = store.current_lease()
+        if lease is None or as_utc(lease.expires_at) < utcnow():  # type: ignore[operator]
+            raise MonitorError(
+                "no monitor daemon is running against this database; start one with `monitor daemon`, "
+                f"or run the job here with `monitor run {job}`"
+            )
+        asked_at = utcnow()
+        request_id = store.request_run(job, requested_by=f"{socket.gethostname()}:{os.getpid()}")
+        print(f"asked the daemon ({lease.holder}) to run job {job} now (request {request_id})")
+        if wait:
+            runs = _wait_for_manual_runs(store, job, asked_at, expected, timeout)
+            _print_runs(runs)
+            if any(run.status != "succeeded" for run, _ in runs):
+                raise typer.Exit(1)
+    finally:
+        store.close()
+
+
+def _wait_for_manual_runs(store: Any, job: str, since: Any, expected: int, timeout: float) -> list[Any]:
+    from .errors import MonitorError
+    from .store import as_utc
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [
+            (run, name)
+            for run, name in store.runs(limit=max(50, expected * 4))
+            if run.job == job and run.trigger == "manual" and as_utc(run.started_at) >= since
+        ]
+        if len(runs) >= expected and all(run.status != "running" for run, _ in runs):
+            return runs
+        time.sleep(0.5)
+    raise MonitorError(f"job {job} did not finish within {timeout:.0f} s")
 
 
 @app.command("demo")

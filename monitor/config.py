@@ -75,6 +75,8 @@ class ScheduleConfig(_Strict):
     timezone: str = "UTC"
     #: How late a missed run may still start (missed fires coalesce into one run).
     grace: Interval = "1h"
+    #: Run once when the daemon starts and the job has never run on schedule.
+    run_at_start: bool = False
 
     @model_validator(mode="after")
     def _one_kind(self) -> ScheduleConfig:
@@ -94,6 +96,22 @@ class JobConfig(_Strict):
     schedule: ScheduleConfig | None = None
 
 
+class DaemonConfig(_Strict):
+    """``daemon:``: where the daemon listens and how it behaves."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    #: Name of the environment variable holding the API's bearer token (unset: the API is open).
+    api_token_env: str = "MONITOR_API_TOKEN"
+    max_loaded_models: Annotated[int, Field(ge=1)] = 2
+    #: Items evaluated and committed at a time: a shutdown waits for at most one chunk.
+    chunk_size: Annotated[int, Field(ge=1, le=4096)] = 16
+    max_item_error_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    lease_ttl: Interval = "30s"
+    poll_interval: Interval = "1s"
+    shutdown_timeout: Interval = "9s"
+
+
 class MonitorConfig(_Strict):
     """The whole ``monitor.yaml``."""
 
@@ -102,6 +120,7 @@ class MonitorConfig(_Strict):
     models: dict[Name, ModelConfig] = Field(default_factory=dict)
     evalsets: dict[Name, str] = Field(default_factory=dict)
     jobs: dict[Name, JobConfig] = Field(default_factory=dict)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     #: Directory the file was loaded from; relative paths resolve against it.
     root: Path = Path()
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from .backends import Backend, ModelSpec, load_backend
 from .backends.base import ProgressCallback
-from .evalsets import EvalSet, strategy_name
+from .config import MonitorConfig
+from .errors import EvalSetError, NotFoundError, Problem
+from .evalsets import EvalSet, load_evalset, parse_strategy, strategy_name
 from .runner import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ERROR_RATE, evaluate, run_verdict
 from .scoring import aggregate
 from .store import RunRecord, Store
@@ -59,6 +62,7 @@ class RunPlan:
     fewshot_k: int
     trigger: str = "cli"
     job: str | None = None
+    scheduled_for: datetime | None = None
 
 
 def execute_run(
@@ -93,6 +97,7 @@ def execute_run(
         trigger=plan.trigger,
         job=plan.job,
         items_total=len(evalset.items),
+        scheduled_for=plan.scheduled_for,
     )
     assert run.id is not None
     return continue_run(
@@ -190,3 +195,58 @@ def run_settings(evalset: EvalSet, fewshot_k: int) -> dict[str, object]:
 def _reason(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def plan_runs(
+    cfg: MonitorConfig, jobs: Sequence[str], trigger: str, scheduled_for: datetime | None = None
+) -> list[RunPlan]:
+    """The runs that ``jobs`` (all jobs when empty) ask for, eval sets loaded and validated first."""
+    unknown = [j for j in jobs if j not in cfg.jobs]
+    if unknown:
+        raise NotFoundError(
+            f"unknown job(s) {', '.join(unknown)}; configured: {', '.join(cfg.jobs) or 'none'}"
+        )
+    names = list(jobs) or list(cfg.jobs)
+    evalsets: dict[str, EvalSet] = {}
+    problems: list[Problem] = []
+    for job_name in names:
+        for es_name in cfg.jobs[job_name].evalsets:
+            if es_name not in evalsets:
+                try:
+                    evalsets[es_name] = load_evalset(cfg.resolve(cfg.evalsets[es_name]))
+                except EvalSetError as exc:
+                    problems.extend(exc.problems)
+    if problems:
+        raise EvalSetError(problems)
+    plans = []
+    for job_name in names:
+        job = cfg.jobs[job_name]
+        for model_name in job.models:
+            model = cfg.models[model_name]
+            base, adapter = cfg.model_source(model_name)
+            spec = ModelSpec(
+                model.backend,
+                base,
+                adapter,
+                revision=model.revision,
+                device=model.device,
+                dtype=model.dtype,
+                batch_tokens=model.batch_tokens,
+            )
+            for es_name in job.evalsets:
+                es = evalsets[es_name]
+                for strategy in job.strategies or (model.strategy,):
+                    k = parse_strategy(strategy, es)
+                    es.render_fewshot_prefix(k)
+                    plans.append(
+                        RunPlan(
+                            model_name,
+                            spec,
+                            es,
+                            k,
+                            trigger=trigger,
+                            job=job_name,
+                            scheduled_for=scheduled_for,
+                        )
+                    )
+    return plans

@@ -7,7 +7,8 @@ stays behind one door.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -46,3 +47,129 @@ def cron_trigger(expression: str, timezone: str = "UTC") -> Any:
         raise ValueError(f"invalid cron expression {expression!r} (time zone {timezone}): {exc}") from exc
     except Exception as exc:  # zoneinfo raises its own error types for unknown zones
         raise ValueError(f"invalid cron schedule {expression!r} in time zone {timezone!r}: {exc}") from exc
+
+
+def make_trigger(
+    *,
+    every: timedelta | None = None,
+    cron: str | None = None,
+    timezone: str = "UTC",
+    anchor: datetime | None = None,
+) -> Any:
+    """A trigger for an interval (phase kept from ``anchor``, the last fire) or a cron expression."""
+    if cron is not None:
+        return cron_trigger(cron, timezone)
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    assert every is not None
+    return IntervalTrigger(seconds=every.total_seconds(), start_date=anchor, timezone=timezone)
+
+
+def latest_missed_fire(
+    trigger: Any, last_fire: datetime, now: datetime, limit: int = 100_000
+) -> datetime | None:
+    """The newest fire time after ``last_fire`` and not after ``now``; ``None`` when none was missed.
+
+    Missed fires coalesce: however many there were, only the newest one matters.
+    """
+    missed = None
+    fire = trigger.get_next_fire_time(last_fire, now)
+    for _ in range(limit):
+        if fire is None or fire > now:
+            break
+        if fire > last_fire:
+            missed = fire
+        following = trigger.get_next_fire_time(fire, now)
+        if following is None or following <= fire:
+            break
+        fire = following
+    return missed
+
+
+def typical_interval(trigger: Any, now: datetime) -> float:
+    """Seconds between the next two fires (for a cron schedule, the gap that staleness is judged by)."""
+    first = trigger.get_next_fire_time(None, now)
+    if first is None:
+        return 0.0
+    second = trigger.get_next_fire_time(first, first)
+    return (second - first).total_seconds() if second is not None else 0.0
+
+
+FireCallback = Callable[[str, datetime], None]
+
+
+class JobTimer:
+    """Keeps time for the daemon's jobs with APScheduler; running the work is the caller's business.
+
+    Each job is registered under an explicit id, so a restart replaces rather than
+    duplicates it and a job removed from the configuration is gone.  Missed fires
+    coalesce into one, within ``grace``.  On each fire, ``on_fire(job, scheduled_time)``
+    is called with the time the fire was due (the newest, when fires coalesced).
+    """
+
+    def __init__(self, on_fire: FireCallback, *, manual: bool = False, timezone: str = "UTC") -> None:
+        from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.schedulers.base import BaseScheduler
+
+        self._on_fire = on_fire
+        executors = {"default": ThreadPoolExecutor(1)}
+        if manual:
+            from apscheduler.executors.debug import DebugExecutor
+
+            class _ManualScheduler(BaseScheduler):
+                """A scheduler that only looks at the clock when told to (tests drive the clock)."""
+
+                def wakeup(self) -> None:
+                    pass
+
+            executors = {"default": DebugExecutor()}
+            self._scheduler: Any = _ManualScheduler(timezone=timezone, executors=executors)
+        else:
+            self._scheduler = BackgroundScheduler(timezone=timezone, executors=executors)
+
+        def submitted(event: JobSubmissionEvent) -> None:
+            job = self._scheduler.get_job(event.job_id)
+            due = max(event.scheduled_run_times)
+            if job is not None:
+                self._on_fire(job.name, due)
+
+        self._scheduler.add_listener(submitted, EVENT_JOB_SUBMITTED)
+
+    def add(self, job: str, trigger: Any, *, grace: timedelta) -> None:
+        """Register (or replace) ``job`` under the id ``job:<name>``."""
+        self._scheduler.add_job(
+            _noop,
+            trigger=trigger,
+            id=f"job:{job}",
+            name=job,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=max(1, int(grace.total_seconds())),
+            replace_existing=True,
+        )
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def tick(self) -> None:
+        """Process due jobs now (manual mode, for tests driving a controlled clock)."""
+        self._scheduler._process_jobs()
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._scheduler.running)
+
+    def jobs(self) -> dict[str, datetime | None]:
+        """Registered jobs and their next fire times."""
+        return {job.name: job.next_run_time for job in self._scheduler.get_jobs()}
+
+
+def _noop() -> None:
+    # The fire itself is handled by the submission listener: the scheduler only keeps time.
+    return None

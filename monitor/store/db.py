@@ -197,6 +197,14 @@ class Store:
             raise NotFoundError(f"no model named {name!r} in the store")
         return record
 
+    def model_name(self, model_id: int) -> str:
+        """The name of the model with ``model_id``."""
+        with self.session() as s:
+            record = s.get(ModelRecord, model_id)
+        if record is None:
+            raise NotFoundError(f"no model with id {model_id}")
+        return record.name
+
     def ensure_evalset_version(
         self, name: str, version: str, *, task: str, path: str, item_count: int
     ) -> EvalSetVersionRecord:
@@ -235,6 +243,7 @@ class Store:
         job: str | None = None,
         items_total: int = 0,
         model_fingerprint: str | None = None,
+        scheduled_for: datetime | None = None,
     ) -> RunRecord:
         """Record a run as ``running`` and return it (with its id)."""
         with self.session() as s:
@@ -252,6 +261,7 @@ class Store:
                 model_fingerprint=model_fingerprint,
                 evalset_version=evalset.version,
                 started_at=utcnow(),
+                scheduled_for=scheduled_for,
                 items_total=items_total,
             )
             s.add(run)

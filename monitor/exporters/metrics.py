@@ -1,0 +1,309 @@
+"""Prometheus metrics, read from the store at scrape time.
+
+The :class:`StoreCollector` builds fresh metric families on every scrape from
+what the database holds, so a restarted daemon exports the same values at once
+and two processes reading one database agree.  Counters come from row counts,
+which only grow because history is never deleted.  Labels are bounded: model,
+eval set, strategy, metric, job, status — never a run id or an item id.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from .. import __version__
+from ..store import ModelRecord, RunRecord, Store, as_utc
+
+#: Run duration buckets in seconds: from a tiny golden set to a long nightly suite.
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+
+
+@dataclass(frozen=True)
+class BaselineValue:
+    """A pinned baseline's value of one metric (exported next to the latest score)."""
+
+    model: str
+    evalset: str
+    strategy: str
+    metric: str
+    value: float
+    stderr: float | None = None
+
+
+BaselineSource = Callable[[], Iterable[BaselineValue]]
+
+
+class StoreCollector(Collector):
+    """Exports the monitor's state from the store on every scrape."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        job_intervals: Mapping[str, float] | None = None,
+        baselines: BaselineSource | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        # Kept by reference: the daemon fills it in when it registers its schedules.
+        self._job_intervals = job_intervals if job_intervals is not None else {}
+        self._baselines = baselines
+        self._clock = clock
+
+    def describe(self) -> list[Metric]:
+        # Returning nothing keeps registration from running a scrape (and a query) at import time.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "monitor_build_info", "Version of the monitor that exports these metrics.", labels=["version"]
+        )
+        info.add_metric([__version__], 1.0)
+        yield info
+        store_up = GaugeMetricFamily(
+            "monitor_store_up", "1 when the last scrape could read the store, else 0."
+        )
+        try:
+            families = list(self._collect_from_store())
+        except Exception:  # a scrape must answer even when the database does not
+            store_up.add_metric([], 0.0)
+            yield store_up
+            return
+        store_up.add_metric([], 1.0)
+        yield store_up
+        yield from families
+        yield from self._collect_config()
+
+    def _collect_config(self) -> Iterator[Metric]:
+        interval = GaugeMetricFamily(
+            "monitor_job_interval_seconds",
+            "Configured interval between scheduled runs of a job (for cron: the gap to the fire after next).",
+            labels=["job"],
+        )
+        for job, seconds in sorted(self._job_intervals.items()):
+            interval.add_metric([job], seconds)
+        yield interval
+
+    def _collect_from_store(self) -> Iterator[Metric]:
+        with self._store.session() as s:
+            names: dict[int, str] = dict(s.execute(select(ModelRecord.id, ModelRecord.name)).all())
+            latest_ok = self._latest_succeeded(s)
+            counts = s.execute(
+                select(
+                    RunRecord.model_id, RunRecord.evalset_name, RunRecord.job, RunRecord.status,
+                    func.count(), func.sum(RunRecord.items_done), func.sum(RunRecord.items_failed),
+                    func.sum(RunRecord.prompt_tokens), func.sum(RunRecord.completion_tokens),
+                ).group_by(RunRecord.model_id, RunRecord.evalset_name, RunRecord.job, RunRecord.status)
+            ).all()  # fmt: skip
+            durations = s.execute(
+                select(RunRecord.job, RunRecord.duration_s).where(
+                    RunRecord.duration_s.is_not(None), RunRecord.status.in_(("succeeded", "failed"))
+                )
+            ).all()
+            last_success = s.execute(
+                select(RunRecord.job, func.max(RunRecord.finished_at))
+                .where(RunRecord.status == "succeeded", RunRecord.job.is_not(None))
+                .group_by(RunRecord.job)
+            ).all()
+            last_load = s.execute(
+                select(RunRecord.model_id, RunRecord.load_s)
+                .where(RunRecord.load_s > 0)
+                .order_by(RunRecord.id.desc())
+            ).all()
+            lag_rows = s.execute(
+                select(RunRecord.job, RunRecord.started_at, RunRecord.scheduled_for)
+                .where(RunRecord.scheduled_for.is_not(None), RunRecord.job.is_not(None))
+                .order_by(RunRecord.id.desc())
+            ).all()
+        yield from self._scores(latest_ok, names)
+        yield from self._baseline_scores()
+        yield from self._run_counters(counts, names)
+        yield _duration_histogram(durations)
+        ts = GaugeMetricFamily(
+            "monitor_last_success_timestamp_seconds",
+            "Unix time of the job's last succeeded run.",
+            labels=["job"],
+        )
+        for job, finished in sorted(last_success, key=lambda r: r[0]):
+            ts.add_metric([job], as_utc(finished).timestamp())  # type: ignore[union-attr]
+        yield ts
+        load = GaugeMetricFamily(
+            "monitor_model_load_seconds",
+            "Seconds the model took to load the last time it was loaded.",
+            labels=["model"],
+        )
+        seen: set[int] = set()
+        for model_id, seconds in last_load:
+            if model_id not in seen:
+                seen.add(model_id)
+                load.add_metric([names.get(model_id, "?")], float(seconds))
+        yield load
+        lag = GaugeMetricFamily(
+            "monitor_job_schedule_lag_seconds",
+            "Seconds between a job's scheduled fire time and the start of its latest scheduled run.",
+            labels=["job"],
+        )
+        seen_jobs: set[str] = set()
+        for job, started, scheduled in lag_rows:
+            if job not in seen_jobs:
+                seen_jobs.add(job)
+                lag.add_metric([job], max(0.0, (as_utc(started) - as_utc(scheduled)).total_seconds()))  # type: ignore[operator]
+        yield lag
+
+    @staticmethod
+    def _latest_succeeded(s: Any) -> list[RunRecord]:
+        newest = (
+            select(func.max(RunRecord.id).label("id"))
+            .where(RunRecord.status == "succeeded")
+            .group_by(RunRecord.model_id, RunRecord.evalset_name, RunRecord.strategy)
+            .subquery()
+        )
+        return list(s.execute(select(RunRecord).join(newest, RunRecord.id == newest.c.id)).scalars())
+
+    def _scores(self, runs: list[RunRecord], names: Mapping[int, str]) -> Iterator[Metric]:
+        labels = ["model", "evalset", "strategy", "metric"]
+        score = GaugeMetricFamily("monitor_score", "Latest succeeded run's value of a metric.", labels=labels)
+        stderr = GaugeMetricFamily("monitor_score_stderr", "Standard error of monitor_score.", labels=labels)
+        items = GaugeMetricFamily("monitor_score_items", "Items scored for monitor_score.", labels=labels)
+        when = GaugeMetricFamily(
+            "monitor_score_timestamp_seconds",
+            "Unix time the run behind monitor_score finished.",
+            labels=["model", "evalset", "strategy"],
+        )
+        for run in sorted(runs, key=lambda r: (names.get(r.model_id, ""), r.evalset_name, r.strategy)):
+            model = names.get(run.model_id, "?")
+            for metric, value in sorted(run.metrics.items()):
+                key = [model, run.evalset_name, run.strategy, metric]
+                if _finite(value.get("value")):
+                    score.add_metric(key, float(value["value"]))
+                if _finite(value.get("stderr")):
+                    stderr.add_metric(key, float(value["stderr"]))
+                items.add_metric(key, float(value.get("n") or 0))
+            if run.finished_at is not None:
+                when.add_metric([model, run.evalset_name, run.strategy], as_utc(run.finished_at).timestamp())  # type: ignore[union-attr]
+        yield from (score, stderr, items, when)
+
+    def _baseline_scores(self) -> Iterator[Metric]:
+        labels = ["model", "evalset", "strategy", "metric"]
+        value = GaugeMetricFamily(
+            "monitor_baseline_score", "Pinned baseline value of a metric.", labels=labels
+        )
+        stderr = GaugeMetricFamily(
+            "monitor_baseline_score_stderr", "Standard error of the baseline value.", labels=labels
+        )
+        if self._baselines is not None:
+            for b in self._baselines():
+                key = [b.model, b.evalset, b.strategy, b.metric]
+                value.add_metric(key, b.value)
+                if b.stderr is not None and _finite(b.stderr):
+                    stderr.add_metric(key, b.stderr)
+        yield value
+        yield stderr
+
+    @staticmethod
+    def _run_counters(rows: Iterable[Any], names: Mapping[int, str]) -> Iterator[Metric]:
+        runs = CounterMetricFamily(
+            "monitor_runs", "Runs recorded, by final status (running while in progress).",
+            labels=["model", "evalset", "job", "status"],
+        )  # fmt: skip
+        items = CounterMetricFamily(
+            "monitor_items_evaluated", "Items evaluated.", labels=["model", "evalset", "job"]
+        )
+        failed = CounterMetricFamily(
+            "monitor_item_errors",
+            "Items whose evaluation failed (not scored).",
+            labels=["model", "evalset", "job"],
+        )
+        tokens = CounterMetricFamily(
+            "monitor_tokens", "Tokens processed by evaluations.", labels=["model", "evalset", "job", "kind"]
+        )
+        in_progress = GaugeMetricFamily("monitor_runs_in_progress", "Runs now running.", labels=["job"])
+        per_series: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+        running: dict[str, float] = defaultdict(float)
+        for model_id, evalset, job, status, count, done, errors, prompt, completion in rows:
+            model, job_label = names.get(model_id, "?"), job or ""
+            runs.add_metric([model, evalset, job_label, status], float(count))
+            acc = per_series[(model, evalset, job_label)]
+            acc[0] += float(done or 0)
+            acc[1] += float(errors or 0)
+            acc[2] += float(prompt or 0)
+            acc[3] += float(completion or 0)
+            if status == "running":
+                running[job_label] += float(count)
+        for (model, evalset, job_label), (done, errors, prompt, completion) in sorted(per_series.items()):
+            items.add_metric([model, evalset, job_label], done)
+            failed.add_metric([model, evalset, job_label], errors)
+            tokens.add_metric([model, evalset, job_label, "prompt"], prompt)
+            tokens.add_metric([model, evalset, job_label, "completion"], completion)
+        for job_label, count in sorted(running.items()):
+            in_progress.add_metric([job_label], count)
+        yield from (runs, items, failed, tokens, in_progress)
+
+
+def _duration_histogram(rows: Iterable[tuple[str | None, float]]) -> HistogramMetricFamily:
+    histogram = HistogramMetricFamily(
+        "monitor_run_duration_seconds", "Wall time of finished runs.", labels=["job"]
+    )
+    per_job: dict[str, list[float]] = defaultdict(list)
+    for job, seconds in rows:
+        per_job[job or ""].append(float(seconds))
+    for job, values in sorted(per_job.items()):
+        buckets = [(_bucket_label(b), float(sum(1 for v in values if v <= b))) for b in DURATION_BUCKETS]
+        buckets.append(("+Inf", float(len(values))))
+        histogram.add_metric([job], buckets, sum_value=math.fsum(values))
+    return histogram
+
+
+def _bucket_label(bound: float) -> str:
+    return str(bound)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+class DaemonCollector(Collector):
+    """The daemon process's own state: start time, scheduler, queue, jobs that cannot be planned."""
+
+    def __init__(self, daemon: Any) -> None:
+        self._daemon = daemon
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        d = self._daemon
+        start = GaugeMetricFamily("monitor_daemon_start_time_seconds", "Unix time the daemon started.")
+        if d.started_at is not None:
+            start.add_metric([], d.started_at.timestamp())
+        yield start
+        up = GaugeMetricFamily(
+            "monitor_scheduler_running", "1 while the scheduler is running and taking work."
+        )
+        up.add_metric([], 1.0 if d.timer.running and not d.stopping else 0.0)
+        yield up
+        queued = GaugeMetricFamily("monitor_jobs_queued", "Jobs waiting for or in the worker.")
+        queued.add_metric([], float(len(d.queued_jobs())))
+        yield queued
+        errors = CounterMetricFamily(
+            "monitor_job_plan_errors",
+            "Fires of a job that could not even be planned (bad eval set).",
+            labels=["job"],
+        )
+        for job in sorted(d.config.jobs):
+            errors.add_metric([job], float(d.plan_errors.get(job, 0)))
+        yield errors
