@@ -78,7 +78,7 @@ class Daemon:
         self.config = config
         self.store = store
         settings = config.daemon
-        self.pool = pool or ModelPool(max_models=settings.max_loaded_models)
+        self.pool = pool if pool is not None else ModelPool(max_models=settings.max_loaded_models)
         self.clock = clock
         self.host = host or socket.gethostname()
         self.pid = pid or os.getpid()
@@ -175,8 +175,8 @@ class Daemon:
         assert schedule is not None
         every = parse_interval(schedule.every) if schedule.every else None
         anchor = self.store.last_scheduled_fire(name) if every else None
-        if every and (anchor is None or anchor > self.clock()):
-            anchor = self.clock()
+        if anchor is not None and anchor > self.clock():
+            anchor = None  # a clock that went backwards: start afresh
         return make_trigger(every=every, cron=schedule.cron, timezone=schedule.timezone, anchor=anchor)
 
     def catch_up(self, now: datetime) -> list[WorkItem]:

@@ -56,13 +56,17 @@ def make_trigger(
     timezone: str = "UTC",
     anchor: datetime | None = None,
 ) -> Any:
-    """A trigger for an interval (phase kept from ``anchor``, the last fire) or a cron expression."""
+    """A trigger for a cron expression, or an interval whose phase is kept from ``anchor`` (the last fire).
+
+    Without an anchor an interval first fires one interval from now.
+    """
     if cron is not None:
         return cron_trigger(cron, timezone)
     from apscheduler.triggers.interval import IntervalTrigger
 
     assert every is not None
-    return IntervalTrigger(seconds=every.total_seconds(), start_date=anchor, timezone=timezone)
+    start = anchor + every if anchor is not None else None
+    return IntervalTrigger(seconds=every.total_seconds(), start_date=start, timezone=timezone)
 
 
 def latest_missed_fire(
@@ -108,18 +112,21 @@ class JobTimer:
     """
 
     def __init__(self, on_fire: FireCallback, *, manual: bool = False, timezone: str = "UTC") -> None:
-        from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
+        from apscheduler.events import EVENT_JOB_EXECUTED, JobExecutionEvent
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.schedulers.base import BaseScheduler
 
         self._on_fire = on_fire
-        executors = {"default": ThreadPoolExecutor(1)}
+        executors: dict[str, Any] = {"default": ThreadPoolExecutor(1)}
         if manual:
             from apscheduler.executors.debug import DebugExecutor
 
             class _ManualScheduler(BaseScheduler):
                 """A scheduler that only looks at the clock when told to (tests drive the clock)."""
+
+                def shutdown(self, *args: Any, **kwargs: Any) -> None:  # abstract in BaseScheduler
+                    super().shutdown(*args, **kwargs)
 
                 def wakeup(self) -> None:
                     pass
@@ -129,13 +136,13 @@ class JobTimer:
         else:
             self._scheduler = BackgroundScheduler(timezone=timezone, executors=executors)
 
-        def submitted(event: JobSubmissionEvent) -> None:
+        def executed(event: JobExecutionEvent) -> None:
+            # Only fires that APScheduler let through (within the misfire grace, coalesced) get here.
             job = self._scheduler.get_job(event.job_id)
-            due = max(event.scheduled_run_times)
             if job is not None:
-                self._on_fire(job.name, due)
+                self._on_fire(job.name, event.scheduled_run_time)
 
-        self._scheduler.add_listener(submitted, EVENT_JOB_SUBMITTED)
+        self._scheduler.add_listener(executed, EVENT_JOB_EXECUTED)
 
     def add(self, job: str, trigger: Any, *, grace: timedelta) -> None:
         """Register (or replace) ``job`` under the id ``job:<name>``."""
@@ -171,5 +178,5 @@ class JobTimer:
 
 
 def _noop() -> None:
-    # The fire itself is handled by the submission listener: the scheduler only keeps time.
+    # The fire itself is handled by the execution listener, which knows the scheduled time.
     return None
