@@ -168,5 +168,6 @@ class HttpServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, which never ran otherwise
+            self._server.shutdown()
         self._server.server_close()
