@@ -51,7 +51,7 @@ def running(tmp_path: Path) -> Iterator[tuple[Daemon, Store, CollectorRegistry]]
 
 
 def test_collector_values(running: tuple[Daemon, Store, CollectorRegistry]) -> None:
-    daemon, store, registry = running
+    _, _, registry = running
     value = registry.get_sample_value
     series = {"model": "router", "evalset": "routing", "strategy": "zero-shot", "metric": "acc"}
     # the scripted model always answers the first choice: right for a quarter of the items
