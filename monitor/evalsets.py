@@ -109,7 +109,7 @@ class EvalItem:
             return self.choices[self.gold_index]
         if isinstance(self.target, str):
             return self.target
-        return json.dumps(self.target, ensure_ascii=False)
+        return json.dumps(self.target, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

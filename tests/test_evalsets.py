@@ -98,7 +98,7 @@ def test_generate_sets_accept_json_targets(tmp_path: Path) -> None:
     )
     data = [{"id": "x", "input": "refund", "target": {"category": "billing", "priority": "high"}}]
     es = load_evalset(write_set(tmp_path / "t", spec, data, pool=[]))
-    assert es.items[0].target_text == '{"category": "billing", "priority": "high"}'
+    assert es.items[0].target_text == '{"category":"billing","priority":"high"}'
     assert es.spec.stop == ("\n",) and es.spec.max_new_tokens == 20
 
 
