@@ -130,6 +130,11 @@ class PrometheusServer:
                 raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or expr}")
             time.sleep(0.2)
 
+    def rule_groups(self) -> list[dict[str, Any]]:
+        """The rule groups Prometheus loaded, each rule with its health and last error."""
+        body = httpx.get(f"{self.url}/api/v1/rules", timeout=10.0).json()
+        return list(body["data"]["groups"])
+
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 

@@ -24,6 +24,12 @@ is then run; the rule for "returns nothing":
   built for each alert to hold somewhere; each is also checked to hold only for
   the series it was built for, and Prometheus itself must have every alert
   pending or firing.
+
+``test_every_expression_runs_against_prometheus_scraping_the_daemon`` (slow) does
+the same against the real daemon process on real tiny models: a job that
+succeeds every 2 s and one whose model is gone.  There a healthy job must not
+alert, so alert expressions may be empty; and while the daemon exports no
+baselines, the expressions that read one may be empty too (it says which).
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -53,6 +61,7 @@ from monitor.exporters import BaselineValue, DaemonCollector, StoreCollector
 from monitor.store import ItemResult, Store, make_engine
 
 from . import prom
+from .conftest import TinyModels
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -607,6 +616,7 @@ def test_each_alert_holds_exactly_where_the_data_says(static_setting: StaticSett
 
 
 def test_prometheus_has_every_alert_pending_or_firing(static_setting: StaticSetting) -> None:
+    assert_rules_loaded_and_healthy(static_setting.prometheus)
     active = {s["metric"]["alertname"] for s in static_setting.prometheus.instant_query("ALERTS")}
     assert active == set(EXPECTED_ALERTS)
 
@@ -617,3 +627,142 @@ def test_monitor_job_label_survives_the_scrape(static_setting: StaticSetting) ->
     assert {"nightly", "hourly", "smoke", "backfill"} <= jobs
     assert not any(s["metric"].get("exported_job") for s in server.instant_query("monitor_runs_total"))
     assert {s["metric"]["job"] for s in server.instant_query("monitor_score")} == {prom.JOB_NAME}
+
+
+# --- every expression against a real Prometheus scraping the real daemon ---------------------------
+
+DAEMON_CHOICES = ["billing", "technical", "account", "shipping"]
+
+
+def write_daemon_setup(root: Path, tiny: TinyModels, port: int) -> Path:
+    """A daemon configuration: "smoke" runs a real tiny model every 2 s, "legacy" a model that is gone."""
+    evalset = root / "evals" / "tickets"
+    evalset.mkdir(parents=True)
+    (evalset / "evalset.yaml").write_text(
+        'name: tickets\ntask: multiple_choice\nprompt: "Ticket: {input}\\nCategory:"\n'
+        f"choices: {json.dumps(DAEMON_CHOICES)}\n"
+    )
+    words = ["refund", "crash", "login", "parcel", "invoice", "password"]
+    (evalset / "data.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"t{k}", "input": f"{words[k % 6]} {k}", "target": DAEMON_CHOICES[k % 4]})
+            + "\n"
+            for k in range(24)
+        )
+    )
+    config = root / "monitor.yaml"
+    config.write_text(
+        f"""\
+database: sqlite:///monitor.db
+models:
+  router: {{base: {tiny.gpt2}, adapter: {tiny.lora}}}
+  legacy: {{base: {root / "models" / "gone"}}}
+evalsets:
+  tickets: evals/tickets
+jobs:
+  smoke:
+    models: [router]
+    evalsets: [tickets]
+    schedule: {{every: 2s, run_at_start: true}}
+  legacy:
+    models: [legacy]
+    evalsets: [tickets]
+    schedule: {{every: 3s, run_at_start: true}}
+daemon:
+  host: 127.0.0.1
+  port: {port}
+  chunk_size: 8
+"""
+    )
+    return config
+
+
+@pytest.mark.slow
+def test_every_expression_runs_against_prometheus_scraping_the_daemon(
+    tiny_models: TinyModels, tmp_path: Path
+) -> None:
+    """The real daemon on real tiny models, scraped by a real Prometheus with the rules loaded.
+
+    Rule for empty results: panel, variable and recording-rule expressions must return a sample
+    that is not NaN, except those that read a baseline while the daemon exports none (it has no
+    baseline source yet); alert expressions may be empty (a healthy job should not alert), but
+    each alert must be known to Prometheus and the recording rules they read return data.
+    """
+    prom.require_binary("prometheus")
+    port = prom.free_port()
+    config = write_daemon_setup(tmp_path, tiny_models, port)
+    log = tmp_path / "daemon.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "daemon", "--config", str(config)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+    server = None
+    try:
+        try:
+            server = prom.start_prometheus(tmp_path / "prometheus", [f"127.0.0.1:{port}"], [RULES])
+        except prom.PrometheusUnavailable as exc:
+            prom.unavailable(str(exc))
+        assert server is not None
+
+        deadline = time.monotonic() + 90
+        # Two successes and two failures seen by Prometheus: every counter has moved between scrapes.
+        ready = 'monitor_runs_total{job="smoke", status="succeeded"} >= 2 and on (instance) '
+        ready += 'sum by (instance) (monitor_runs_total{job="legacy", status="failed"}) >= 2'
+        while not server.instant_query(ready):
+            if daemon.poll() is not None:
+                pytest.fail(f"the daemon exited ({daemon.returncode}):\n{log.read_text()[-3000:]}")
+            assert time.monotonic() < deadline, f"no runs after 90 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        time.sleep(2)  # a few more scrapes and rule evaluations
+        baselines_exported = bool(server.instant_query("monitor_baseline_score"))
+        values = {
+            "model-monitor-overview.json": {"model": ".*"},
+            "model-monitor-trend.json": {
+                "model": "router",
+                "evalset": "tickets",
+                "strategy": "zero-shot",
+                "metric": "acc",
+            },
+            "model-monitor-run-health.json": {"job": ".*"},
+        }
+        expressions = [e for p in DASHBOARDS for e in prom.dashboard_expressions(p, values[p.name])]
+        expressions += prom.rule_expressions(RULES)
+        empty, errors = [], []
+        for expression in expressions:
+            try:
+                result = server.instant_query(expression.expr)
+            except prom.PromQLError as exc:
+                errors.append(f"{expression.source}: {exc}")
+                continue
+            if expression.kind == "alert" or any(not math.isnan(v) for v in prom.sample_values(result)):
+                continue
+            needs_baseline = (
+                "monitor_baseline_score" in expression.expr or "monitor:score_vs_baseline" in expression.expr
+            )
+            if needs_baseline and not baselines_exported:
+                continue
+            empty.append(f"{expression.source}: {expression.expr}")
+        assert errors == []
+        assert empty == [], "expressions that returned nothing (or only NaN):\n" + "\n".join(empty)
+        assert_rules_loaded_and_healthy(server)
+    finally:
+        if server is not None:
+            server.stop()
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(10)
+
+
+def assert_rules_loaded_and_healthy(server: prom.PrometheusServer) -> None:
+    """Prometheus loaded every rule of the rule file and evaluates each without an error."""
+    rules = {rule["name"]: rule for group in server.rule_groups() for rule in group["rules"]}
+    names = {e.source.rsplit(" ", 1)[1] for e in prom.rule_expressions(RULES)}
+    assert set(rules) == names
+    assert {name: rule.get("lastError") for name, rule in rules.items() if rule["health"] != "ok"} == {}
