@@ -499,6 +499,18 @@ def daemon_command(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the configured jobs on their schedules and serve /metrics, health checks and the API."""
+    serve_daemon(config, host=host, port=port, show_status=show_status, log_level=log_level)
+
+
+def serve_daemon(
+    config: Path,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    show_status: bool = False,
+    log_level: str = "info",
+) -> None:
+    """Run the daemon in this process until SIGTERM or SIGINT (the body of ``monitor daemon``)."""
     import signal
     import threading
 
@@ -635,11 +647,13 @@ def demo_command(
         Path, typer.Option(help="Where the demo keeps its models, config and database.")
     ] = Path("demo-output"),
     rebuild: Annotated[bool, typer.Option(help="Rebuild the demo models even if cached.")] = False,
+    once: Annotated[bool, typer.Option(help="Run every job once, show the status and exit.")] = False,
+    port: Annotated[int, typer.Option(help="Port of the daemon's /metrics.")] = 9464,
 ) -> None:
-    """Build the demo's small models (cached), evaluate them on the shipped eval sets, show the status."""
+    """Build the demo's small models (cached) and run the daemon on them with a fast schedule."""
     from .demo.run import run_demo
 
-    run_demo(workdir, rebuild=rebuild)
+    run_demo(workdir, rebuild=rebuild, once=once, port=port)
 
 
 def version_callback(value: bool) -> None:
