@@ -516,9 +516,11 @@ def serve_daemon(
 
     from prometheus_client import CollectorRegistry
 
+    from .analysis.baselines import BaselineFiles
     from .daemon import Daemon
     from .errors import MonitorError
     from .exporters import DaemonCollector, StoreCollector
+    from .exporters.metrics import baseline_values
     from .server import HttpServer, MonitorApp
     from .store import Store
 
@@ -529,7 +531,12 @@ def serve_daemon(
     store = Store.open(cfg.database_url())
     daemon = Daemon(cfg, store)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store, job_intervals=daemon.job_intervals))
+    baselines = BaselineFiles(cfg.resolve(cfg.baselines))
+    registry.register(
+        StoreCollector(
+            store, job_intervals=daemon.job_intervals, baselines=lambda: baseline_values(baselines.current())
+        )
+    )
     registry.register(DaemonCollector(daemon))
     token = os.environ.get(cfg.daemon.api_token_env) or None
     listen_host = host or cfg.daemon.host
@@ -638,6 +645,119 @@ def _wait_for_manual_runs(store: Any, job: str, since: Any, expected: int, timeo
             return runs
         time.sleep(0.5)
     raise MonitorError(f"job {job} did not finish within {timeout:.0f} s")
+
+
+baseline_app = typer.Typer(help="Pin, show, list and unpin baselines (baselines/<model>/<evalset>.json).")
+app.add_typer(baseline_app, name="baseline")
+
+
+def _baselines_root(config: Path) -> Path:
+    cfg = _load_config(config)
+    return Path(cfg.resolve(cfg.baselines))
+
+
+@baseline_app.command("pin")
+@handle_errors
+def baseline_pin_command(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    evalset: Annotated[str, typer.Argument(help="Eval set name.")],
+    run: Annotated[
+        int | None, typer.Option("--run", help="Run id (default: the newest succeeded run).")
+    ] = None,
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    db: DbOption = None,
+) -> None:
+    """Pin a succeeded run as the baseline of a model on an eval set."""
+    from .analysis.baselines import baseline_path, pin_baseline
+
+    store = _store_for(config, db)
+    try:
+        root = _baselines_root(config)
+        baseline = pin_baseline(store, root, model, evalset, run)
+    finally:
+        store.close()
+    metric, value = next(iter(baseline.metrics.items()), ("-", None))
+    print(
+        f"pinned run {baseline.run_id} as the baseline of {model} on {evalset} "
+        f"({baseline.strategy}, {metric} {_format_metric(value)}): {baseline_path(root, model, evalset)}"
+    )
+
+
+@baseline_app.command("show")
+@handle_errors
+def baseline_show_command(
+    model: Annotated[str, typer.Argument()],
+    evalset: Annotated[str, typer.Argument()],
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show a pinned baseline."""
+    from .analysis.baselines import baseline_path, load_baseline
+
+    path = baseline_path(_baselines_root(config), model, evalset)
+    if not path.exists():
+        raise NotFoundError(f"no baseline pinned for model {model!r} on eval set {evalset!r} ({path})")
+    baseline = load_baseline(path)
+    if as_json:
+        print(baseline.to_json(), end="")
+        return
+    print(f"{model} on {evalset}: run {baseline.run_id}, {baseline.strategy}, pinned {baseline.pinned_at}")
+    print(
+        f"eval set version {baseline.evalset_version[:12]}, model {str(baseline.model_fingerprint)[:12]}, {len(baseline.items)} items"
+    )
+    rows = [
+        [name, _format_metric(value), str(value.get("n", "-"))] for name, value in baseline.metrics.items()
+    ]
+    _print_table("baseline", ["metric", "value ± stderr", "n"], rows)
+
+
+@baseline_app.command("list")
+@handle_errors
+def baseline_list_command(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
+    """List pinned baselines (and report corrupt files, exit 2)."""
+    from .analysis.baselines import BaselineError, iter_baselines
+
+    rows, problems = [], []
+    for _path, found in iter_baselines(_baselines_root(config)):
+        if isinstance(found, Exception):
+            problems.extend(found.problems)  # type: ignore[attr-defined]
+            continue
+        metric, value = next(iter(found.metrics.items()), ("-", None))
+        rows.append(
+            [
+                found.model,
+                found.evalset,
+                found.strategy,
+                str(found.run_id),
+                metric,
+                _format_metric(value),
+                found.pinned_at[:16],
+            ]
+        )
+    if rows:
+        _print_table(
+            "baselines",
+            ["model", "evalset", "strategy", "run", "metric", "value ± stderr", "pinned (UTC)"],
+            rows,
+        )
+    elif not problems:
+        print("no baselines pinned")
+    if problems:
+        raise BaselineError(problems)
+
+
+@baseline_app.command("unpin")
+@handle_errors
+def baseline_unpin_command(
+    model: Annotated[str, typer.Argument()],
+    evalset: Annotated[str, typer.Argument()],
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+) -> None:
+    """Remove a pinned baseline."""
+    from .analysis.baselines import unpin_baseline
+
+    path = unpin_baseline(_baselines_root(config), model, evalset)
+    print(f"unpinned {path}")
 
 
 @app.command("demo")

@@ -121,6 +121,8 @@ class MonitorConfig(_Strict):
     evalsets: dict[Name, str] = Field(default_factory=dict)
     jobs: dict[Name, JobConfig] = Field(default_factory=dict)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    #: Where pinned baselines live (``<baselines>/<model>/<evalset>.json``), relative to this file.
+    baselines: str = "baselines"
     #: Directory the file was loaded from; relative paths resolve against it.
     root: Path = Path()
 

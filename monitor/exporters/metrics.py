@@ -47,6 +47,26 @@ class BaselineValue:
 BaselineSource = Callable[[], Iterable[BaselineValue]]
 
 
+def baseline_values(baselines: Iterable[Any]) -> list[BaselineValue]:
+    """Flatten pinned baselines (``monitor.analysis.baselines.Baseline``) into one value per metric."""
+    values = []
+    for b in baselines:
+        for metric, v in sorted(b.metrics.items()):
+            if _finite(v.get("value")):
+                stderr = v.get("stderr")
+                values.append(
+                    BaselineValue(
+                        b.model,
+                        b.evalset,
+                        b.strategy,
+                        metric,
+                        float(v["value"]),
+                        stderr if _finite(stderr) else None,
+                    )
+                )
+    return values
+
+
 class StoreCollector(Collector):
     """Exports the monitor's state from the store on every scrape."""
 

@@ -1,0 +1,1 @@
+"""Analysis of the history: baselines (and, next, regression, drift and recommendations)."""
