@@ -60,6 +60,8 @@ class ModelConfig(_Strict):
     backend: Literal["hf"] = "hf"
     base: str
     adapter: str | None = None
+    #: Your version of this model; new weights under the same version are reported as an integrity problem.
+    version: str | None = None
     revision: str | None = None
     strategy: Strategy = "zero-shot"
     device: str = "auto"

@@ -63,6 +63,7 @@ class RunPlan:
     trigger: str = "cli"
     job: str | None = None
     scheduled_for: datetime | None = None
+    model_version: str | None = None
 
 
 def execute_run(
@@ -98,6 +99,7 @@ def execute_run(
         job=plan.job,
         items_total=len(evalset.items),
         scheduled_for=plan.scheduled_for,
+        model_version=plan.model_version,
     )
     assert run.id is not None
     return continue_run(
@@ -247,6 +249,7 @@ def plan_runs(
                             trigger=trigger,
                             job=job_name,
                             scheduled_for=scheduled_for,
+                            model_version=model.version,
                         )
                     )
     return plans

@@ -52,7 +52,16 @@ from monitor.store.db import MIGRATIONS, SQLITE_BUSY_TIMEOUT_MS, alembic_config
 
 from .pg import free_port, postgres_server, postgres_url  # noqa: F401  (fixtures)
 
-TABLES = {"models", "evalset_versions", "runs", "item_results", "daemon_lease", "run_requests"}
+TABLES = {
+    "models",
+    "evalset_versions",
+    "runs",
+    "item_results",
+    "daemon_lease",
+    "run_requests",
+    "verdicts",
+    "drift_analyses",
+}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -159,7 +168,7 @@ def test_migrations_create_the_schema_from_empty(db_url: str) -> None:
     store = Store.open(db_url)
     try:
         assert store.schema_tables() == {*TABLES, "alembic_version"}
-        assert current_revision(store) == head_revision() == "0002"
+        assert current_revision(store) == head_revision() == "0003"
         columns = {c["name"] for c in inspect(store.engine).get_columns("item_results")}
         assert {"run_id", "item_id", "prediction", "target", "scores", "error"} <= columns
     finally:

@@ -244,6 +244,7 @@ class Store:
         items_total: int = 0,
         model_fingerprint: str | None = None,
         scheduled_for: datetime | None = None,
+        model_version: str | None = None,
     ) -> RunRecord:
         """Record a run as ``running`` and return it (with its id)."""
         with self.session() as s:
@@ -262,6 +263,7 @@ class Store:
                 evalset_version=evalset.version,
                 started_at=utcnow(),
                 scheduled_for=scheduled_for,
+                model_version=model_version,
                 items_total=items_total,
             )
             s.add(run)

@@ -72,6 +72,8 @@ class RunRecord(SQLModel, table=True):
     settings_digest: str = Field(max_length=40)
     settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     model_fingerprint: str | None = Field(default=None, max_length=80)
+    #: The configured model version; a fingerprint change without a version change is a canary.
+    model_version: str | None = Field(default=None, max_length=80)
     evalset_version: str = Field(max_length=80)
     started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     #: When the scheduler meant the run to start (scheduled runs only): the schedule lag is measured from it.
@@ -137,3 +139,62 @@ class RunRequest(SQLModel, table=True):
     requested_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     requested_by: str = Field(default="", max_length=300)
     picked_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+
+
+class VerdictRecord(SQLModel, table=True):
+    """A run's comparison with its baseline on one metric: the statistics and the resulting state."""
+
+    __tablename__ = "verdicts"
+    __table_args__ = (
+        Index("ix_verdicts_series", "model_id", "evalset_name", "strategy", "metric", "run_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="runs.id", index=True)
+    model_id: int = Field(foreign_key="models.id")
+    evalset_name: str = Field(max_length=200)
+    strategy: str = Field(max_length=40)
+    metric: str = Field(max_length=80)
+    baseline_run_id: int | None = None
+    #: paired, unpaired or refused
+    mode: str = Field(max_length=20)
+    method: str | None = Field(default=None, max_length=80)
+    delta: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    adjusted_p: float | None = None
+    min_detectable: float | None = None
+    tolerance: float = 0.0
+    alpha: float = 0.05
+    #: whether this run alone shows a significant drop beyond the tolerance
+    significant_drop: bool = False
+    consecutive: int = 0
+    #: ok, suspect (dropping, not yet confirmed), regressed (confirmed), refused
+    state: str = Field(max_length=20)
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class DriftRecord(SQLModel, table=True):
+    """One drift analysis: behaviour drift against the baseline, an integrity canary, or input drift."""
+
+    __tablename__ = "drift_analyses"
+    __table_args__ = (Index("ix_drift_series", "model_id", "kind", "source", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="models.id")
+    #: behaviour, canary or input
+    kind: str = Field(max_length=20)
+    #: the eval set (behaviour, canary) or the production source (input)
+    source: str = Field(max_length=200)
+    run_id: int | None = Field(default=None, foreign_key="runs.id")
+    score: float | None = None
+    p_value: float | None = None
+    threshold: float | None = None
+    drifted: bool = False
+    state: str = Field(max_length=20)
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
