@@ -140,10 +140,7 @@ def behaviour_drift(
             "baseline": float(np.mean(a)) if a else None,
             "current": float(np.mean(b)) if b else None,
         }
-        if len(a) >= 2 and (a != b):
-            p_value = float(stats.ks_2samp(a, b).pvalue)
-        else:
-            p_value = 1.0
+        p_value = float(stats.ks_2samp(a, b).pvalue) if len(a) >= 2 and a != b else 1.0
     if diff.agreement is not None and diff.agreement < min_agreement:
         reasons.append(
             f"only {diff.agreement:.1%} of predictions agree with the baseline (< {min_agreement:.0%})"
