@@ -104,8 +104,7 @@ def behaviour_drift(
 
     Multiple choice: a chi-square test of homogeneity on the predicted-label counts
     (baseline vs current). Generation: a two-sample Kolmogorov-Smirnov test on
-    output lengths, and the share of outputs that parse as JSON (Fisher's exact
-    test) when the outputs look like JSON.
+    output lengths.
     """
     diff = diff_outcomes(baseline, current)
     base = {o.id: o for o in baseline if not o.error}
