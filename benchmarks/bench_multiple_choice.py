@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shlex
 import string
 import subprocess
@@ -366,6 +367,9 @@ class ToolRun:
     batch_size: str | None
     #: Wall time of the whole process: interpreter, imports, model load, evaluation.
     process_s: float
+    #: CPU time (user + system) of the process and its threads; less sensitive than wall time
+    #: to other work on the machine.
+    process_cpu_s: float | None = None
     #: Wall time of the evaluation proper (after the model is loaded), where the tool tells us.
     eval_s: float | None = None
     #: Model load time, where known.
@@ -400,6 +404,12 @@ def best_of(repeats: int, run_once: Callable[[], ToolRun]) -> ToolRun:
     assert kept is not None
     kept.process_s_all = times
     return kept
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of all finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _thread_env(threads: int) -> dict[str, str]:
@@ -441,13 +451,13 @@ def run_lm_eval(
     }
     cmd = [sys.executable, str(Path(__file__).resolve()), "--lm-eval-worker", json.dumps(spec)]
     log = log_dir / f"lm-eval-{shots}shot-bs{batch_size}.log"
-    start = time.perf_counter()
+    cpu_before, start = _children_cpu_s(), time.perf_counter()
     with log.open("w") as log_file:
         proc = subprocess.run(
             cmd, env=_thread_env(threads), stdout=log_file, stderr=subprocess.STDOUT, check=False
         )
     process_s = time.perf_counter() - start
-    run = ToolRun("lm-eval", shots, batch_size, process_s)
+    run = ToolRun("lm-eval", shots, batch_size, process_s, _children_cpu_s() - cpu_before)
     if proc.returncode != 0 or not out.exists():
         run.error = f"lm-eval worker exited with {proc.returncode}; see {log}"
         return run
@@ -565,11 +575,11 @@ def run_monitor(
         *extra_args,
     ]
     log = log_dir / f"monitor-{shots}shot.log"
-    start = time.perf_counter()
+    cpu_before, start = _children_cpu_s(), time.perf_counter()
     proc = subprocess.run(cmd, env=_thread_env(threads), capture_output=True, text=True, check=False)
     process_s = time.perf_counter() - start
     log.write_text(f"$ {shlex.join(cmd)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-    run = ToolRun("monitor", shots, None, process_s)
+    run = ToolRun("monitor", shots, None, process_s, _children_cpu_s() - cpu_before)
     if proc.returncode != 0 or not out.exists():
         run.error = f"monitor exited with {proc.returncode}; see {log}"
         return run
@@ -748,6 +758,10 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.1f}x"
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator <= 0:
         return None
@@ -761,6 +775,9 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         "items",
         "lm-eval s (bs)",
         "monitor s",
+        "speed-up",
+        "lm-eval cpu s",
+        "monitor cpu s",
         "speed-up",
         "lm-eval eval s",
         "monitor eval s",
@@ -781,10 +798,13 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                 str(row["items"]),
                 f"{_fmt(lm.get('process_s'))} ({lm.get('batch_size', '-')})" if lm else "-",
                 _fmt(mon.get("process_s")),
-                _fmt(row.get("speedup_process"), ".1f") + ("x" if row.get("speedup_process") else ""),
+                _times(row.get("speedup_process")),
+                _fmt(lm.get("process_cpu_s")),
+                _fmt(mon.get("process_cpu_s")),
+                _times(row.get("speedup_cpu")),
                 _fmt(row.get("lm_eval_eval_s")),
                 _fmt(mon.get("eval_s")),
-                _fmt(row.get("speedup_eval"), ".1f") + ("x" if row.get("speedup_eval") else ""),
+                _times(row.get("speedup_eval")),
                 _fmt(agreement.get("identical_share"), ".1%") if agreement else "-",
                 _fmt(agreement.get("max_abs_ll_diff"), ".2e") if agreement else "-",
                 str(row["tokens"]["lm_eval"]),
@@ -805,6 +825,7 @@ def _run_dict(run: ToolRun | None) -> dict[str, Any] | None:
     return {
         "batch_size": run.batch_size,
         "process_s": run.process_s,
+        "process_cpu_s": run.process_cpu_s,
         "load_s": run.load_s,
         "eval_s": run.eval_s,
         "scoring_s": run.scoring_s,
@@ -847,7 +868,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--positions", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2, help="torch/OMP threads for both tools")
     parser.add_argument(
-        "--lm-eval-batch-sizes", default="1,16", help="lm-eval batch sizes to try; the fastest is reported"
+        "--lm-eval-batch-sizes", default="1,16,64", help="lm-eval batch sizes to try; the fastest is reported"
     )
     parser.add_argument(
         "--monitor-cmd",
@@ -991,6 +1012,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             row["agreement"] = _agreement_dict(agreement)
             row["speedup_process"] = _ratio(best_lm.process_s if best_lm else None, mon_run.process_s)
+            row["speedup_cpu"] = _ratio(best_lm.process_cpu_s if best_lm else None, mon_run.process_cpu_s)
             row["speedup_eval"] = _ratio(row["lm_eval_eval_s"], mon_run.eval_s)
             if agreement.identical_share < 1.0:
                 failures.append(
