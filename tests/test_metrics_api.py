@@ -84,7 +84,10 @@ def test_collector_values(running: tuple[Daemon, Store, CollectorRegistry]) -> N
     assert value("monitor_model_load_seconds", {"model": "router"}) is not None
     assert value("monitor_store_up") == 1
     assert value("monitor_scheduler_running") == 1
-    assert value("monitor_runs_in_progress", {"job": "nightly"}) is None
+    assert value("monitor_runs_in_progress", {"job": "nightly"}) == 0
+    assert value("monitor_runs_interrupted", {"job": "nightly"}) == 0
+    assert value("monitor_runs_total", {**labels, "status": "failed"}) == 0  # present before the first failure
+    assert value("monitor_runs_total", {**labels, "status": "running"}) is None
 
 
 def test_a_restarted_exporter_reports_the_same_values(

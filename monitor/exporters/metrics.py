@@ -237,9 +237,10 @@ class StoreCollector(Collector):
     @staticmethod
     def _run_counters(rows: Iterable[Any], names: Mapping[int, str]) -> Iterator[Metric]:
         runs = CounterMetricFamily(
-            "monitor_runs", "Runs recorded, by final status (running while in progress).",
+            "monitor_runs",
+            "Finished runs by final status (succeeded or failed; both always present, so the first failure counts).",
             labels=["model", "evalset", "job", "status"],
-        )  # fmt: skip
+        )
         items = CounterMetricFamily(
             "monitor_items_evaluated", "Items evaluated.", labels=["model", "evalset", "job"]
         )
@@ -252,26 +253,40 @@ class StoreCollector(Collector):
             "monitor_tokens", "Tokens processed by evaluations.", labels=["model", "evalset", "job", "kind"]
         )
         in_progress = GaugeMetricFamily("monitor_runs_in_progress", "Runs now running.", labels=["job"])
-        per_series: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
-        running: dict[str, float] = defaultdict(float)
+        interrupted = GaugeMetricFamily(
+            "monitor_runs_interrupted",
+            "Runs interrupted by a stop or crash, waiting to be resumed.",
+            labels=["job"],
+        )
+        per_series: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0] * 6)
+        # running and interrupted runs are states, not events: they become succeeded or failed later
+        # and would make a counter go down, so they are gauges.
+        state: dict[str, dict[str, float]] = defaultdict(lambda: {"running": 0.0, "interrupted": 0.0})
         for model_id, evalset, job, status, count, done, errors, prompt, completion in rows:
             model, job_label = names.get(model_id, "?"), job or ""
-            runs.add_metric([model, evalset, job_label, status], float(count))
             acc = per_series[(model, evalset, job_label)]
             acc[0] += float(done or 0)
             acc[1] += float(errors or 0)
             acc[2] += float(prompt or 0)
             acc[3] += float(completion or 0)
-            if status == "running":
-                running[job_label] += float(count)
-        for (model, evalset, job_label), (done, errors, prompt, completion) in sorted(per_series.items()):
+            if status == "succeeded":
+                acc[4] += float(count)
+            elif status == "failed":
+                acc[5] += float(count)
+            state[job_label][status] = state[job_label].get(status, 0.0) + float(count)
+        for (model, evalset, job_label), (done, errors, prompt, completion, ok, bad) in sorted(
+            per_series.items()
+        ):
+            runs.add_metric([model, evalset, job_label, "succeeded"], ok)
+            runs.add_metric([model, evalset, job_label, "failed"], bad)
             items.add_metric([model, evalset, job_label], done)
             failed.add_metric([model, evalset, job_label], errors)
             tokens.add_metric([model, evalset, job_label, "prompt"], prompt)
             tokens.add_metric([model, evalset, job_label, "completion"], completion)
-        for job_label, count in sorted(running.items()):
-            in_progress.add_metric([job_label], count)
-        yield from (runs, items, failed, tokens, in_progress)
+        for job_label, counts in sorted(state.items()):
+            in_progress.add_metric([job_label], counts["running"])
+            interrupted.add_metric([job_label], counts["interrupted"])
+        yield from (runs, items, failed, tokens, in_progress, interrupted)
 
 
 def _duration_histogram(rows: Iterable[tuple[str | None, float]]) -> HistogramMetricFamily:
