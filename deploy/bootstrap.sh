@@ -25,6 +25,7 @@ apt_packages() {
     local missing=()
     command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         log "cannot install ${missing[*]} (needs root and apt-get); the tests that need them will be skipped"
@@ -37,6 +38,7 @@ apt_packages() {
     # The Debian package starts services of its own; the tests start private servers instead.
     service postgresql stop >/dev/null 2>&1 || true
     service prometheus stop >/dev/null 2>&1 || true
+    service prometheus-alertmanager stop >/dev/null 2>&1 || true
 }
 
 python_env() {
@@ -56,6 +58,10 @@ python_env() {
 }
 
 run_tests() {
+    if [ "${CI:-}" = "true" ]; then
+        # In CI a missing server is a broken image, not a reason to skip.
+        export MONITOR_TEST_POSTGRES_REQUIRED=1 MONITOR_TEST_PROMETHEUS_REQUIRED=1
+    fi
     log "ruff"
     "$VENV/bin/ruff" check monitor tests benchmarks
     "$VENV/bin/ruff" format --check monitor tests benchmarks
