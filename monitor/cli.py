@@ -342,7 +342,7 @@ def run_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
 ) -> None:
     """Run the configured jobs once and record every run."""
-    from .execution import ModelPool, execute_run, plan_runs
+    from .execution import ModelPool, analyze_safely, execute_run, plan_runs
     from .store import Store
 
     cfg = _load_config(config)
@@ -355,6 +355,8 @@ def run_command(
             label = f"{plan.model_name} on {plan.evalset.name} ({strategy_name(plan.fewshot_k)})"
             with _progress(len(plan.evalset.items), label, not as_json) as progress:
                 run = execute_run(store, pool, plan, progress=progress)
+            assert run.id is not None
+            analyze_safely(store, run.id, cfg)
             finished.append((run, plan.model_name))
             if not as_json:
                 _err(f"{label}: {run.status}" + (f" ({run.error})" if run.error else ""))
@@ -645,6 +647,169 @@ def _wait_for_manual_runs(store: Any, job: str, since: Any, expected: int, timeo
             return runs
         time.sleep(0.5)
     raise MonitorError(f"job {job} did not finish within {timeout:.0f} s")
+
+
+@app.command("diff")
+@handle_errors
+def diff_command(
+    run_a: Annotated[int, typer.Argument(help="The earlier run (for example the baseline's run).")],
+    run_b: Annotated[int, typer.Argument(help="The later run.")],
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    limit: Annotated[int, typer.Option(help="Item ids listed per group.")] = 20,
+) -> None:
+    """Item by item: what newly fails, what newly passes and which predictions changed from RUN_A to RUN_B."""
+    from .analysis.behaviour import ItemOutcome, diff_outcomes
+
+    store = _store_for(config, db)
+    try:
+        runs = [store.get_run(run_a), store.get_run(run_b)]
+        outcomes = [
+            [ItemOutcome(r.item_id, r.prediction, r.correct, r.error) for r in store.item_results(run.id)]  # type: ignore[arg-type]
+            for run in runs
+        ]
+    finally:
+        store.close()
+    diff = diff_outcomes(*outcomes)
+    payload = {
+        "run_a": run_a,
+        "run_b": run_b,
+        "evalset_a": runs[0].evalset_name,
+        "evalset_b": runs[1].evalset_name,
+        "same_evalset_version": runs[0].evalset_version == runs[1].evalset_version,
+        "common": diff.common,
+        "agreement": diff.agreement,
+        "newly_broken": list(diff.newly_broken),
+        "newly_fixed": list(diff.newly_fixed),
+        "changed_predictions": list(diff.changed_predictions),
+        "only_in_a": list(diff.only_in_a),
+        "only_in_b": list(diff.only_in_b),
+        "failed_in_b": list(diff.failed_in_b),
+    }
+    if as_json:
+        print(json.dumps(payload, indent=2))
+        return
+    agreement = "-" if diff.agreement is None else f"{diff.agreement:.1%}"
+    print(f"run {run_a} -> run {run_b}: {diff.common} common items, {agreement} identical predictions")
+    if not payload["same_evalset_version"]:
+        print("note: the runs used different versions of the eval set")
+    for key in (
+        "newly_broken",
+        "newly_fixed",
+        "changed_predictions",
+        "only_in_a",
+        "only_in_b",
+        "failed_in_b",
+    ):
+        ids = payload[key]
+        if ids:
+            more = f" ... and {len(ids) - limit} more" if len(ids) > limit else ""
+            print(f"{key.replace('_', ' ')} ({len(ids)}): {', '.join(ids[:limit])}{more}")
+
+
+@app.command("regressions")
+@handle_errors
+def regressions_command(
+    model: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The newest verdict against the baseline per model, eval set, strategy and metric."""
+    from .analysis.assess import latest_findings
+    from .analysis.regression import latest_verdicts
+
+    store = _store_for(config, db)
+    try:
+        model_id = store.get_model(model).id if model else None
+        verdicts = latest_verdicts(store, model_id)
+        names = {v.model_id: store.model_name(v.model_id) for v in verdicts}
+        findings = [(f, n) for f, n in latest_findings(store) if model is None or n == model]
+    finally:
+        store.close()
+    rows = [
+        clean(
+            {
+                "model": names[v.model_id],
+                "evalset": v.evalset_name,
+                "strategy": v.strategy,
+                "metric": v.metric,
+                "state": v.state,
+                "mode": v.mode,
+                "delta": v.delta,
+                "ci_low": v.ci_low,
+                "ci_high": v.ci_high,
+                "p_value": v.p_value,
+                "adjusted_p": v.adjusted_p,
+                "min_detectable": v.min_detectable,
+                "consecutive": v.consecutive,
+                "run": v.run_id,
+                "baseline_run": v.baseline_run_id,
+                "reason": v.reason,
+            }
+        )
+        for v in sorted(verdicts, key=lambda v: (names[v.model_id], v.evalset_name, v.strategy, v.metric))
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows and not findings:
+        print("no verdicts yet: pin a baseline (monitor baseline pin MODEL EVALSET) and run again")
+        return
+
+    def num(x: float | None, fmt: str = "+.3f") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    _print_table(
+        "regression verdicts",
+        [
+            "model",
+            "evalset",
+            "strategy",
+            "metric",
+            "state",
+            "delta",
+            "95% CI",
+            "adj. p",
+            "MDD",
+            "runs",
+            "note",
+        ],
+        [
+            [
+                r["model"],
+                r["evalset"],
+                r["strategy"],
+                r["metric"],
+                r["state"],
+                num(r["delta"]),
+                f"[{num(r['ci_low'])}, {num(r['ci_high'])}]",
+                num(r["adjusted_p"], ".2g"),
+                num(r["min_detectable"], ".3f"),
+                str(r["consecutive"]),
+                (r["reason"] or "")[:60],
+            ]
+            for r in rows
+        ],
+    )
+    if findings:
+        _print_table(
+            "behaviour and integrity",
+            ["model", "kind", "source", "state", "score", "p", "reason"],
+            [
+                [
+                    n,
+                    f.kind,
+                    f.source,
+                    f.state,
+                    num(f.score, ".3f"),
+                    num(f.p_value, ".2g"),
+                    (f.reason or "")[:70],
+                ]
+                for f, n in findings
+            ],
+        )
 
 
 baseline_app = typer.Typer(help="Pin, show, list and unpin baselines (baselines/<model>/<evalset>.json).")

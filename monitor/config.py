@@ -114,6 +114,22 @@ class DaemonConfig(_Strict):
     shutdown_timeout: Interval = "9s"
 
 
+class RegressionConfig(_Strict):
+    """``regression:``: when a drop is a regression, and when behaviour has moved."""
+
+    #: Drops smaller than this (in the metric's units: 0.02 is 2 points of accuracy) are tolerated.
+    tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    #: Significance level, after Holm's correction across a model's metrics and eval sets.
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    #: Consecutive significant drops before a regression is declared (one makes it "suspect").
+    confirmations: Annotated[int, Field(ge=1, le=100)] = 2
+    #: Below this share of predictions identical to the baseline's, behaviour has drifted.
+    min_agreement: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
+    behaviour_alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.01
+    bootstrap_resamples: Annotated[int, Field(ge=200, le=200_000)] = 5000
+    seed: int = 0
+
+
 class MonitorConfig(_Strict):
     """The whole ``monitor.yaml``."""
 
@@ -123,6 +139,7 @@ class MonitorConfig(_Strict):
     evalsets: dict[Name, str] = Field(default_factory=dict)
     jobs: dict[Name, JobConfig] = Field(default_factory=dict)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    regression: RegressionConfig = Field(default_factory=RegressionConfig)
     #: Where pinned baselines live (``<baselines>/<model>/<evalset>.json``), relative to this file.
     baselines: str = "baselines"
     #: Directory the file was loaded from; relative paths resolve against it.
@@ -162,6 +179,27 @@ class MonitorConfig(_Strict):
         base = str(self.resolve(model.base)) if _looks_local(model.base, self.root) else model.base
         adapter = str(self.resolve(model.adapter)) if model.adapter else None
         return base, adapter
+
+    def baselines_dir(self) -> Path:
+        return self.resolve(self.baselines)
+
+    def analysis_policy(self) -> Any:
+        """The thresholds of :mod:`monitor.analysis.assess` from ``regression:``."""
+        from .analysis.assess import AnalysisPolicy
+        from .analysis.regression import RegressionPolicy
+
+        r = self.regression
+        return AnalysisPolicy(
+            regression=RegressionPolicy(
+                tolerance=r.tolerance,
+                alpha=r.alpha,
+                confirmations=r.confirmations,
+                n_resamples=r.bootstrap_resamples,
+                seed=r.seed,
+            ),
+            behaviour_alpha=r.behaviour_alpha,
+            min_agreement=r.min_agreement,
+        )
 
     def database_url(self) -> str:
         """The database URL, with a relative SQLite path resolved against the config file."""

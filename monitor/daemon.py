@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from .config import JobConfig, MonitorConfig
 from .errors import LeaseHeldError, MonitorError
 from .evalsets import load_evalset, parse_strategy
-from .execution import ModelPool, RunPlan, continue_run, execute_run, plan_runs
+from .execution import ModelPool, RunPlan, analyze_safely, continue_run, execute_run, plan_runs
 from .schedule import JobTimer, latest_missed_fire, make_trigger, parse_interval, typical_interval
 from .store import RunRecord, Store, as_utc, utcnow
 
@@ -354,6 +354,8 @@ class Daemon:
             run.status,
             f": {run.error}" if run.error else "",
         )
+        if run.id is not None:
+            analyze_safely(self.store, run.id, self.config)
         if self.on_run_finished is not None:
             try:
                 self.on_run_finished(run)

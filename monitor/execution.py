@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from .backends import Backend, ModelSpec, load_backend
 from .backends.base import ProgressCallback
@@ -253,3 +254,16 @@ def plan_runs(
                         )
                     )
     return plans
+
+
+def analyze_safely(store: Store, run_id: int, cfg: MonitorConfig) -> Any:
+    """Regression, behaviour and canary checks after a run; a failure is logged, never raised."""
+    import logging
+
+    from .analysis.assess import analyze_run
+
+    try:
+        return analyze_run(store, run_id, cfg.baselines_dir(), cfg.analysis_policy())
+    except Exception as exc:
+        logging.getLogger("monitor.analysis").warning("analysis of run %s failed: %s", run_id, exc)
+        return None

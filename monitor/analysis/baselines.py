@@ -54,6 +54,7 @@ class Baseline:
     pinned_at: str
     metrics: dict[str, dict[str, Any]]
     items: tuple[BaselineItem, ...]
+    model_version: str | None = None
     format_version: int = BASELINE_FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -95,6 +96,7 @@ def pin_baseline(store: Store, root: Path, model: str, evalset: str, run_id: int
         pinned_at=utcnow().isoformat(),
         metrics=dict(run.metrics),
         items=items,
+        model_version=run.model_version,
     )
     path = baseline_path(root, model, evalset)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,201 @@
+"""After every run: regression verdicts, behaviour drift and integrity canaries against the baseline.
+
+Nothing here may break a run: the caller logs what raises and goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+
+from ..store import ItemResultRecord, ModelRecord, RunRecord, Store, utcnow
+from ..store.tables import DriftRecord, EvalSetVersionRecord, VerdictRecord
+from .baselines import Baseline, baseline_path, load_baseline
+from .behaviour import ItemOutcome, adapter_not_applied, behaviour_drift, fingerprint_changed
+from .regression import RegressionPolicy, assess_run, comparability
+
+
+@dataclass(frozen=True)
+class AnalysisPolicy:
+    """Thresholds for everything checked after a run."""
+
+    regression: RegressionPolicy = field(default_factory=RegressionPolicy)
+    behaviour_alpha: float = 0.01
+    min_agreement: float = 0.9
+
+
+@dataclass(frozen=True)
+class RunAnalysis:
+    """What the analysis of one run found."""
+
+    run_id: int
+    baseline_run_id: int | None
+    verdicts: tuple[VerdictRecord, ...] = ()
+    findings: tuple[DriftRecord, ...] = ()
+    note: str | None = None
+
+
+def analyze_run(
+    store: Store, run_id: int, baselines_root: Path, policy: AnalysisPolicy | None = None
+) -> RunAnalysis:
+    """Compare a finished run with its model's baseline on that eval set and store what was found."""
+    policy = policy or AnalysisPolicy()
+    run = store.get_run(run_id)
+    model_name = store.model_name(run.model_id)
+    findings: list[DriftRecord] = []
+    adapter = _adapter_canary(store, run)
+    if adapter is not None:
+        findings.append(adapter)
+    path = baseline_path(baselines_root, model_name, run.evalset_name)
+    if run.status != "succeeded" or not path.exists():
+        _store_findings(store, findings)
+        return RunAnalysis(
+            run_id,
+            None,
+            findings=tuple(findings),
+            note="no baseline" if run.status == "succeeded" else run.status,
+        )
+    baseline = load_baseline(path)
+    if baseline.strategy != run.strategy:
+        _store_findings(store, findings)
+        return RunAnalysis(
+            run_id, baseline.run_id, findings=tuple(findings), note="the baseline has another strategy"
+        )
+    verdicts = assess_run(store, run_id, baseline, policy.regression)
+    findings.append(_fingerprint_canary(run, baseline))
+    behaviour = _behaviour(store, run, baseline, policy)
+    if behaviour is not None:
+        findings.append(behaviour)
+    _store_findings(store, findings)
+    return RunAnalysis(run_id, baseline.run_id, tuple(verdicts), tuple(findings))
+
+
+def _store_findings(store: Store, findings: list[DriftRecord]) -> None:
+    if not findings:
+        return
+    with store.session() as s:
+        s.add_all(findings)
+        s.flush()
+        for f in findings:
+            s.refresh(f)
+
+
+def _task(store: Store, run: RunRecord) -> str:
+    with store.session() as s:
+        version = s.get(EvalSetVersionRecord, run.evalset_version_id)
+    return version.task if version is not None else "multiple_choice"
+
+
+def _outcomes(rows: list[ItemResultRecord]) -> list[ItemOutcome]:
+    return [ItemOutcome(r.item_id, r.prediction, r.correct, r.error) for r in rows]
+
+
+def _behaviour(
+    store: Store, run: RunRecord, baseline: Baseline, policy: AnalysisPolicy
+) -> DriftRecord | None:
+    mode, _ = comparability(run, baseline)
+    if mode != "paired":
+        return None
+    assert run.id is not None
+    current = _outcomes(store.item_results(run.id))
+    base = [ItemOutcome(i.id, i.prediction, i.correct) for i in baseline.items]
+    drift = behaviour_drift(
+        base,
+        current,
+        task=_task(store, run),
+        alpha=policy.behaviour_alpha,
+        min_agreement=policy.min_agreement,
+    )
+    return DriftRecord(
+        model_id=run.model_id,
+        kind="behaviour",
+        source=run.evalset_name,
+        run_id=run.id,
+        score=drift.agreement,
+        p_value=drift.p_value,
+        threshold=policy.min_agreement,
+        drifted=drift.drifted,
+        state="drifted" if drift.drifted else "ok",
+        reason="; ".join(drift.reasons) or None,
+        details={"test": drift.test, "n": drift.n, **drift.details},
+        created_at=utcnow(),
+    )
+
+
+def _fingerprint_canary(run: RunRecord, baseline: Baseline) -> DriftRecord:
+    finding = fingerprint_changed(
+        baseline.model_fingerprint, run.model_fingerprint, baseline.model_version, run.model_version
+    )
+    return DriftRecord(
+        model_id=run.model_id,
+        kind="canary",
+        source="fingerprint",
+        run_id=run.id,
+        score=1.0 if finding else 0.0,
+        drifted=finding is not None,
+        state="problem" if finding else "ok",
+        reason=finding.message if finding else None,
+        details={"baseline": baseline.model_fingerprint, "current": run.model_fingerprint},
+        created_at=utcnow(),
+    )
+
+
+def _adapter_canary(store: Store, run: RunRecord) -> DriftRecord | None:
+    """For a model with an adapter: does it score exactly like its base model? Then the adapter is not applied."""
+    if run.status != "succeeded" or run.id is None:
+        return None
+    with store.session() as s:
+        model = s.get(ModelRecord, run.model_id)
+        if model is None or not model.adapter:
+            return None
+        base_run = s.execute(
+            select(RunRecord)
+            .join(ModelRecord, RunRecord.model_id == ModelRecord.id)
+            .where(
+                ModelRecord.base == model.base,
+                ModelRecord.adapter.is_(None),
+                RunRecord.status == "succeeded",
+                RunRecord.evalset_version == run.evalset_version,
+                RunRecord.settings_digest == run.settings_digest,
+            )
+            .order_by(RunRecord.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    if base_run is None or base_run.id is None:
+        return None
+    mine = {r.item_id: r.loglikelihoods for r in store.item_results(run.id) if not r.error}
+    theirs = {r.item_id: r.loglikelihoods for r in store.item_results(base_run.id) if not r.error}
+    finding = adapter_not_applied(mine, theirs)
+    return DriftRecord(
+        model_id=run.model_id,
+        kind="canary",
+        source="adapter",
+        run_id=run.id,
+        score=1.0 if finding else 0.0,
+        drifted=finding is not None,
+        state="problem" if finding else "ok",
+        reason=finding.message if finding else None,
+        details={"base_run": base_run.id},
+        created_at=utcnow(),
+    )
+
+
+def latest_findings(store: Store) -> list[tuple[DriftRecord, str]]:
+    """The newest drift or canary record of every (model, kind, source), with the model's name."""
+    from sqlalchemy import func
+
+    with store.session() as s:
+        newest = (
+            select(func.max(DriftRecord.id).label("id"))
+            .group_by(DriftRecord.model_id, DriftRecord.kind, DriftRecord.source)
+            .subquery()
+        )
+        rows = s.execute(
+            select(DriftRecord, ModelRecord.name)
+            .join(newest, DriftRecord.id == newest.c.id)
+            .join(ModelRecord, DriftRecord.model_id == ModelRecord.id)
+            .order_by(ModelRecord.name, DriftRecord.kind, DriftRecord.source)
+        ).all()
+        return [(record, name) for record, name in rows]

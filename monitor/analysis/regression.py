@@ -1,0 +1,295 @@
+"""Regression verdicts: a run against its pinned baseline, fairly or not at all.
+
+A comparison is *paired* (item by item) when the eval set version and every
+prompt and decoding setting match the baseline's; *unpaired* when only the eval
+set's content changed (and the verdict says so); *refused*, with the reason,
+when the prompt, the few-shot setting or the decoding differ, because then a
+difference says nothing about the model.
+
+A regression is declared for a metric only when the drop exceeds the
+configured tolerance, is significant at ``alpha`` after Holm's correction
+across all the metrics and eval sets of the model, and has been seen in
+``confirmations`` consecutive runs: one bad run makes it ``suspect``, not
+``regressed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+
+from ..store import RunRecord, Store, utcnow
+from ..store.tables import VerdictRecord
+from .baselines import Baseline
+from .stats import (
+    TestResult,
+    holm,
+    mcnemar_exact,
+    minimum_detectable_difference,
+    paired_bootstrap,
+    regression_decision,
+    unpaired_means,
+    unpaired_proportions,
+)
+
+#: Settings whose difference makes a comparison meaningless.
+COMPARED_SETTINGS = ("prompt", "target_delimiter", "fewshot_k", "fewshot_separator", "decoding")
+
+
+@dataclass(frozen=True)
+class RegressionPolicy:
+    """How sure the monitor must be before it calls a drop a regression."""
+
+    tolerance: float = 0.02
+    alpha: float = 0.05
+    confirmations: int = 2
+    n_resamples: int = 5000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One metric of one run against the baseline."""
+
+    evalset: str
+    strategy: str
+    metric: str
+    mode: str
+    reason: str | None
+    result: TestResult | None = None
+    min_detectable: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def comparability(run: RunRecord, baseline: Baseline) -> tuple[str, str | None]:
+    """``paired``, ``unpaired`` or ``refused``, and why when not paired."""
+    differing = [
+        key
+        for key in COMPARED_SETTINGS
+        if (run.settings or {}).get(key) != (baseline.settings or {}).get(key)
+    ]
+    if run.strategy != baseline.strategy and "fewshot_k" not in differing:
+        differing.append("strategy")
+    if differing:
+        return "refused", (
+            f"not comparable with the baseline (run {baseline.run_id}): {', '.join(differing)} differ; "
+            "pin a new baseline for the new settings"
+        )
+    if run.evalset_version != baseline.evalset_version:
+        return "unpaired", (
+            f"the eval set changed since the baseline ({baseline.evalset_version[:10]} -> "
+            f"{run.evalset_version[:10]}): compared unpaired, on all items of each"
+        )
+    return "paired", None
+
+
+def _is_binary(values: Sequence[float]) -> bool:
+    return all(v in (0.0, 1.0) for v in values)
+
+
+def compare_run(
+    run: RunRecord, items: Sequence[Any], baseline: Baseline, policy: RegressionPolicy
+) -> list[Comparison]:
+    """Compare every metric the run and its baseline share."""
+    mode, reason = comparability(run, baseline)
+    metrics = [m for m in run.metrics if m in baseline.metrics]
+    if mode == "refused":
+        return [Comparison(run.evalset_name, run.strategy, m, mode, reason) for m in metrics]
+    current = {r.item_id: r.scores or {} for r in items if not r.error}
+    base = {i.id: i.scores for i in baseline.items}
+    out = []
+    for metric in metrics:
+        if mode == "paired":
+            ids = [i for i in base if i in current and metric in base[i] and metric in current[i]]
+            b = [float(base[i][metric]) for i in ids]
+            c = [float(current[i][metric]) for i in ids]
+        else:
+            b = [float(s[metric]) for s in base.values() if metric in s]
+            c = [float(s[metric]) for s in current.values() if metric in s]
+        if len(b) < 2 or len(c) < 2:
+            out.append(
+                Comparison(run.evalset_name, run.strategy, metric, "refused", "too few items to compare")
+            )
+            continue
+        binary = _is_binary(b) and _is_binary(c)
+        result = _test(mode, binary, b, c, policy)
+        out.append(
+            Comparison(
+                run.evalset_name,
+                run.strategy,
+                metric,
+                mode,
+                reason,
+                result,
+                _min_detectable(result, binary, b, policy),
+                {"binary": binary},
+            )
+        )
+    return out
+
+
+def _test(mode: str, binary: bool, b: list[float], c: list[float], policy: RegressionPolicy) -> TestResult:
+    if mode == "paired" and binary:
+        return mcnemar_exact([x == 1.0 for x in b], [x == 1.0 for x in c], alpha=policy.alpha)
+    if mode == "paired":
+        return paired_bootstrap(b, c, alpha=policy.alpha, n_resamples=policy.n_resamples, seed=policy.seed)
+    if binary:
+        return unpaired_proportions([x == 1.0 for x in b], [x == 1.0 for x in c], alpha=policy.alpha)
+    return unpaired_means(b, c, alpha=policy.alpha)
+
+
+def _min_detectable(
+    result: TestResult, binary: bool, b: list[float], policy: RegressionPolicy
+) -> float | None:
+    import numpy as np
+
+    try:
+        if binary:
+            discordance = None
+            if (
+                result.paired
+                and result.pass_to_fail is not None
+                and result.fail_to_pass is not None
+                and result.n
+            ):
+                discordance = max((result.pass_to_fail + result.fail_to_pass) / result.n, 1.0 / result.n)
+            return minimum_detectable_difference(
+                result.n,
+                baseline_rate=result.baseline_mean,
+                alpha=policy.alpha,
+                paired=result.paired,
+                discordance=discordance,
+                n_current=result.n_current,
+            )
+        sd = float(np.std(b, ddof=1)) if len(b) > 1 else None
+        return minimum_detectable_difference(
+            result.n, sd=sd, alpha=policy.alpha, paired=result.paired, n_current=result.n_current
+        )
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def assess_run(
+    store: Store, run_id: int, baseline: Baseline, policy: RegressionPolicy
+) -> list[VerdictRecord]:
+    """Compare a succeeded run with its baseline, correct across the model's series, store the verdicts."""
+    run = store.get_run(run_id)
+    if run.status != "succeeded" or run.strategy != baseline.strategy:
+        return []
+    comparisons = compare_run(run, store.item_results(run_id), baseline, policy)
+    tested = [c for c in comparisons if c.result is not None]
+    with store.session() as s:
+        others = _latest_other_p_values(s, run.model_id, run.evalset_name, run.strategy)
+        adjusted = holm([c.result.p_value for c in tested] + others)[: len(tested)]  # type: ignore[union-attr]
+        adjusted_by_metric = {c.metric: p for c, p in zip(tested, adjusted, strict=True)}
+        records = []
+        for c in comparisons:
+            previous = s.execute(
+                select(VerdictRecord)
+                .where(
+                    VerdictRecord.model_id == run.model_id,
+                    VerdictRecord.evalset_name == run.evalset_name,
+                    VerdictRecord.strategy == run.strategy,
+                    VerdictRecord.metric == c.metric,
+                    VerdictRecord.run_id != run_id,
+                )
+                .order_by(VerdictRecord.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            record = _verdict(run, baseline, c, adjusted_by_metric.get(c.metric), previous, policy)
+            s.add(record)
+            records.append(record)
+        s.flush()
+        for record in records:
+            s.refresh(record)
+    return records
+
+
+def _verdict(
+    run: RunRecord,
+    baseline: Baseline,
+    c: Comparison,
+    adjusted_p: float | None,
+    previous: VerdictRecord | None,
+    policy: RegressionPolicy,
+) -> VerdictRecord:
+    assert run.id is not None
+    r = c.result
+    significant = bool(
+        r is not None
+        and regression_decision(r, tolerance=policy.tolerance, alpha=policy.alpha, adjusted_p=adjusted_p)
+    )
+    consecutive = ((previous.consecutive if previous is not None else 0) + 1) if significant else 0
+    if c.mode == "refused":
+        state = "refused"
+    elif significant and consecutive >= policy.confirmations:
+        state = "regressed"
+    elif significant:
+        state = "suspect"
+    else:
+        state = "ok"
+    details: dict[str, Any] = dict(c.details)
+    if r is not None:
+        details.update(
+            baseline_mean=r.baseline_mean,
+            current_mean=r.current_mean,
+            n_baseline=r.n_baseline,
+            n_current=r.n_current,
+            pass_to_fail=r.pass_to_fail,
+            fail_to_pass=r.fail_to_pass,
+        )
+    return VerdictRecord(
+        run_id=run.id,
+        model_id=run.model_id,
+        evalset_name=run.evalset_name,
+        strategy=run.strategy,
+        metric=c.metric,
+        baseline_run_id=baseline.run_id,
+        mode=c.mode,
+        method=r.method if r else None,
+        delta=r.delta if r else None,
+        ci_low=r.ci_low if r else None,
+        ci_high=r.ci_high if r else None,
+        p_value=r.p_value if r else None,
+        adjusted_p=adjusted_p,
+        min_detectable=c.min_detectable,
+        tolerance=policy.tolerance,
+        alpha=policy.alpha,
+        significant_drop=significant,
+        consecutive=consecutive,
+        state=state,
+        reason=c.reason,
+        details=details,
+        created_at=utcnow(),
+    )
+
+
+def _latest_other_p_values(s: Any, model_id: int, evalset: str, strategy: str) -> list[float]:
+    """The newest raw p-value of every other series of the model: the rest of Holm's family."""
+    newest = (
+        select(func.max(VerdictRecord.id).label("id"))
+        .where(VerdictRecord.model_id == model_id, VerdictRecord.p_value.is_not(None))
+        .group_by(VerdictRecord.evalset_name, VerdictRecord.strategy, VerdictRecord.metric)
+        .subquery()
+    )
+    rows = s.execute(select(VerdictRecord).join(newest, VerdictRecord.id == newest.c.id)).scalars()
+    return [
+        float(v.p_value)
+        for v in rows
+        if not (v.evalset_name == evalset and v.strategy == strategy) and v.p_value is not None
+    ]
+
+
+def latest_verdicts(store: Store, model_id: int | None = None) -> list[VerdictRecord]:
+    """The newest verdict of every (model, eval set, strategy, metric)."""
+    with store.session() as s:
+        newest = select(func.max(VerdictRecord.id).label("id")).group_by(
+            VerdictRecord.model_id, VerdictRecord.evalset_name, VerdictRecord.strategy, VerdictRecord.metric
+        )
+        if model_id is not None:
+            newest = newest.where(VerdictRecord.model_id == model_id)
+        sub = newest.subquery()
+        return list(s.execute(select(VerdictRecord).join(sub, VerdictRecord.id == sub.c.id)).scalars())
