@@ -216,3 +216,35 @@ def test_cli_regressions_and_diff(h: Harness, tmp_path: Path) -> None:
     assert row["state"] == "suspect" and row["model"] == "router" and row["delta"] == pytest.approx(-0.3)
     result = CliRunner().invoke(app, ["diff", str(good), "999", "--db", db])
     assert result.exit_code == 2 and "no run with id 999" in result.stderr
+
+
+def test_verdicts_and_findings_reach_the_metrics(h: Harness) -> None:
+    import shutil
+    import subprocess
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from monitor.exporters import StoreCollector
+
+    pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+    h.analyze(h.run(RuleBackend(lambda k: k % 10 not in (0, 1, 2, 3))))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(h.store))
+    series = {"model": "router", "evalset": "routing", "strategy": "zero-shot", "metric": "acc"}
+    value = registry.get_sample_value
+    assert value("monitor_regression_delta", series) == pytest.approx(-0.3)
+    assert value("monitor_regression_ci_high", series) < 0
+    assert value("monitor_regression_p_value", series) < 1e-10
+    assert value("monitor_regression_state", {**series, "state": "suspect"}) == 1
+    assert value("monitor_regression_state", {**series, "state": "regressed"}) == 0
+    behaviour = {"model": "router", "kind": "behaviour", "source": "routing"}
+    assert value("monitor_drift_score", behaviour) == pytest.approx(0.7)
+    assert value("monitor_drift_detected", behaviour) == 1
+    assert (
+        value("monitor_drift_detected", {"model": "router", "kind": "canary", "source": "fingerprint"}) == 0
+    )
+    if shutil.which("promtool"):
+        proc = subprocess.run(
+            ["promtool", "check", "metrics"], input=generate_latest(registry), capture_output=True
+        )
+        assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout

@@ -149,6 +149,8 @@ class StoreCollector(Collector):
                 .where(RunRecord.scheduled_for.is_not(None), RunRecord.job.is_not(None))
                 .order_by(RunRecord.id.desc())
             ).all()
+        yield from self._verdicts(names)
+        yield from self._drift(names)
         yield from self._scores(latest_ok, names)
         yield from self._baseline_scores()
         yield from self._run_counters(counts, names)
@@ -216,6 +218,78 @@ class StoreCollector(Collector):
             if run.finished_at is not None:
                 when.add_metric([model, run.evalset_name, run.strategy], as_utc(run.finished_at).timestamp())  # type: ignore[union-attr]
         yield from (score, stderr, items, when)
+
+    def _verdicts(self, names: Mapping[int, str]) -> Iterator[Metric]:
+        from ..analysis.regression import latest_verdicts
+
+        labels = ["model", "evalset", "strategy", "metric"]
+        delta = GaugeMetricFamily(
+            "monitor_regression_delta", "Latest run minus baseline on a metric.", labels=labels
+        )
+        low = GaugeMetricFamily(
+            "monitor_regression_ci_low", "Lower bound of the delta's confidence interval.", labels=labels
+        )
+        high = GaugeMetricFamily(
+            "monitor_regression_ci_high", "Upper bound of the delta's confidence interval.", labels=labels
+        )
+        p_value = GaugeMetricFamily(
+            "monitor_regression_p_value",
+            "p-value of the drop, Holm-adjusted across the model's series.",
+            labels=labels,
+        )
+        mdd = GaugeMetricFamily(
+            "monitor_regression_min_detectable",
+            "Smallest drop the eval set can detect at its size.",
+            labels=labels,
+        )
+        state = GaugeMetricFamily(
+            "monitor_regression_state",
+            "1 for the current verdict against the baseline (ok, suspect, regressed, refused), 0 for the others.",
+            labels=[*labels, "state"],
+        )
+        for v in sorted(
+            latest_verdicts(self._store), key=lambda v: (v.model_id, v.evalset_name, v.strategy, v.metric)
+        ):
+            key = [names.get(v.model_id, "?"), v.evalset_name, v.strategy, v.metric]
+            for family, value in (
+                (delta, v.delta),
+                (low, v.ci_low),
+                (high, v.ci_high),
+                (p_value, v.adjusted_p),
+                (mdd, v.min_detectable),
+            ):
+                if _finite(value):
+                    family.add_metric(key, float(value))  # type: ignore[arg-type]
+            for name in ("ok", "suspect", "regressed", "refused"):
+                state.add_metric([*key, name], 1.0 if v.state == name else 0.0)
+        yield from (delta, low, high, p_value, mdd, state)
+
+    def _drift(self, names: Mapping[int, str]) -> Iterator[Metric]:
+        from ..analysis.assess import latest_findings
+
+        labels = ["model", "kind", "source"]
+        score = GaugeMetricFamily(
+            "monitor_drift_score",
+            "Latest drift score: agreement with the baseline (behaviour), 1 for an integrity problem (canary), "
+            "the drift score (input).",
+            labels=labels,
+        )
+        p_value = GaugeMetricFamily(
+            "monitor_drift_p_value", "p-value of the latest drift test.", labels=labels
+        )
+        detected = GaugeMetricFamily(
+            "monitor_drift_detected",
+            "1 when the latest analysis found drift or an integrity problem.",
+            labels=labels,
+        )
+        for record, model in latest_findings(self._store):
+            key = [model, record.kind, record.source]
+            if _finite(record.score):
+                score.add_metric(key, float(record.score))  # type: ignore[arg-type]
+            if _finite(record.p_value):
+                p_value.add_metric(key, float(record.p_value))  # type: ignore[arg-type]
+            detected.add_metric(key, 1.0 if record.drifted else 0.0)
+        yield from (score, p_value, detected)
 
     def _baseline_scores(self) -> Iterator[Metric]:
         labels = ["model", "evalset", "strategy", "metric"]
