@@ -429,14 +429,36 @@ def print_status(entries: Sequence[dict[str, Any]]) -> None:
                 entry["metric"],
                 _format_metric(entry["value"]),
                 "-" if entry["change"] is None else f"{entry['change']:+.4f}",
+                _verdict_text(entry),
+                "-" if entry["newly_broken"] is None else str(entry["newly_broken"]),
+                str(entry["flaky"]),
                 when.strftime("%Y-%m-%d %H:%M") if when else "-",
             ]
         )
     _print_table(
         "status",
-        ["model", "evalset", "strategy", "status", "metric", "value ± stderr", "change", "when (UTC)"],
+        [
+            "model",
+            "evalset",
+            "strategy",
+            "status",
+            "metric",
+            "value ± stderr",
+            "change",
+            "vs baseline",
+            "newly broken",
+            "flaky",
+            "when (UTC)",
+        ],
         rows,
     )
+
+
+def _verdict_text(entry: dict[str, Any]) -> str:
+    if entry["verdict"] is None:
+        return "-"
+    delta = entry["vs_baseline"]
+    return entry["verdict"] if delta is None else f"{entry['verdict']} ({delta:+.3f})"
 
 
 @app.command("history")

@@ -63,8 +63,13 @@ def run_to_dict(run: RunRecord, model_name: str) -> dict[str, Any]:
     )
 
 
-def status_entries(store: Store) -> list[dict[str, Any]]:
-    """The latest run per model, eval set and strategy, with the change from the previous succeeded run."""
+def status_entries(store: Store, *, flaky_window: int = 10) -> list[dict[str, Any]]:
+    """The latest run per model, eval set and strategy, with the change from the previous succeeded run,
+    the verdict against the baseline, the items newly broken since it and the flaky items."""
+    from .analysis.behaviour import flaky_items
+    from .analysis.regression import latest_verdicts
+
+    verdicts = {(v.model_id, v.evalset_name, v.strategy, v.metric): v for v in latest_verdicts(store)}
     out = []
     for series in store.latest_per_series():
         latest, previous = series.latest, series.previous
@@ -73,6 +78,15 @@ def status_entries(store: Store) -> list[dict[str, Any]]:
         delta = None
         if value and prev_value and value.get("value") is not None and prev_value.get("value") is not None:
             delta = value["value"] - prev_value["value"]
+        verdict = verdicts.get((latest.model_id, latest.evalset_name, latest.strategy, metric))
+        recent = [
+            run
+            for run, _ in store.runs(
+                model=series.model, evalset=latest.evalset_name, status="succeeded", limit=flaky_window
+            )
+            if run.strategy == latest.strategy
+        ]
+        history = [{r.item_id: r.correct for r in store.item_results(run.id)} for run in reversed(recent)]  # type: ignore[arg-type]
         out.append(
             clean(
                 {
@@ -88,6 +102,10 @@ def status_entries(store: Store) -> list[dict[str, Any]]:
                     "started_at": as_utc(latest.started_at),
                     "finished_at": as_utc(latest.finished_at),
                     "error": latest.error,
+                    "verdict": verdict.state if verdict else None,
+                    "vs_baseline": verdict.delta if verdict else None,
+                    "newly_broken": verdict.details.get("newly_broken") if verdict else None,
+                    "flaky": len(flaky_items(history)),
                 }
             )
         )

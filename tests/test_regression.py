@@ -248,3 +248,16 @@ def test_verdicts_and_findings_reach_the_metrics(h: Harness) -> None:
             ["promtool", "check", "metrics"], input=generate_latest(registry), capture_output=True
         )
         assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout
+
+
+def test_status_shows_the_verdict_newly_broken_and_flaky_items(h: Harness) -> None:
+    pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+    # items 5 and 15 flip back and forth between runs; items 1..3 (mod 10) break for good in the last run
+    for flip in (True, False, True):
+        h.analyze(h.run(RuleBackend(lambda k, f=flip: k % 10 != 0 and (k not in (5, 15) or f))))
+    h.analyze(h.run(RuleBackend(lambda k: k % 10 not in (0, 1, 2, 3))))
+    result = CliRunner().invoke(app, ["status", "--db", h.cfg.database_url(), "--json"])
+    (entry,) = json.loads(result.stdout)
+    assert entry["verdict"] == "suspect" and entry["vs_baseline"] == pytest.approx(-0.3)
+    assert entry["newly_broken"] == 60
+    assert entry["flaky"] == 2

@@ -179,7 +179,9 @@ def assess_run(
     run = store.get_run(run_id)
     if run.status != "succeeded" or run.strategy != baseline.strategy:
         return []
-    comparisons = compare_run(run, store.item_results(run_id), baseline, policy)
+    items = store.item_results(run_id)
+    comparisons = compare_run(run, items, baseline, policy)
+    broken = _newly_broken(items, baseline)
     tested = [c for c in comparisons if c.result is not None]
     with store.session() as s:
         others = _latest_other_p_values(s, run.model_id, run.evalset_name, run.strategy)
@@ -200,12 +202,24 @@ def assess_run(
                 .limit(1)
             ).scalar_one_or_none()
             record = _verdict(run, baseline, c, adjusted_by_metric.get(c.metric), previous, policy)
+            if c.mode == "paired":
+                record.details = {
+                    **record.details,
+                    "newly_broken": len(broken),
+                    "newly_broken_ids": broken[:50],
+                }
             s.add(record)
             records.append(record)
         s.flush()
         for record in records:
             s.refresh(record)
     return records
+
+
+def _newly_broken(items: Sequence[Any], baseline: Baseline) -> list[str]:
+    """Items the baseline got right and this run gets wrong."""
+    passed = {i.id for i in baseline.items if i.correct}
+    return [r.item_id for r in items if not r.error and r.correct is False and r.item_id in passed]
 
 
 def _verdict(
