@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -67,6 +67,15 @@ def assert_same_scores(mine: list[tuple[float, bool]], reference: list[tuple[flo
     assert [g for _, g in mine] == [g for _, g in reference]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads; on a busy machine waiting threads cost 10-50x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def gpt2(tiny_models: TinyModels) -> Iterator[HFBackend]:
     backend = HFBackend.load(str(tiny_models.gpt2), device="cpu")
@@ -85,9 +94,7 @@ def greedy_continuations(gpt2: HFBackend) -> list[LoglikelihoodRequest]:
 # ---------------------------------------------------------------------- agreement with lm-eval
 
 
-@pytest.mark.parametrize(
-    ("base", "adapter"), [("gpt2", None), ("llama", None), ("gpt2", "lora"), ("llama", "llama_lora")]
-)
+@pytest.mark.parametrize(("base", "adapter"), [("gpt2", None), ("llama", None), ("gpt2", "lora")])
 def test_loglikelihoods_match_lm_eval(
     tiny_models: TinyModels,
     greedy_continuations: list[LoglikelihoodRequest],
@@ -274,30 +281,37 @@ def test_rows_pack_trees_without_exceeding_the_budget() -> None:
 # ---------------------------------------------------------------------- generation
 
 
-def greedy_reference(model_dir: Path, prompt: str, steps: int) -> list[int]:
-    """Greedy decoding by full forward passes, no cache, no batching."""
+@pytest.fixture(scope="module")
+def greedy_reference(tiny_models: TinyModels) -> Callable[[str, int], list[int]]:
+    """Greedy decoding of the tiny GPT-2 by full forward passes: no cache, no batching."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    ids = tokenizer.encode(prompt)
-    out: list[int] = []
-    with torch.no_grad():
-        for _ in range(steps):
-            token = int(model(torch.tensor([ids + out])).logits[0, -1].argmax())
-            out.append(token)
-            if token == tokenizer.eos_token_id:
-                break
-    return out
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models.gpt2)
+    model = AutoModelForCausalLM.from_pretrained(tiny_models.gpt2).eval()
+
+    def decode(prompt: str, steps: int) -> list[int]:
+        ids = tokenizer.encode(prompt)
+        out: list[int] = []
+        with torch.no_grad():
+            for _ in range(steps):
+                token = int(model(torch.tensor([ids + out])).logits[0, -1].argmax())
+                out.append(token)
+                if token == tokenizer.eos_token_id:
+                    break
+        return out
+
+    return decode
 
 
-def test_generation_is_greedy_and_batch_independent(tiny_models: TinyModels, gpt2: HFBackend) -> None:
+def test_generation_is_greedy_and_batch_independent(
+    gpt2: HFBackend, greedy_reference: Callable[[str, int], list[int]]
+) -> None:
     prompts = [FEWSHOT + QUESTIONS[0], QUESTIONS[1], "Ticket:"]
     batched = gpt2.generate([GenerationRequest(p, max_new_tokens=6) for p in prompts])
     for prompt, result in zip(prompts, batched, strict=True):
         [alone] = gpt2.generate([GenerationRequest(prompt, max_new_tokens=6)])
         assert alone == result
-        expected = greedy_reference(tiny_models.gpt2, prompt, 6)
+        expected = greedy_reference(prompt, 6)
         assert result.completion_tokens == len(expected)
         assert result.text == gpt2._tokenizer.decode(expected, skip_special_tokens=True)
         assert result.prompt_tokens == gpt2.count_tokens(prompt)

@@ -160,13 +160,18 @@ def pack_rows(trees: Sequence[TokenTree], row_tokens: int) -> list[PackedRow]:
     return rows
 
 
-def batch_rows(rows: Sequence[PackedRow], batch_tokens: int) -> list[list[PackedRow]]:
-    """Group rows of similar length so that ``rows x longest row`` stays within ``batch_tokens``."""
+def batch_rows(rows: Sequence[PackedRow], batch_tokens: int, prefix_len: int = 0) -> list[list[PackedRow]]:
+    """Group rows of similar length so that each batch holds at most ``batch_tokens`` positions.
+
+    Every row carries its own copy of the shared prefix's keys and values, so
+    a row costs ``prefix_len + length`` positions; a batch always takes at
+    least one row.
+    """
     batches: list[list[PackedRow]] = []
     current: list[PackedRow] = []
     for row in sorted(rows, key=lambda r: r.length, reverse=True):
         longest = current[0].length if current else row.length
-        if current and (len(current) + 1) * longest > batch_tokens:
+        if current and (len(current) + 1) * (prefix_len + longest) > batch_tokens:
             batches.append(current)
             current = []
         current.append(row)
@@ -197,13 +202,11 @@ def make_batch(
     dtype: torch.dtype,
     device: torch.device,
 ) -> PackedBatch:
-    """Lay rows out as tensors and build the tree attention mask with torch ops."""
+    """Lay rows out as tensors and build the tree attention mask with torch ops, on ``device``."""
     length = max(r.length for r in rows)
-    n = len(rows)
-    tokens = torch.full((n, length), pad_id, dtype=torch.long)
-    positions = torch.zeros((n, length), dtype=torch.long)
-    # Padding attends to itself only (end = index + 1), so no query row is fully masked.
-    ends = torch.arange(1, length + 1, dtype=torch.long).repeat(n, 1)
+    tokens: list[int] = []
+    positions: list[int] = []
+    ends: list[int] = []
     s_rows: list[int] = []
     s_cols: list[int] = []
     s_targets: list[int] = []
@@ -211,26 +214,31 @@ def make_batch(
     for b, row in enumerate(rows):
         offset = 0
         for tree in row.trees:
-            size = len(tree)
-            tokens[b, offset : offset + size] = torch.tensor(tree.tokens, dtype=torch.long)
-            positions[b, offset : offset + size] = torch.tensor(tree.positions, dtype=torch.long)
-            ends[b, offset : offset + size] = torch.tensor(tree.ends, dtype=torch.long) + offset
-            s_rows.extend([b] * len(tree.score_nodes))
-            s_cols.extend(node + offset for node in tree.score_nodes)
-            s_targets.extend(tree.score_targets)
-            s_seqs.extend(tree.score_sequences)
-            offset += size
-    index = torch.arange(length)
+            tokens += tree.tokens
+            positions += tree.positions
+            ends += [end + offset for end in tree.ends]
+            s_rows += [b] * len(tree.score_nodes)
+            s_cols += [node + offset for node in tree.score_nodes]
+            s_targets += tree.score_targets
+            s_seqs += tree.score_sequences
+            offset += len(tree)
+        # Padding attends to itself only (end = index + 1), so no query row is fully masked.
+        padding = length - offset
+        tokens += [pad_id] * padding
+        positions += [0] * padding
+        ends += range(offset + 1, length + 1)
+    shape = (len(rows), length)
+    ends_t = torch.tensor(ends, dtype=torch.long, device=device).view(shape)
+    index = torch.arange(length, device=device)
     # allowed[b, i, j]: j is i or an ancestor of i, i.e. j <= i < end[j].
-    allowed = (index[None, None, :] <= index[None, :, None]) & (index[None, :, None] < ends[:, None, :])
-    tree_mask = torch.zeros((n, length, length), dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    # Every node sees the whole shared prefix.
-    prefix_mask = torch.zeros((n, length, prefix_len), dtype=dtype)
-    mask = torch.cat([prefix_mask, tree_mask], dim=-1).unsqueeze(1)
+    allowed = (index[None, None, :] <= index[None, :, None]) & (index[None, :, None] < ends_t[:, None, :])
+    # Every node also sees the whole shared prefix.
+    mask = torch.zeros((len(rows), 1, length, prefix_len + length), dtype=dtype, device=device)
+    mask[:, 0, :, prefix_len:].masked_fill_(~allowed, torch.finfo(dtype).min)
     return PackedBatch(
-        input_ids=tokens.to(device),
-        position_ids=positions.to(device),
-        attention_mask=mask.to(device),
+        input_ids=torch.tensor(tokens, dtype=torch.long, device=device).view(shape),
+        position_ids=torch.tensor(positions, dtype=torch.long, device=device).view(shape),
+        attention_mask=mask,
         score_rows=torch.tensor(s_rows, dtype=torch.long, device=device),
         score_cols=torch.tensor(s_cols, dtype=torch.long, device=device),
         score_targets=torch.tensor(s_targets, dtype=torch.long, device=device),

@@ -70,6 +70,8 @@ _DEFAULT_MAX_LENGTH = 2048
 #: transformers' "no limit" marker for tokenizer.model_max_length.
 _TOKENIZER_INFINITY = 1000000000000000019884624838656
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_MIN_ROW_TOKENS = 128
+_MAX_ROW_TOKENS = 512
 #: Distinct shared prefixes kept (keys and values), most recently used first out last.
 _PREFIX_CACHE_ENTRIES = 4
 
@@ -131,7 +133,6 @@ class HFBackend:
         dtype: torch.dtype,
         adapter_merged: bool,
         batch_tokens: int,
-        row_tokens: int,
         packed: bool,
     ) -> None:
         """Wrap an already loaded model; use :meth:`load` instead."""
@@ -144,7 +145,6 @@ class HFBackend:
         self._dtype = dtype
         self._adapter_merged = adapter_merged
         self._batch_tokens = batch_tokens
-        self._row_tokens = row_tokens
         self._packed = packed
         self._packing_note = "enabled" if packed else "disabled by the caller"
         self._prefix_cache: OrderedDict[tuple[int, ...], KV] = OrderedDict()
@@ -227,7 +227,6 @@ class HFBackend:
             dtype=torch_dtype,
             adapter_merged=merged,
             batch_tokens=batch_tokens,
-            row_tokens=min(batch_tokens, 512),
             packed=packed,
         )
 
@@ -471,8 +470,11 @@ class HFBackend:
         for seq_id, seq in zip(seq_ids, chosen, strict=True):
             groups.setdefault(seq.tokens[prefix_len : seq.context_len], []).append((seq_id, seq))
         trees = [build_tree(group, prefix_len) for group in groups.values()]
-        rows = pack_rows(trees, self._row_tokens)
-        for batch in batch_rows(rows, self._batch_tokens):
+        # Short rows waste little attention on neighbouring items; rows about as long as the
+        # prefix keep the per-row copies of its keys and values cheap (measured on CPU).
+        row_tokens = min(self._batch_tokens, max(_MIN_ROW_TOKENS, min(prefix_len, _MAX_ROW_TOKENS)))
+        rows = pack_rows(trees, row_tokens)
+        for batch in batch_rows(rows, self._batch_tokens, prefix_len):
             packed = make_batch(
                 batch, prefix_len=prefix_len, pad_id=self._pad_id, dtype=self._dtype, device=self._device
             )
