@@ -61,6 +61,10 @@ TABLES = {
     "run_requests",
     "verdicts",
     "drift_analyses",
+    "recommendations",
+    "webhook_events",
+    "webhook_deliveries",
+    "webhook_endpoints",
 }
 
 
@@ -168,7 +172,7 @@ def test_migrations_create_the_schema_from_empty(db_url: str) -> None:
     store = Store.open(db_url)
     try:
         assert store.schema_tables() == {*TABLES, "alembic_version"}
-        assert current_revision(store) == head_revision() == "0003"
+        assert current_revision(store) == head_revision() == "0004"
         columns = {c["name"] for c in inspect(store.engine).get_columns("item_results")}
         assert {"run_id", "item_id", "prediction", "target", "scores", "error"} <= columns
     finally:

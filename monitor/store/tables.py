@@ -198,3 +198,70 @@ class DriftRecord(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class RecommendationRecord(SQLModel, table=True):
+    """What to do with a fine-tune (keep, retrain, rebase, retire), why, and what each option costs."""
+
+    __tablename__ = "recommendations"
+    __table_args__ = (Index("ix_recommendations_model", "model_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="models.id")
+    action: str = Field(max_length=20)
+    previous_action: str | None = Field(default=None, max_length=20)
+    changed: bool = False
+    summary: str = Field(sa_column=Column(Text, nullable=False))
+    reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    evidence: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    costs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class WebhookEvent(SQLModel, table=True):
+    """The transactional outbox: an event, written in the same transaction as what caused it."""
+
+    __tablename__ = "webhook_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: The ``webhook-id`` header: stable across retries, so receivers can drop duplicates.
+    event_id: str = Field(max_length=64, unique=True, index=True)
+    type: str = Field(max_length=80)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event to one endpoint: pending until delivered, or dead after the give-up time."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "endpoint", name="uq_webhook_deliveries_event_endpoint"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: int = Field(foreign_key="webhook_events.id", index=True)
+    endpoint: str = Field(max_length=200)
+    #: pending, delivered, dead (gave up: the dead letter) or disabled (the endpoint answered 410)
+    status: str = Field(max_length=20)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    delivered_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class WebhookEndpointState(SQLModel, table=True):
+    """An endpoint the monitor stopped sending to (it answered 410 Gone)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    name: str = Field(primary_key=True, max_length=200)
+    disabled_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
