@@ -114,6 +114,26 @@ class DaemonConfig(_Strict):
     shutdown_timeout: Interval = "9s"
 
 
+class FinetuneConfig(_Strict):
+    """``finetunes.<name>``: a deployed fine-tune, its lineage, and the challengers it is weighed against."""
+
+    #: The deployed fine-tune: a ``models:`` entry (a base plus an adapter, or a full fine-tune).
+    model: Name
+    #: The ``models:`` entry of the base it was trained from, evaluated like the challengers.
+    base_model: Name
+    #: Its golden eval sets.
+    evalsets: Annotated[tuple[Name, ...], Field(min_length=1)]
+    #: ``models:`` entries of newer base releases to weigh it against.
+    challengers: tuple[Name, ...] = ()
+    #: How challengers and the old base are prompted (zero-shot and few-shot).
+    strategies: tuple[Strategy, ...] = ("zero-shot", "5-shot")
+    trained_on: str | None = None
+    #: Retire when few-shot on a newer base is within this of the fine-tune, significantly.
+    retire_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    #: Re-base when a newer base beats the old one by more than this, significantly.
+    rebase_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+
+
 class RegressionConfig(_Strict):
     """``regression:``: when a drop is a regression, and when behaviour has moved."""
 
@@ -140,6 +160,7 @@ class MonitorConfig(_Strict):
     jobs: dict[Name, JobConfig] = Field(default_factory=dict)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     regression: RegressionConfig = Field(default_factory=RegressionConfig)
+    finetunes: dict[Name, FinetuneConfig] = Field(default_factory=dict)
     #: Where pinned baselines live (``<baselines>/<model>/<evalset>.json``), relative to this file.
     baselines: str = "baselines"
     #: Directory the file was loaded from; relative paths resolve against it.
@@ -164,6 +185,17 @@ class MonitorConfig(_Strict):
                 for e in job.evalsets
                 if e not in self.evalsets
             ]
+        for ft_name, ft in self.finetunes.items():
+            for key, names, known in (
+                ("model", (ft.model,), self.models),
+                ("base_model", (ft.base_model,), self.models),
+                ("challengers", ft.challengers, self.models),
+                ("evalsets", ft.evalsets, self.evalsets),
+            ):
+                kind = "eval set" if key == "evalsets" else "model"
+                missing += [
+                    f"finetunes.{ft_name}.{key}: unknown {kind} {n!r}" for n in names if n not in known
+                ]
         if missing:
             raise ValueError("; ".join(missing))
         return self

@@ -201,3 +201,162 @@ def summarize(decision: Decision) -> str:
 
 def actions() -> Sequence[str]:
     return ACTIONS
+
+
+# --- evidence from the store ---------------------------------------------------------------------
+
+
+def paired_interval(store: Any, run_a: Any, run_b: Any, metric: str, alpha: float = 0.05) -> Interval | None:
+    """``run_b - run_a`` on ``metric``, paired item by item; None unless both ran the same eval set version."""
+    from .stats import mcnemar_exact, paired_bootstrap
+
+    if run_a is None or run_b is None or run_a.evalset_version != run_b.evalset_version:
+        return None
+    a = {r.item_id: (r.scores or {}).get(metric) for r in store.item_results(run_a.id) if not r.error}
+    b = {r.item_id: (r.scores or {}).get(metric) for r in store.item_results(run_b.id) if not r.error}
+    ids = [i for i in a if i in b and a[i] is not None and b[i] is not None]
+    if len(ids) < 2:
+        return None
+    xa, xb = [float(a[i]) for i in ids], [float(b[i]) for i in ids]  # type: ignore[arg-type]
+    if all(v in (0.0, 1.0) for v in xa + xb):
+        result = mcnemar_exact([v == 1.0 for v in xa], [v == 1.0 for v in xb], alpha=alpha)
+    else:
+        result = paired_bootstrap(xa, xb, alpha=alpha, n_resamples=2000, seed=0)
+    return Interval(result.delta, result.ci_low, result.ci_high, result.p_value, result.n)
+
+
+def _latest_run(store: Any, model: str, evalset: str, strategy: str | None) -> Any:
+    for run, _ in store.runs(model=model, evalset=evalset, status="succeeded", limit=50):
+        if strategy is None or run.strategy == strategy:
+            return run
+    return None
+
+
+def _primary(run: Any) -> tuple[str, float] | None:
+    if run is None or not run.metrics:
+        return None
+    name = next(iter(run.metrics))
+    value = run.metrics[name].get("value")
+    return (name, float(value)) if value is not None else None
+
+
+def gather_evidence(store: Any, cfg: Any, finetune: str) -> Evidence:
+    """Everything :func:`decide` needs about one configured fine-tune, read from the store."""
+    from .assess import latest_findings
+    from .regression import latest_verdicts
+
+    ft = cfg.finetunes[finetune]
+    try:
+        model_id = store.get_model(ft.model).id
+    except Exception:
+        return Evidence(finetune, tuple(ft.evalsets))
+    regressions = tuple(
+        RegressionEvidence(v.evalset_name, v.metric, v.state, v.delta, v.ci_low, v.ci_high)
+        for v in latest_verdicts(store, model_id)
+        if v.evalset_name in ft.evalsets
+    )
+    drift = tuple(
+        DriftEvidence(record.source, record.drifted, record.score)
+        for record, name in latest_findings(store)
+        if name == ft.model and record.kind == "input"
+    )
+    challengers = []
+    for evalset in ft.evalsets:
+        ft_run = _latest_run(store, ft.model, evalset, None)
+        ft_score = _primary(ft_run)
+        if ft_score is None:
+            continue
+        metric = ft_score[0]
+        for release in ft.challengers:
+            for strategy in ft.strategies:
+                run = _latest_run(store, release, evalset, strategy)
+                score = _primary(run)
+                if score is None:
+                    continue
+                base_run = _latest_run(store, ft.base_model, evalset, strategy)
+                same_settings = base_run is not None and base_run.settings_digest == run.settings_digest
+                challengers.append(
+                    ChallengerEvidence(
+                        release=release,
+                        strategy=strategy,
+                        evalset=evalset,
+                        metric=metric,
+                        challenger_score=score[1],
+                        finetune_score=ft_score[1],
+                        vs_finetune=paired_interval(store, ft_run, run, metric),
+                        vs_old_base=paired_interval(store, base_run, run, metric) if same_settings else None,
+                    )
+                )
+    return Evidence(finetune, tuple(ft.evalsets), regressions, drift, tuple(challengers))
+
+
+# --- recording -------------------------------------------------------------------------------------
+
+
+def record_recommendation(
+    store: Any,
+    model_name: str,
+    decision: Decision,
+    evidence: Evidence,
+    costs: dict[str, Any] | None = None,
+    on_change: Any = None,
+) -> Any:
+    """Store the recommendation; a change from the previous one is an event.
+
+    ``on_change(session, record)`` runs inside the same transaction as the new
+    row (the webhook outbox writes its event there), so the event exists if and
+    only if the recommendation does.
+    """
+    from sqlalchemy import select
+
+    from ..store import utcnow
+    from ..store.tables import RecommendationRecord
+
+    model_id = store.get_model(model_name).id
+    with store.session() as s:
+        previous = s.execute(
+            select(RecommendationRecord)
+            .where(RecommendationRecord.model_id == model_id)
+            .order_by(RecommendationRecord.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        previous_action = previous.action if previous is not None else None
+        record = RecommendationRecord(
+            model_id=model_id,
+            action=decision.action,
+            previous_action=previous_action,
+            changed=previous_action != decision.action,
+            summary=summarize(decision),
+            reasons=list(decision.reasons),
+            evidence={"finetune": evidence.finetune, **evidence.to_dict(), "decision": asdict(decision)},
+            costs=costs or {},
+            created_at=utcnow(),
+        )
+        s.add(record)
+        s.flush()
+        if record.changed and on_change is not None:
+            on_change(s, record)
+        s.refresh(record)
+        return record
+
+
+def latest_recommendations(store: Any) -> list[tuple[Any, str]]:
+    """The newest recommendation of every model, with the model's name."""
+    from sqlalchemy import func, select
+
+    from ..store import ModelRecord
+    from ..store.tables import RecommendationRecord
+
+    with store.session() as s:
+        newest = (
+            select(func.max(RecommendationRecord.id).label("id"))
+            .group_by(RecommendationRecord.model_id)
+            .subquery()
+        )
+        rows = s.execute(
+            select(RecommendationRecord, ModelRecord.name)
+            .join(newest, RecommendationRecord.id == newest.c.id)
+            .join(ModelRecord, RecommendationRecord.model_id == ModelRecord.id)
+            .order_by(ModelRecord.name)
+        ).all()
+        return [(r, n) for r, n in rows]
