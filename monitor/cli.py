@@ -6,6 +6,7 @@ line per problem) and its exit code; tracebacks are left for bugs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -832,6 +833,80 @@ def regressions_command(
                 for f, n in findings
             ],
         )
+
+
+@app.command("recommend")
+@handle_errors
+def recommend_command(
+    finetune: Annotated[str | None, typer.Argument(help="One configured fine-tune (default: all).")] = None,
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    memo: Annotated[
+        Path | None, typer.Option(help="Write a one-page Markdown memo here (a folder for several).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Keep, re-train, re-base or retire each fine-tune, with the evidence (and records the decision)."""
+    from .analysis.recommend import decide, gather_evidence, record_recommendation, render_memo
+    from .store import Store, utcnow
+
+    cfg = _load_config(config)
+    names = [finetune] if finetune else list(cfg.finetunes)
+    unknown = [n for n in names if n not in cfg.finetunes]
+    if unknown or not names:
+        raise NotFoundError(
+            f"unknown fine-tune {', '.join(unknown)}"
+            if unknown
+            else "no fine-tunes configured (finetunes: in the config)"
+        )
+    store = Store.open(cfg.database_url())
+    out = []
+    try:
+        for name in names:
+            ft = cfg.finetunes[name]
+            evidence = gather_evidence(store, cfg, name)
+            decision = decide(evidence, retire_margin=ft.retire_margin, rebase_margin=ft.rebase_margin)
+            record = None
+            with contextlib.suppress(NotFoundError):  # never evaluated: nothing to record yet
+                record = record_recommendation(store, ft.model, decision, evidence)
+            out.append((name, decision, evidence, record))
+            if memo is not None:
+                path = memo / f"{name}.md" if (memo.is_dir() or len(names) > 1) else memo
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(
+                    render_memo(name, decision, evidence, when=utcnow().strftime("%Y-%m-%d %H:%M UTC"))
+                )
+                _err(f"memo written to {path}")
+    finally:
+        store.close()
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    clean(
+                        {
+                            "finetune": n,
+                            "action": d.action,
+                            "reasons": list(d.reasons),
+                            "release": d.release,
+                            "strategy": d.strategy,
+                            "changed": r.changed if r else None,
+                            "evidence": e.to_dict(),
+                        }
+                    )
+                    for n, d, e, r in out
+                ],
+                indent=2,
+            )
+        )
+        return
+    _print_table(
+        "recommendations",
+        ["fine-tune", "action", "changed", "why"],
+        [
+            [n, d.action, "-" if r is None else ("yes" if r.changed else "no"), d.reasons[0][:110]]
+            for n, d, _, r in out
+        ],
+    )
 
 
 baseline_app = typer.Typer(help="Pin, show, list and unpin baselines (baselines/<model>/<evalset>.json).")

@@ -100,3 +100,91 @@ def test_retire_beats_retrain_and_rebase() -> None:
         challengers=(challenger("5-shot", iv(0.01, half=0.01), iv(0.1)),),
     )
     assert decide(ev).action == "retire"
+
+
+def test_recommend_end_to_end_on_recorded_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from typer.testing import CliRunner
+
+    from monitor.cli import app
+    from monitor.config import load_config
+    from monitor.execution import ModelPool, execute_run, plan_runs
+    from monitor.store import Store
+
+    from .test_daemon import make_evalset
+    from .test_regression import RuleBackend
+
+    make_evalset(tmp_path / "evals", 200)
+    for name in ("v1", "v2", "lora"):
+        (tmp_path / name).mkdir()
+    config = tmp_path / "monitor.yaml"
+    config.write_text(
+        """\
+database: sqlite:///m.db
+models:
+  router: {base: ./v1, adapter: ./lora}
+  base-v1: {base: ./v1}
+  base-v2: {base: ./v2}
+evalsets:
+  routing: evals/routing
+jobs:
+  all:
+    models: [router]
+    evalsets: [routing]
+  challengers:
+    models: [base-v1, base-v2]
+    evalsets: [routing]
+    strategies: [zero-shot, 5-shot]
+finetunes:
+  ticket-router:
+    model: router
+    base_model: base-v1
+    evalsets: [routing]
+    challengers: [base-v2]
+    strategies: [zero-shot, 5-shot]
+"""
+    )
+    spec = tmp_path / "evals" / "routing" / "evalset.yaml"
+    (tmp_path / "evals" / "routing" / "fewshot.jsonl").write_text(
+        "".join(json.dumps({"id": f"p{k}", "target": "billing"}) + "\n" for k in range(5))
+    )
+    spec.write_text(spec.read_text() + "fewshot: {k: 5, pool: fewshot.jsonl}\n")
+    cfg = load_config(config)
+    store = Store.open(cfg.database_url())
+    accuracy = {  # (base path, adapter?, few-shot?) -> which items the model gets right
+        ("v1", True, False): lambda k: k % 10 != 0,  # the fine-tune: 90 %
+        ("v1", False, False): lambda k: k % 10 < 4,  # old base zero-shot: 40 %
+        ("v1", False, True): lambda k: k % 10 < 5,  # old base 5-shot: 50 %
+        ("v2", False, False): lambda k: k % 10 < 6,  # new base zero-shot: 60 %
+        ("v2", False, True): lambda k: True,  # new base 5-shot: 100 %
+    }
+
+    def run_all() -> None:
+        for plan in plan_runs(cfg, [], trigger="test"):
+            key = (plan.spec.base.rsplit("/", 1)[-1], plan.spec.adapter is not None, plan.fewshot_k > 0)
+            backend = RuleBackend(accuracy[key])
+            execute_run(store, ModelPool(loader=lambda s, b=backend: b), plan)  # type: ignore[misc]
+
+    run_all()
+    result = CliRunner().invoke(
+        app, ["recommend", "--config", str(config), "--json", "--memo", str(tmp_path / "memo.md")]
+    )
+    assert result.exit_code == 0, result.stderr
+    (rec,) = json.loads(result.stdout)
+    assert rec["action"] == "retire" and rec["release"] == "base-v2" and rec["strategy"] == "5-shot"
+    assert rec["changed"] is True
+    memo = (tmp_path / "memo.md").read_text()
+    assert (
+        memo.startswith("# ticket-router: retire")
+        and "| base-v2 | 5-shot | routing | 1.000 | 0.900 |" in memo
+    )
+    # the same evidence again: recorded, but not a change
+    again = json.loads(CliRunner().invoke(app, ["recommend", "--config", str(config), "--json"]).stdout)
+    assert again[0]["changed"] is False
+    # the new base's few-shot run falls back: a re-base remains (v2 beats v1 by 20 points zero-shot)
+    accuracy[("v2", False, True)] = lambda k: k % 10 < 7
+    run_all()
+    (rec,) = json.loads(CliRunner().invoke(app, ["recommend", "--config", str(config), "--json"]).stdout)
+    assert rec["action"] == "rebase" and rec["changed"] is True
+    store.close()

@@ -360,3 +360,66 @@ def latest_recommendations(store: Any) -> list[tuple[Any, str]]:
             .order_by(ModelRecord.name)
         ).all()
         return [(r, n) for r, n in rows]
+
+
+# --- the memo --------------------------------------------------------------------------------------
+
+
+def render_memo(
+    finetune: str, decision: Decision, evidence: Evidence, cost_text: str = "", when: str = ""
+) -> str:
+    """A one-page Markdown memo a team can defend: diagnosis, options, numbers, recommendation."""
+    lines = [f"# {finetune}: {decision.action}", ""]
+    if when:
+        lines += [f"_Prepared by the model-aging monitor on {when}._", ""]
+    lines += ["## Recommendation", "", summarize(decision) + ".", ""]
+    for reason in decision.reasons[1:]:
+        lines.append(f"- {reason}")
+    lines += ["", "## Diagnosis", ""]
+    if evidence.regressions:
+        lines += ["| eval set | metric | state | vs baseline | 95% CI |", "|---|---|---|---|---|"]
+        for r in evidence.regressions:
+            delta = "-" if r.delta is None else f"{r.delta:+.3f}"
+            ci = "-" if r.ci_low is None or r.ci_high is None else f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+            lines.append(f"| {r.evalset} | {r.metric} | {r.state} | {delta} | {ci} |")
+    else:
+        lines.append("No verdict against a baseline yet (pin one with `monitor baseline pin`).")
+    lines.append("")
+    if evidence.drift:
+        for d in evidence.drift:
+            state = "drifted" if d.drifted else "stable"
+            score = "" if d.score is None else f" (score {d.score:.3f})"
+            lines.append(f"- production inputs from {d.source}: {state}{score}")
+        lines.append("")
+    lines += ["## Options", ""]
+    if evidence.challengers:
+        lines += [
+            "| release | prompt | eval set | score | fine-tune | vs fine-tune (95% CI) | vs old base (95% CI) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in evidence.challengers:
+            lines.append(
+                f"| {c.release} | {c.strategy} | {c.evalset} | {c.challenger_score:.3f} | {c.finetune_score:.3f} | "
+                f"{_fmt_interval(c.vs_finetune)} | {_fmt_interval(c.vs_old_base)} |"
+            )
+    else:
+        lines.append("No challenger has been evaluated yet.")
+    lines.append("")
+    if cost_text:
+        lines += ["## The numbers", "", cost_text.strip(), ""]
+    lines += [
+        "## How this was decided",
+        "",
+        "Retire when few-shot prompting on a newer base is non-inferior to the fine-tune within the margin on "
+        "every golden eval set (the lower bound of the paired 95% interval above minus the margin); re-base "
+        "when a newer base beats the old one by more than the margin under the same prompt; re-train on a "
+        "confirmed regression, or on input drift while golden scores fall; otherwise keep.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _fmt_interval(interval: Interval | None) -> str:
+    if interval is None:
+        return "not paired"
+    return f"{interval.delta:+.3f} [{interval.ci_low:+.3f}, {interval.ci_high:+.3f}]"
