@@ -188,3 +188,31 @@ finetunes:
     (rec,) = json.loads(CliRunner().invoke(app, ["recommend", "--config", str(config), "--json"]).stdout)
     assert rec["action"] == "rebase" and rec["changed"] is True
     store.close()
+
+
+def test_recommendations_reach_the_metrics(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from prometheus_client import CollectorRegistry
+
+    from monitor.analysis.recommend import Decision, record_recommendation
+    from monitor.exporters import StoreCollector
+    from monitor.store import Store
+
+    store = Store.open(f"sqlite:///{tmp_path / 'm.db'}")
+    store.upsert_model("router", kind="hf", base="b", adapter="a")
+    events = []
+    ev = Evidence("ticket-router", ("routing",))
+    record_recommendation(
+        store, "router", Decision("keep", ("fine",)), ev, on_change=lambda s, r: events.append(r.action)
+    )
+    record_recommendation(
+        store, "router", Decision("keep", ("fine",)), ev, on_change=lambda s, r: events.append(r.action)
+    )
+    record_recommendation(
+        store, "router", Decision("retrain", ("worse",)), ev, on_change=lambda s, r: events.append(r.action)
+    )
+    assert events == ["keep", "retrain"]  # the first and every change, not the repeats
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store))
+    assert registry.get_sample_value("monitor_recommendation", {"model": "router", "action": "retrain"}) == 1
+    assert registry.get_sample_value("monitor_recommendation", {"model": "router", "action": "keep"}) == 0
+    store.close()

@@ -149,6 +149,7 @@ class StoreCollector(Collector):
                 .where(RunRecord.scheduled_for.is_not(None), RunRecord.job.is_not(None))
                 .order_by(RunRecord.id.desc())
             ).all()
+        yield from self._recommendations()
         yield from self._verdicts(names)
         yield from self._drift(names)
         yield from self._scores(latest_ok, names)
@@ -218,6 +219,25 @@ class StoreCollector(Collector):
             if run.finished_at is not None:
                 when.add_metric([model, run.evalset_name, run.strategy], as_utc(run.finished_at).timestamp())  # type: ignore[union-attr]
         yield from (score, stderr, items, when)
+
+    def _recommendations(self) -> Iterator[Metric]:
+        from ..analysis.recommend import ACTIONS, latest_recommendations
+
+        current = GaugeMetricFamily(
+            "monitor_recommendation",
+            "1 for the current recommendation for a fine-tune (keep, retrain, rebase, retire), 0 for the others.",
+            labels=["model", "action"],
+        )
+        since = GaugeMetricFamily(
+            "monitor_recommendation_timestamp_seconds",
+            "When the current recommendation was made.",
+            labels=["model"],
+        )
+        for record, model in latest_recommendations(self._store):
+            for action in ACTIONS:
+                current.add_metric([model, action], 1.0 if record.action == action else 0.0)
+            since.add_metric([model], as_utc(record.created_at).timestamp())  # type: ignore[union-attr]
+        yield from (current, since)
 
     def _verdicts(self, names: Mapping[int, str]) -> Iterator[Metric]:
         from ..analysis.regression import latest_verdicts
