@@ -846,7 +846,7 @@ def recommend_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Keep, re-train, re-base or retire each fine-tune, with the evidence (and records the decision)."""
-    from .analysis.recommend import decide, gather_evidence, record_recommendation, render_memo
+    from .analysis.recommend import cost_case_for, decide, gather_evidence, record_recommendation, render_memo
     from .store import Store, utcnow
 
     cfg = _load_config(config)
@@ -865,16 +865,19 @@ def recommend_command(
             ft = cfg.finetunes[name]
             evidence = gather_evidence(store, cfg, name)
             decision = decide(evidence, retire_margin=ft.retire_margin, rebase_margin=ft.rebase_margin)
+            case = cost_case_for(store, cfg, name, decision, evidence)
             record = None
             with contextlib.suppress(NotFoundError):  # never evaluated: nothing to record yet
-                record = record_recommendation(store, ft.model, decision, evidence)
-            out.append((name, decision, evidence, record))
+                record = record_recommendation(
+                    store, ft.model, decision, evidence, case.to_dict() if case else None
+                )
+            out.append((name, decision, evidence, record, case))
             if memo is not None:
                 path = memo / f"{name}.md" if (memo.is_dir() or len(names) > 1) else memo
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(
-                    render_memo(name, decision, evidence, when=utcnow().strftime("%Y-%m-%d %H:%M UTC"))
-                )
+                cost_text = case.markdown_table() + "\n\n" + " ".join(case.sentences) if case else ""
+                when = utcnow().strftime("%Y-%m-%d %H:%M UTC")
+                path.write_text(render_memo(name, decision, evidence, cost_text, when=when))
                 _err(f"memo written to {path}")
     finally:
         store.close()
@@ -891,9 +894,10 @@ def recommend_command(
                             "strategy": d.strategy,
                             "changed": r.changed if r else None,
                             "evidence": e.to_dict(),
+                            "costs": c.to_dict() if c else None,
                         }
                     )
-                    for n, d, e, r in out
+                    for n, d, e, r, c in out
                 ],
                 indent=2,
             )
@@ -904,9 +908,12 @@ def recommend_command(
         ["fine-tune", "action", "changed", "why"],
         [
             [n, d.action, "-" if r is None else ("yes" if r.changed else "no"), d.reasons[0][:110]]
-            for n, d, _, r in out
+            for n, d, _, r, _ in out
         ],
     )
+    for n, _, _, _, c in out:
+        if c is not None:
+            print(f"{n}: " + " ".join(c.sentences))
 
 
 baseline_app = typer.Typer(help="Pin, show, list and unpin baselines (baselines/<model>/<evalset>.json).")

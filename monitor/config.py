@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from ._yaml import LocatedYaml, load_yaml, pydantic_problems, read_text
+from .analysis.costs import CostsConfig
 from .errors import ConfigError, Problem
 from .schedule import cron_trigger, parse_interval
 
@@ -132,6 +133,8 @@ class FinetuneConfig(_Strict):
     retire_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
     #: Re-base when a newer base beats the old one by more than this, significantly.
     rebase_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    #: Volume, prices and the cost of a re-train: the cost case of every option.
+    costs: CostsConfig | None = None
 
 
 class RegressionConfig(_Strict):

@@ -143,6 +143,11 @@ finetunes:
     evalsets: [routing]
     challengers: [base-v2]
     strategies: [zero-shot, 5-shot]
+    costs:
+      requests_per_day: 20000
+      pricing: {prompt_per_1k: 0.5, completion_per_1k: 1.5}
+      retrain_cost: 120
+      retrains_per_year: 4
 """
     )
     spec = tmp_path / "evals" / "routing" / "evalset.yaml"
@@ -174,7 +179,15 @@ finetunes:
     (rec,) = json.loads(result.stdout)
     assert rec["action"] == "retire" and rec["release"] == "base-v2" and rec["strategy"] == "5-shot"
     assert rec["changed"] is True
+    assert rec["costs"]["requests_per_day"] == 20000 and rec["costs"]["cheapest"] in ("keep", "retire")
+    sentences = rec["costs"]["sentences"]
+    assert (
+        sentences[0].startswith("Few-shot on base-v2 costs ")
+        and "a month more than the fine-tune" in sentences[0]
+    )
+    assert "the re-train costs 120 USD; it pays for itself in" in sentences[0]
     memo = (tmp_path / "memo.md").read_text()
+    assert "## The numbers" in memo and sentences[0] in memo
     assert (
         memo.startswith("# ticket-router: retire")
         and "| base-v2 | 5-shot | routing | 1.000 | 0.900 |" in memo

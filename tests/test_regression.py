@@ -41,7 +41,7 @@ class RuleBackend(ScriptedBackend):
             k = int(r.context.rsplit("#i", 1)[-1].split("\n")[0])
             pick = k % 4 if self.rule(k) else self.wrong(k) % 4
             lls = tuple(-0.5 if i == pick else -3.0 - i * 0.1 for i in range(len(r.continuations)))
-            out.append(LoglikelihoodResult(lls, (False,) * 4, 5, (1,) * 4))
+            out.append(LoglikelihoodResult(lls, (False,) * 4, len(r.context.split()), (1,) * 4))
         return out
 
     def fingerprint(self) -> ModelFingerprint:

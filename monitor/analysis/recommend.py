@@ -423,3 +423,49 @@ def _fmt_interval(interval: Interval | None) -> str:
     if interval is None:
         return "not paired"
     return f"{interval.delta:+.3f} [{interval.ci_low:+.3f}, {interval.ci_high:+.3f}]"
+
+
+# --- the cost case ---------------------------------------------------------------------------------
+
+
+def token_profile(run: Any, label: str) -> Any:
+    """Mean prompt and completion tokens per request in ``run``, measured, not assumed."""
+    from .costs import TokenProfile
+
+    if run is None or not run.items_done:
+        return None
+    done = max(1, run.items_done - run.items_failed)
+    try:
+        return TokenProfile(
+            run.prompt_tokens / done,
+            run.completion_tokens / done,
+            f"{label}: run {run.id} on {run.evalset_name}",
+        )
+    except ValueError:
+        return None
+
+
+def cost_case_for(store: Any, cfg: Any, finetune: str, decision: Decision, evidence: Evidence) -> Any:
+    """The cost case of every option, from the token counts of the fine-tune's and the challenger's runs."""
+    from .costs import cost_case
+
+    ft = cfg.finetunes[finetune]
+    if ft.costs is None or not evidence.evalsets:
+        return None
+    evalset = evidence.evalsets[0]
+    candidates = [c for c in evidence.challengers if c.strategy != "zero-shot" and c.evalset == evalset]
+    if decision.release is not None:
+        candidates = [c for c in candidates if c.release == decision.release] or candidates
+    if not candidates:
+        return None
+    chosen = candidates[0]
+    fine = token_profile(_latest_run(store, ft.model, evalset, None), f"{ft.model} (fine-tune)")
+    few = token_profile(
+        _latest_run(store, chosen.release, evalset, chosen.strategy), f"{chosen.release} {chosen.strategy}"
+    )
+    zero = token_profile(
+        _latest_run(store, chosen.release, evalset, "zero-shot"), f"{chosen.release} zero-shot"
+    )
+    if fine is None or few is None:
+        return None
+    return cost_case(ft.costs, fine, few, zero, challenger=chosen.release)
