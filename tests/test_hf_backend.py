@@ -106,6 +106,7 @@ def test_loglikelihoods_match_lm_eval(
     requests = mc_requests() + mc_requests(FEWSHOT) + edge_requests() + greedy_continuations
     backend = HFBackend.load(str(base_dir), str(adapter_dir) if adapter_dir else None, device="cpu")
     try:
+        assert backend.describe()["packing"] == "enabled"
         mine = flatten(backend.loglikelihood(requests))
     finally:
         backend.close()

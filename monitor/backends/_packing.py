@@ -22,6 +22,7 @@ Everything here is pure Python and torch: no model, no tokenizer.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -141,23 +142,28 @@ class PackedRow:
 
 
 def pack_rows(trees: Sequence[TokenTree], row_tokens: int) -> list[PackedRow]:
-    """Pack trees into rows of at most ``row_tokens`` nodes, first-fit decreasing.
+    """Pack trees into rows of at most ``row_tokens`` nodes, of nearly equal length.
 
-    A tree longer than ``row_tokens`` gets a row of its own.  Attention inside
-    a row costs its length squared, so rows stay short and are batched instead.
+    Rows in a batch are padded to the longest, so the trees (largest first) go
+    to the currently shortest of ``ceil(total / row_tokens)`` rows, opening a
+    new row only when one would overflow.  A tree longer than ``row_tokens``
+    gets a row of its own.  Attention inside a row costs its length squared,
+    so rows stay short and are batched instead.
     """
-    rows: list[PackedRow] = []
+    total = sum(len(t) for t in trees)
+    rows = [PackedRow() for _ in range(max(1, -(-total // row_tokens)))]
+    shortest = [(0, i) for i in range(len(rows))]  # heap of (length, row index)
     for tree in sorted(trees, key=len, reverse=True):
-        size = len(tree)
-        for row in rows:
-            if row.length + size <= row_tokens:
-                break
-        else:
-            row = PackedRow()
-            rows.append(row)
+        length, i = heapq.heappop(shortest)
+        if length and length + len(tree) > row_tokens:
+            heapq.heappush(shortest, (length, i))
+            i = len(rows)
+            rows.append(PackedRow())
+        row = rows[i]
         row.trees.append(tree)
-        row.length += size
-    return rows
+        row.length += len(tree)
+        heapq.heappush(shortest, (row.length, i))
+    return [row for row in rows if row.trees]
 
 
 def batch_rows(rows: Sequence[PackedRow], batch_tokens: int, prefix_len: int = 0) -> list[list[PackedRow]]:
