@@ -304,15 +304,24 @@ def greedy_reference(tiny_models: TinyModels) -> Callable[[str, int], list[int]]
     return decode
 
 
+@pytest.mark.parametrize(
+    "prompts",
+    [
+        [FEWSHOT + QUESTIONS[0], QUESTIONS[1], "Ticket:"],
+        [FEWSHOT + q for q in QUESTIONS],  # a shared few-shot prefix, served from the prefix cache
+    ],
+)
 def test_generation_is_greedy_and_batch_independent(
-    gpt2: HFBackend, greedy_reference: Callable[[str, int], list[int]]
+    gpt2: HFBackend, greedy_reference: Callable[[str, int], list[int]], prompts: list[str]
 ) -> None:
-    prompts = [FEWSHOT + QUESTIONS[0], QUESTIONS[1], "Ticket:"]
-    batched = gpt2.generate([GenerationRequest(p, max_new_tokens=6) for p in prompts])
-    for prompt, result in zip(prompts, batched, strict=True):
-        [alone] = gpt2.generate([GenerationRequest(prompt, max_new_tokens=6)])
+    budgets = [6, 2, 4]  # rows leave the batch at different steps
+    batched = gpt2.generate(
+        [GenerationRequest(p, max_new_tokens=k) for p, k in zip(prompts, budgets, strict=True)]
+    )
+    for prompt, steps, result in zip(prompts, budgets, batched, strict=True):
+        [alone] = gpt2.generate([GenerationRequest(prompt, max_new_tokens=steps)])
         assert alone == result
-        expected = greedy_reference(prompt, 6)
+        expected = greedy_reference(prompt, steps)
         assert result.completion_tokens == len(expected)
         assert result.text == gpt2._tokenizer.decode(expected, skip_special_tokens=True)
         assert result.prompt_tokens == gpt2.count_tokens(prompt)

@@ -654,24 +654,35 @@ class HFBackend:
     def _generate_batch(
         self, prompts: list[list[int]], requests: list[GenerationRequest]
     ) -> list[GenerationResult]:
-        """Greedy decoding of left-padded prompts with a shared key/value cache."""
+        """Greedy decoding of a batch, sharing one key/value cache.
+
+        The token prefix common to all prompts (a few-shot prefix) comes from
+        the prefix cache; the rest of each prompt is left-padded after it.
+        Finished rows leave the batch.
+        """
         from transformers import DynamicCache
 
-        width = max(len(p) for p in prompts)
         n = len(prompts)
-        input_ids = torch.full((n, width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for b, prompt in enumerate(prompts):
-            input_ids[b, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[b, width - len(prompt) :] = 1
-        input_ids, mask = input_ids.to(self._device), mask.to(self._device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
         generated: list[list[int]] = [[] for _ in range(n)]
         texts = [""] * n
-        done = [r.max_new_tokens <= 0 for r in requests]
+        active = [b for b in range(n) if requests[b].max_new_tokens > 0]
+        live = [prompts[b] for b in active] or [[]]
+        # Keep one token of every prompt to feed: its logits give the first new token.
+        prefix_len = max(0, min(common_prefix_length(min(live), max(live)), min(map(len, live)) - 1))
+        kv = self._prefix_kv(tuple(live[0][:prefix_len])) if prefix_len else None
+        tails = [prompt[prefix_len:] for prompt in live]
+        width = max(map(len, tails))
+        input_ids = torch.full((len(tails), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(tails), prefix_len + width), dtype=torch.long)
+        mask[:, :prefix_len] = 1
+        for row, tail in enumerate(tails):
+            input_ids[row, width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+            mask[row, prefix_len + width - len(tail) :] = 1
+        input_ids, mask = input_ids.to(self._device), mask.to(self._device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix_len:]
+        cache = _cache_from_kv(kv, len(tails)) if kv is not None else DynamicCache()
         with torch.inference_mode():
-            while not all(done):
+            while active:
                 self.tokens_run += input_ids.numel()
                 logits = self._model(
                     input_ids=input_ids,
@@ -682,18 +693,27 @@ class HFBackend:
                     **{self._cache_kwarg: cache},
                 ).logits
                 next_ids = logits[:, -1].argmax(dim=-1)
-                for b, token in enumerate(next_ids.tolist()):
-                    if done[b]:
-                        continue
+                keep: list[int] = []
+                for row, token in enumerate(next_ids.tolist()):
+                    b = active[row]
                     generated[b].append(token)
                     texts[b] = self._tokenizer.decode(generated[b], skip_special_tokens=True)
-                    done[b] = (
+                    finished = (
                         token == self._eos_id
                         or len(generated[b]) >= requests[b].max_new_tokens
                         or any(s and s in texts[b] for s in requests[b].stop)
                     )
+                    if not finished:
+                        keep.append(row)
+                if len(keep) < len(active):
+                    if not keep:
+                        break
+                    rows = torch.tensor(keep, device=self._device)
+                    cache.batch_select_indices(rows)
+                    next_ids, mask, positions = next_ids[rows], mask[rows], positions[rows]
+                    active = [active[row] for row in keep]
                 input_ids = next_ids[:, None]
-                mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
+                mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
                 positions = positions[:, -1:] + 1
         return [
             GenerationResult(
