@@ -300,7 +300,13 @@ def check_config_command(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
 
 def config_problems(cfg: Any, config_path: Path) -> list[Problem]:
     """Problems a valid schema can still hide: missing eval sets, missing model folders, bad strategies."""
+    from .exporters.webhooks import resolve_secrets
+
     problems: list[Problem] = []
+    try:
+        resolve_secrets(cfg.webhooks)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
     loaded: dict[str, EvalSet] = {}
     for name, path in cfg.evalsets.items():
         try:
@@ -343,11 +349,12 @@ def run_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
 ) -> None:
     """Run the configured jobs once and record every run."""
-    from .execution import ModelPool, analyze_safely, execute_run, plan_runs
+    from .execution import ModelPool, after_job, analyze_safely, execute_run, make_notifier, plan_runs
     from .store import Store
 
     cfg = _load_config(config)
     plans = plan_runs(cfg, jobs or [], trigger="cli")
+    notify = make_notifier(cfg)
     store = Store.open(cfg.database_url())
     pool = ModelPool(max_models=1)
     finished = []
@@ -357,10 +364,11 @@ def run_command(
             with _progress(len(plan.evalset.items), label, not as_json) as progress:
                 run = execute_run(store, pool, plan, progress=progress)
             assert run.id is not None
-            analyze_safely(store, run.id, cfg)
+            analyze_safely(store, run.id, cfg, notify)
             finished.append((run, plan.model_name))
             if not as_json:
                 _err(f"{label}: {run.status}" + (f" ({run.error})" if run.error else ""))
+        after_job(store, cfg, sorted({plan.model_name for plan in plans}), notify)
     finally:
         pool.close()
         store.close()
@@ -546,6 +554,7 @@ def serve_daemon(
     from .errors import MonitorError
     from .exporters import DaemonCollector, StoreCollector
     from .exporters.metrics import baseline_values
+    from .exporters.webhooks import WebhookCollector, WebhookSender
     from .server import HttpServer, MonitorApp
     from .store import Store
 
@@ -563,6 +572,8 @@ def serve_daemon(
         )
     )
     registry.register(DaemonCollector(daemon))
+    sender = WebhookSender(store, cfg.webhooks) if cfg.webhooks.endpoints else None
+    registry.register(WebhookCollector(store, endpoints=list(cfg.webhooks.endpoints)))
     token = os.environ.get(cfg.daemon.api_token_env) or None
     listen_host = host or cfg.daemon.host
     listen_port = cfg.daemon.port if port is None else port
@@ -589,6 +600,12 @@ def serve_daemon(
         store.close()
         raise
     server.start()
+    sender_stop = threading.Event()
+    if sender is not None:
+        daemon.on_events = sender.wake
+        threading.Thread(
+            target=sender.run_forever, args=(sender_stop,), name="monitor-webhooks", daemon=True
+        ).start()
     print(
         f"monitor daemon: metrics at {server.url}/metrics, status at {server.url}/api/v1/status", flush=True
     )
@@ -598,6 +615,9 @@ def serve_daemon(
         if daemon.stopping:
             break
     clean = daemon.shutdown()
+    sender_stop.set()
+    if sender is not None:
+        sender.wake()
     server.stop()
     store.close()
     _err("monitor daemon stopped" + ("" if clean else " (a run was cut short; it resumes at the next start)"))
@@ -914,6 +934,118 @@ def recommend_command(
     for n, _, _, _, c in out:
         if c is not None:
             print(f"{n}: " + " ".join(c.sentences))
+
+
+@app.command("drift")
+@handle_errors
+def drift_command(
+    model: Annotated[
+        str | None, typer.Argument(help="One model (default: every model with drift: configured).")
+    ] = None,
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check production inputs for drift against the reference, now, and record the result."""
+    from .analysis.assess import run_input_drift
+    from .execution import make_notifier
+    from .store import Store, utcnow
+
+    cfg = _load_config(config)
+    names = [model] if model else [n for n, m in cfg.models.items() if m.drift is not None]
+    missing = [n for n in names if n not in cfg.models or cfg.models[n].drift is None]
+    if missing or not names:
+        raise NotFoundError(
+            f"no drift: section for model {', '.join(missing)}"
+            if missing
+            else "no model has a drift: section"
+        )
+    store = Store.open(cfg.database_url())
+    results = []
+    try:
+        for name in names:
+            if not any(m.name == name for m in _models(store)):
+                base, adapter = cfg.model_source(name)
+                store.upsert_model(name, kind=cfg.models[name].backend, base=base, adapter=adapter)
+            record = run_input_drift(
+                store,
+                name,
+                cfg.models[name].drift,
+                base_dir=cfg.root,
+                now=utcnow(),
+                notify=make_notifier(cfg),
+            )
+            results.append((name, record))
+    finally:
+        store.close()
+    rows = [
+        clean(
+            {
+                "model": n,
+                "source": r.source,
+                "state": r.state,
+                "drifted": r.drifted,
+                "score": r.score,
+                "p_value": r.p_value,
+                "threshold": r.threshold,
+                "reason": r.reason,
+            }
+        )
+        for n, r in results
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(
+            "input drift",
+            ["model", "source", "state", "score", "threshold", "reason"],
+            [
+                [
+                    r["model"],
+                    r["source"],
+                    r["state"],
+                    "-" if r["score"] is None else f"{r['score']:.3f}",
+                    "-" if r["threshold"] is None else f"{r['threshold']:.3f}",
+                    (r["reason"] or "")[:80],
+                ]
+                for r in rows
+            ],
+        )
+    if any(r.state == "error" for _, r in results):
+        raise typer.Exit(1)
+
+
+def _models(store: Any) -> list[Any]:
+    from sqlalchemy import select
+
+    from .store import ModelRecord
+
+    with store.session() as s:
+        return list(s.execute(select(ModelRecord)).scalars())
+
+
+report_app = typer.Typer(help="Reports: Evidently's HTML drift report.")
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("drift")
+@handle_errors
+def report_drift_command(
+    model: Annotated[str, typer.Argument(help="The model whose production inputs to report on.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the HTML report.")] = Path(
+        "drift-report.html"
+    ),
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+) -> None:
+    """Write Evidently's HTML report of the model's production inputs against its reference."""
+    from .analysis.drift import check_input_drift
+    from .store import utcnow
+
+    cfg = _load_config(config)
+    if model not in cfg.models or cfg.models[model].drift is None:
+        raise NotFoundError(f"no drift: section for model {model!r}")
+    check = check_input_drift(cfg.models[model].drift, now=utcnow(), base_dir=cfg.root, report_path=output)
+    verdict = "drifted" if check.analysis.drifted else "no drift"
+    print(f"{model}: {verdict} (score {check.analysis.score:.3f}); report written to {output}")
 
 
 baseline_app = typer.Typer(help="Pin, show, list and unpin baselines (baselines/<model>/<evalset>.json).")

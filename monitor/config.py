@@ -25,6 +25,8 @@ from pydantic import (
 
 from ._yaml import LocatedYaml, load_yaml, pydantic_problems, read_text
 from .analysis.costs import CostsConfig
+from .analysis.production import DriftConfig
+from .exporters.webhooks import WebhooksConfig
 from .errors import ConfigError, Problem
 from .schedule import cron_trigger, parse_interval
 
@@ -68,6 +70,8 @@ class ModelConfig(_Strict):
     device: str = "auto"
     dtype: str = "auto"
     batch_tokens: Annotated[int, Field(ge=64)] | None = None
+    #: Production inputs to watch for drift, and the reference they are compared with.
+    drift: DriftConfig | None = None
 
 
 class ScheduleConfig(_Strict):
@@ -164,6 +168,7 @@ class MonitorConfig(_Strict):
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     regression: RegressionConfig = Field(default_factory=RegressionConfig)
     finetunes: dict[Name, FinetuneConfig] = Field(default_factory=dict)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     #: Where pinned baselines live (``<baselines>/<model>/<evalset>.json``), relative to this file.
     baselines: str = "baselines"
     #: Directory the file was loaded from; relative paths resolve against it.

@@ -32,7 +32,16 @@ from datetime import datetime, timedelta
 from .config import JobConfig, MonitorConfig
 from .errors import LeaseHeldError, MonitorError
 from .evalsets import load_evalset, parse_strategy
-from .execution import ModelPool, RunPlan, analyze_safely, continue_run, execute_run, plan_runs
+from .execution import (
+    ModelPool,
+    RunPlan,
+    after_job,
+    analyze_safely,
+    continue_run,
+    execute_run,
+    make_notifier,
+    plan_runs,
+)
 from .schedule import JobTimer, latest_missed_fire, make_trigger, parse_interval, typical_interval
 from .store import RunRecord, Store, as_utc, utcnow
 
@@ -91,6 +100,10 @@ class Daemon:
         self.job_intervals: dict[str, float] = {}
         self.plan_errors: dict[str, int] = {}
         self.on_run_finished: Callable[[RunRecord], None] | None = None
+        #: Writes webhook events into the outbox in the caller's transaction (None: no endpoints).
+        self.notify = make_notifier(config)
+        #: Called after anything may have written an event (the webhook sender's wake-up).
+        self.on_events: Callable[[], None] | None = None
         self._queue: queue.Queue[WorkItem | None] = queue.Queue()
         self._pending: set[str] = set()
         self._pending_lock = threading.Lock()
@@ -343,6 +356,9 @@ class Daemon:
                 self.store, self.pool, plan, chunk_size=chunk, max_error_rate=max_errors, should_stop=stop
             )
             self._finished(run)
+        if not self._stop.is_set():
+            after_job(self.store, self.config, list(self.config.jobs[item.job].models), self.notify)
+            self._wake_sender()
 
     def _finished(self, run: RunRecord) -> None:
         log.info(
@@ -355,12 +371,20 @@ class Daemon:
             f": {run.error}" if run.error else "",
         )
         if run.id is not None:
-            analyze_safely(self.store, run.id, self.config)
+            analyze_safely(self.store, run.id, self.config, self.notify)
+            self._wake_sender()
         if self.on_run_finished is not None:
             try:
                 self.on_run_finished(run)
             except Exception:
                 log.exception("run-finished hook failed")
+
+    def _wake_sender(self) -> None:
+        if self.on_events is not None:
+            try:
+                self.on_events()
+            except Exception:
+                log.exception("could not wake the webhook sender")
 
     def _heartbeat(self) -> None:
         interval = max(0.2, self.lease_ttl_s / 3)

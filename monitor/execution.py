@@ -256,14 +256,81 @@ def plan_runs(
     return plans
 
 
-def analyze_safely(store: Store, run_id: int, cfg: MonitorConfig) -> Any:
-    """Regression, behaviour and canary checks after a run; a failure is logged, never raised."""
+def make_notifier(cfg: MonitorConfig) -> Any:
+    """``notify(session, type, payload)``: an outbox event in the caller's transaction, or None when no endpoint."""
+    if not cfg.webhooks.endpoints:
+        return None
+    from .exporters.webhooks import enqueue_event
+
+    def notify(session: Any, event_type: str, payload: dict[str, Any]) -> None:
+        endpoints = cfg.webhooks.endpoints_for(event_type)
+        if endpoints:
+            enqueue_event(session, event_type, payload, endpoints)
+
+    return notify
+
+
+def analyze_safely(store: Store, run_id: int, cfg: MonitorConfig, notify: Any = None) -> Any:
+    """Regression, behaviour and canary checks after a run, and the repeated-failure event;
+    a failure is logged, never raised."""
     import logging
 
-    from .analysis.assess import analyze_run
+    from .analysis.assess import analyze_run, check_repeated_failures
 
     try:
-        return analyze_run(store, run_id, cfg.baselines_dir(), cfg.analysis_policy())
+        check_repeated_failures(store, store.get_run(run_id), notify)
+        return analyze_run(store, run_id, cfg.baselines_dir(), cfg.analysis_policy(), notify)
     except Exception as exc:
         logging.getLogger("monitor.analysis").warning("analysis of run %s failed: %s", run_id, exc)
         return None
+
+
+def after_job(store: Store, cfg: MonitorConfig, models: Sequence[str], notify: Any = None) -> None:
+    """After a job: input drift for its models that watch production, then the recommendations of the
+    fine-tunes that involve them.  Failures are logged, never raised."""
+    import logging
+
+    from .analysis.assess import run_input_drift
+    from .analysis.recommend import cost_case_for, decide, gather_evidence, record_recommendation
+    from .store import utcnow
+
+    log = logging.getLogger("monitor.analysis")
+    for name in models:
+        drift = cfg.models[name].drift
+        if drift is None:
+            continue
+        try:
+            run_input_drift(store, name, drift, base_dir=cfg.root, now=utcnow(), notify=notify)
+        except Exception as exc:
+            log.warning("input drift check of %s failed: %s", name, exc)
+    for ft_name, ft in cfg.finetunes.items():
+        if not ({ft.model, ft.base_model, *ft.challengers} & set(models)):
+            continue
+        try:
+            evidence = gather_evidence(store, cfg, ft_name)
+            decision = decide(evidence, retire_margin=ft.retire_margin, rebase_margin=ft.rebase_margin)
+            case = cost_case_for(store, cfg, ft_name, decision, evidence)
+            record_recommendation(
+                store,
+                ft.model,
+                decision,
+                evidence,
+                case.to_dict() if case else None,
+                on_change=None
+                if notify is None
+                else lambda s, r, n=ft_name, m=ft.model: notify(
+                    s,
+                    "recommendation.changed",
+                    {
+                        "model": m,
+                        "finetune": n,
+                        "action": r.action,
+                        "previous_action": r.previous_action,
+                        "summary": r.summary,
+                        "reasons": r.reasons,
+                        "costs": r.costs,
+                    },
+                ),
+            )
+        except Exception as exc:
+            log.warning("recommendation for %s failed: %s", ft_name, exc)

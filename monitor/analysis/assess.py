@@ -6,7 +6,9 @@ Nothing here may break a run: the caller logs what raises and goes on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -38,7 +40,7 @@ class RunAnalysis:
 
 
 def analyze_run(
-    store: Store, run_id: int, baselines_root: Path, policy: AnalysisPolicy | None = None
+    store: Store, run_id: int, baselines_root: Path, policy: AnalysisPolicy | None = None, notify: Any = None
 ) -> RunAnalysis:
     """Compare a finished run with its model's baseline on that eval set and store what was found."""
     policy = policy or AnalysisPolicy()
@@ -50,7 +52,7 @@ def analyze_run(
         findings.append(adapter)
     path = baseline_path(baselines_root, model_name, run.evalset_name)
     if run.status != "succeeded" or not path.exists():
-        _store_findings(store, findings)
+        _store_findings(store, findings, notify)
         return RunAnalysis(
             run_id,
             None,
@@ -59,24 +61,51 @@ def analyze_run(
         )
     baseline = load_baseline(path)
     if baseline.strategy != run.strategy:
-        _store_findings(store, findings)
+        _store_findings(store, findings, notify)
         return RunAnalysis(
             run_id, baseline.run_id, findings=tuple(findings), note="the baseline has another strategy"
         )
-    verdicts = assess_run(store, run_id, baseline, policy.regression)
+    verdicts = assess_run(store, run_id, baseline, policy.regression, notify)
     findings.append(_fingerprint_canary(run, baseline))
     behaviour = _behaviour(store, run, baseline, policy)
     if behaviour is not None:
         findings.append(behaviour)
-    _store_findings(store, findings)
+    _store_findings(store, findings, notify)
     return RunAnalysis(run_id, baseline.run_id, tuple(verdicts), tuple(findings))
 
 
-def _store_findings(store: Store, findings: list[DriftRecord]) -> None:
+def _store_findings(store: Store, findings: list[DriftRecord], notify: Any = None) -> None:
+    """Store findings; one that newly detects drift or an integrity problem is an event, in the same transaction."""
     if not findings:
         return
     with store.session() as s:
-        s.add_all(findings)
+        for f in findings:
+            previous = s.execute(
+                select(DriftRecord)
+                .where(
+                    DriftRecord.model_id == f.model_id,
+                    DriftRecord.kind == f.kind,
+                    DriftRecord.source == f.source,
+                )
+                .order_by(DriftRecord.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            s.add(f)
+            if f.drifted and notify is not None and (previous is None or not previous.drifted):
+                model = s.get(ModelRecord, f.model_id)
+                notify(
+                    s,
+                    "drift.detected",
+                    {
+                        "model": model.name if model else "?",
+                        "kind": f.kind,
+                        "source": f.source,
+                        "score": f.score,
+                        "p_value": f.p_value,
+                        "summary": f.reason,
+                        "run": f.run_id,
+                    },
+                )
         s.flush()
         for f in findings:
             s.refresh(f)
@@ -199,3 +228,88 @@ def latest_findings(store: Store) -> list[tuple[DriftRecord, str]]:
             .order_by(ModelRecord.name, DriftRecord.kind, DriftRecord.source)
         ).all()
         return [(record, name) for record, name in rows]
+
+
+def check_repeated_failures(store: Store, run: RunRecord, notify: Any, threshold: int = 3) -> bool:
+    """After the ``threshold``-th failed run in a row of one job, model and eval set: an event (once per streak)."""
+    if notify is None or run.status != "failed" or run.job is None or run.id is None:
+        return False
+    recent = [
+        r
+        for r, _ in store.runs(
+            model=store.model_name(run.model_id), evalset=run.evalset_name, limit=threshold + 5
+        )
+        if r.job == run.job and r.status in ("succeeded", "failed")
+    ]
+    streak = 0
+    for r in recent:
+        if r.status != "failed":
+            break
+        streak += 1
+    if streak != threshold:
+        return False
+    with store.session() as s:
+        notify(
+            s,
+            "run.failed_repeatedly",
+            {
+                "model": store.model_name(run.model_id),
+                "evalset": run.evalset_name,
+                "job": run.job,
+                "failures": streak,
+                "error": run.error,
+                "run": run.id,
+            },
+        )
+    return True
+
+
+def run_input_drift(
+    store: Store,
+    model_name: str,
+    config: Any,
+    *,
+    base_dir: Path,
+    now: datetime,
+    notify: Any = None,
+    report_path: Path | None = None,
+) -> DriftRecord:
+    """Check the model's production inputs for drift and store the finding (an error is stored as one too)."""
+    from ..errors import MonitorError
+    from .drift import check_input_drift
+
+    model_id = store.get_model(model_name).id
+    assert model_id is not None
+    source = f"{config.source.kind}:{config.window}"
+    try:
+        check = check_input_drift(config, now=now, base_dir=base_dir, report_path=report_path)
+    except MonitorError as exc:
+        record = DriftRecord(
+            model_id=model_id,
+            kind="input",
+            source=source,
+            drifted=False,
+            state="error",
+            reason=str(exc).replace("\n", "; ")[:2000],
+            details={},
+            created_at=utcnow(),
+        )
+        _store_findings(store, [record])
+        return record
+    analysis = check.analysis
+    classifier = analysis.domain_classifier
+    record = DriftRecord(
+        model_id=model_id,
+        kind="input",
+        source=source,
+        score=analysis.score,
+        p_value=getattr(classifier, "p_value", None),
+        threshold=getattr(classifier, "threshold", None),
+        drifted=analysis.drifted,
+        state="drifted" if analysis.drifted else "ok",
+        reason=("drift in " + ", ".join(analysis.triggered_by)) if analysis.drifted else None,
+        details=analysis.to_dict(),
+        created_at=utcnow(),
+    )
+    _store_findings(store, [record], notify)
+    return record

@@ -173,7 +173,7 @@ def _min_detectable(
 
 
 def assess_run(
-    store: Store, run_id: int, baseline: Baseline, policy: RegressionPolicy
+    store: Store, run_id: int, baseline: Baseline, policy: RegressionPolicy, notify: Any = None
 ) -> list[VerdictRecord]:
     """Compare a succeeded run with its baseline, correct across the model's series, store the verdicts."""
     run = store.get_run(run_id)
@@ -210,6 +210,26 @@ def assess_run(
                 }
             s.add(record)
             records.append(record)
+            newly_confirmed = record.state == "regressed" and (previous is None or previous.state != "regressed")
+            if newly_confirmed and notify is not None:
+                # the event is written in the verdict's transaction: both exist, or neither
+                notify(
+                    s,
+                    "regression.confirmed",
+                    {
+                        "model": store.model_name(run.model_id),
+                        "evalset": run.evalset_name,
+                        "strategy": run.strategy,
+                        "metric": c.metric,
+                        "delta": record.delta,
+                        "ci_low": record.ci_low,
+                        "ci_high": record.ci_high,
+                        "p_value": record.adjusted_p,
+                        "run": run.id,
+                        "baseline_run": baseline.run_id,
+                        "consecutive": record.consecutive,
+                    },
+                )
         s.flush()
         for record in records:
             s.refresh(record)
