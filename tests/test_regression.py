@@ -261,3 +261,39 @@ def test_status_shows_the_verdict_newly_broken_and_flaky_items(h: Harness) -> No
     assert entry["verdict"] == "suspect" and entry["vs_baseline"] == pytest.approx(-0.3)
     assert entry["newly_broken"] == 60
     assert entry["flaky"] == 2
+
+
+def test_confirmed_regression_and_behaviour_drift_reach_a_webhook_receiver(
+    h: Harness, monkeypatch: Any
+) -> None:
+    from monitor.execution import analyze_safely, make_notifier
+    from monitor.exporters.webhooks import WebhookSender, verify
+
+    from .receiver import Receiver
+
+    secret = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
+    monkeypatch.setenv("HOOK_SECRET", secret)
+    with Receiver() as receiver:
+        cfg = MonitorConfig.model_validate(
+            {
+                **h.cfg.model_dump(),
+                "baselines": str(h.root),
+                "regression": {"confirmations": 2, "min_agreement": 0.95},
+                "webhooks": {"endpoints": {"ops": {"url": receiver.url, "secret_env": "HOOK_SECRET"}}},
+            }
+        )
+        notify = make_notifier(cfg)
+        pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+        worse = RuleBackend(lambda k: k % 10 not in (0, 1, 2, 3))
+        for _ in range(3):  # suspect, regressed (an event), still regressed (no second event)
+            analyze_safely(h.store, h.run(worse), cfg, notify)
+        counts = WebhookSender(h.store, cfg.webhooks).deliver_due()
+        assert counts.delivered == 2, counts
+        received = receiver.requests
+        types = sorted(r.json()["type"] for r in received)
+        assert types == ["drift.detected", "regression.confirmed"]
+        for r in received:
+            verify(secret, r.headers, r.body)
+        confirmed = next(r.json() for r in received if r.json()["type"] == "regression.confirmed")
+        assert confirmed["version"] == 1
+        assert confirmed["data"]["model"] == "router" and confirmed["data"]["delta"] == pytest.approx(-0.3)
