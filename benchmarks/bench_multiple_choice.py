@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -46,9 +47,6 @@ from typing import Any
 REPORT_VERSION = 1
 TASK_NAME = "bench_mc"
 EVALSET_NAME = "bench-mc"
-PROMPT = "Question: {input}\nAnswer:"
-TARGET_DELIMITER = " "
-FEWSHOT_SEPARATOR = "\n\n"
 N_CHOICES = 5
 POOL_SIZE = 16
 #: Exit codes: 1 = the tools disagree, 2 = the benchmark could not run.
@@ -57,6 +55,22 @@ EXIT_SETUP = 2
 
 
 # --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How items become text: the eval set's ``prompt``, ``target_delimiter`` and few-shot separator."""
+
+    prompt: str = "Question: {input}\nAnswer:"
+    target_delimiter: str = " "
+    separator: str = "\n\n"
+
+    def digest(self) -> str:
+        """A short name for this format, to keep eval set folders of different formats apart."""
+        return hashlib.sha256(json.dumps(asdict(self)).encode()).hexdigest()[:8]
+
+
+DEFAULT_FORMAT = PromptFormat()
 
 
 @dataclass(frozen=True)
@@ -152,21 +166,25 @@ def synthetic_corpus(seed: int, lex: _Lexicon, n_texts: int = 4000) -> list[str]
     texts = []
     for _ in range(n_texts):
         question, choices = _question(rng, lex)
-        texts.append(PROMPT.format(input=question) + TARGET_DELIMITER + rng.choice(choices))
+        texts.append(
+            DEFAULT_FORMAT.prompt.format(input=question)
+            + DEFAULT_FORMAT.target_delimiter
+            + rng.choice(choices)
+        )
     return texts
 
 
-def render_prompt(item: McItem) -> str:
+def render_prompt(item: McItem, fmt: PromptFormat) -> str:
     """The item's prompt, as the monitor renders ``prompt`` over the item's fields."""
-    return PROMPT.format(**item.to_json())
+    return fmt.prompt.format(**item.to_json())
 
 
-def render_context(item: McItem, pool: Sequence[McItem], k: int) -> str:
+def render_context(item: McItem, pool: Sequence[McItem], k: int, fmt: PromptFormat) -> str:
     """The monitor's few-shot rule: the first ``k`` pool items with their targets, then the item."""
-    shots = [render_prompt(shot) + TARGET_DELIMITER + shot.target for shot in pool[:k]]
+    shots = [render_prompt(shot, fmt) + fmt.target_delimiter + shot.target for shot in pool[:k]]
     if not shots:
-        return render_prompt(item)
-    return FEWSHOT_SEPARATOR.join(shots) + FEWSHOT_SEPARATOR + render_prompt(item)
+        return render_prompt(item, fmt)
+    return fmt.separator.join(shots) + fmt.separator + render_prompt(item, fmt)
 
 
 def python_format_to_jinja(template: str) -> str:
@@ -205,7 +223,9 @@ class EvalSetPaths:
     pool_file: Path
 
 
-def write_eval_sets(root: Path, items: Sequence[McItem], pool: Sequence[McItem], k: int) -> EvalSetPaths:
+def write_eval_sets(
+    root: Path, items: Sequence[McItem], pool: Sequence[McItem], k: int, fmt: PromptFormat
+) -> EvalSetPaths:
     """Write the monitor eval set folder and the lm-eval task folder for the same items."""
     import yaml
 
@@ -217,9 +237,9 @@ def write_eval_sets(root: Path, items: Sequence[McItem], pool: Sequence[McItem],
     evalset = {
         "name": EVALSET_NAME,
         "task": "multiple_choice",
-        "prompt": PROMPT,
-        "target_delimiter": TARGET_DELIMITER,
-        "fewshot": {"k": k, "pool": pool_file.name, "separator": FEWSHOT_SEPARATOR},
+        "prompt": fmt.prompt,
+        "target_delimiter": fmt.target_delimiter,
+        "fewshot": {"k": k, "pool": pool_file.name, "separator": fmt.separator},
         "metrics": ["acc"],
     }
     _write_if_changed(
@@ -236,11 +256,11 @@ def write_eval_sets(root: Path, items: Sequence[McItem], pool: Sequence[McItem],
         # lm-eval's default sampler draws a seeded random sample; the monitor takes the first k.
         "fewshot_config": {"sampler": "first_n"},
         "output_type": "multiple_choice",
-        "doc_to_text": python_format_to_jinja(PROMPT),
+        "doc_to_text": python_format_to_jinja(fmt.prompt),
         "doc_to_choice": "choices",
         "doc_to_target": "target",
-        "target_delimiter": TARGET_DELIMITER,
-        "fewshot_delimiter": FEWSHOT_SEPARATOR,
+        "target_delimiter": fmt.target_delimiter,
+        "fewshot_delimiter": fmt.separator,
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
         "metadata": {"version": 1.0},
     }
@@ -335,15 +355,19 @@ def lm_eval_encode_pair(tokenizer: Any, context: str, continuation: str) -> tupl
     return context_enc, whole[len(context_enc) :]
 
 
-def count_tokens(tokenizer: Any, items: Sequence[McItem], pool: Sequence[McItem], k: int) -> TokenCounts:
+def count_tokens(
+    tokenizer: Any, items: Sequence[McItem], pool: Sequence[McItem], k: int, fmt: PromptFormat
+) -> TokenCounts:
     """Count the token positions lm-eval computes and the unique ones a prefix tree needs."""
     rows: set[tuple[int, ...]] = set()
     trie: dict[int, Any] = {}
     unique = 0
     for item in items:
-        context = render_context(item, pool, k)
+        context = render_context(item, pool, k, fmt)
         for choice in item.choices:
-            context_enc, continuation_enc = lm_eval_encode_pair(tokenizer, context, TARGET_DELIMITER + choice)
+            context_enc, continuation_enc = lm_eval_encode_pair(
+                tokenizer, context, fmt.target_delimiter + choice
+            )
             row = tuple(context_enc + continuation_enc)[:-1]
             rows.add(row)
             node = trie
@@ -704,7 +728,13 @@ def compare_runs(
 
 
 def check_rendered_prompts(
-    items: Sequence[McItem], pool: Sequence[McItem], shots: int, run: ToolRun, *, examples: int = 3
+    items: Sequence[McItem],
+    pool: Sequence[McItem],
+    shots: int,
+    fmt: PromptFormat,
+    run: ToolRun,
+    *,
+    examples: int = 3,
 ) -> list[dict[str, Any]]:
     """Compare lm-eval's logged (context, continuation) pairs byte for byte with the monitor's rule."""
     mismatches = []
@@ -712,8 +742,8 @@ def check_rendered_prompts(
         logged = run.items.get(item.id)
         if logged is None:
             continue
-        expected_context = render_context(item, pool, shots)
-        expected = [(expected_context, TARGET_DELIMITER + choice) for choice in item.choices]
+        expected_context = render_context(item, pool, shots, fmt)
+        expected = [(expected_context, fmt.target_delimiter + choice) for choice in item.choices]
         got = list(zip(logged["contexts"], logged["continuations"], strict=True))
         if got != expected:
             mismatches.append({"id": item.id, "expected": expected[:1], "lm_eval": got[:1]})
@@ -881,6 +911,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="extra arguments for `monitor eval` (default: the device and dtype lm-eval gets)",
     )
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |Δ log-likelihood|")
+    parser.add_argument("--prompt", default=DEFAULT_FORMAT.prompt, help="the eval set's prompt template")
+    parser.add_argument("--target-delimiter", default=DEFAULT_FORMAT.target_delimiter)
+    parser.add_argument("--separator", default=DEFAULT_FORMAT.separator, help="few-shot separator")
     parser.add_argument(
         "--repeats", type=int, default=1, help="runs per tool and setting; the fastest is kept"
     )
@@ -918,9 +951,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_dir = ensure_model(workdir, spec, synthetic_corpus(args.seed, lex))
     items = synthetic_items(args.seed, args.items, prefix="q", lex=lex)
     pool = synthetic_items(args.seed, POOL_SIZE, prefix="fs", lex=lex)
-    data_root = workdir / "data" / f"items{args.items}-s{args.seed}"
+    fmt = PromptFormat(args.prompt, args.target_delimiter, args.separator)
+    data_root = workdir / "data" / f"items{args.items}-s{args.seed}-{fmt.digest()}"
     default_k = max(shot_settings) if shot_settings else 0
-    paths = write_eval_sets(data_root, items, pool, default_k)
+    paths = write_eval_sets(data_root, items, pool, default_k, fmt)
     if run_lm:
         warm_dataset_cache(paths)
 
@@ -931,16 +965,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_errors: list[str] = []
     rows: list[dict[str, Any]] = []
     for shots in shot_settings:
-        tokens = count_tokens(tokenizer, items, pool, shots)
-        if tokens.max_row >= args.positions:
-            setup_errors.append(
-                f"{shots}-shot: rows of {tokens.max_row} tokens exceed the model's {args.positions}"
+        tokens = count_tokens(tokenizer, items, pool, shots, fmt)
+        # Longer rows are left-truncated by lm-eval (and must be by the monitor): a check of
+        # its own, and the token counts above no longer describe the work exactly.
+        truncated = tokens.max_row > args.positions
+        if truncated:
+            print(
+                f"[{shots}-shot] note: rows of up to {tokens.max_row} tokens exceed the model's "
+                f"{args.positions}; both tools must left-truncate them",
+                file=sys.stderr,
             )
         row: dict[str, Any] = {
             "setting": f"{shots}-shot",
             "shots": shots,
             "items": len(items),
-            "tokens": {**asdict(tokens), "bound": tokens.bound},
+            "tokens": {**asdict(tokens), "bound": tokens.bound, "truncated": truncated},
         }
         lm_runs: list[ToolRun] = []
         if run_lm:
@@ -965,7 +1004,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lm_runs.append(lm_run)
                 print(f"    {lm_run.process_s:.1f}s (evaluation {lm_run.eval_s:.1f}s)", file=sys.stderr)
             for lm_run in lm_runs:
-                bad = check_rendered_prompts(items, pool, shots, lm_run)
+                bad = check_rendered_prompts(items, pool, shots, fmt, lm_run)
                 if bad:
                     failures.append(f"{shots}-shot: lm-eval rendered prompts differently, e.g. {bad[0]}")
             row["lm_eval_runs"] = [_run_dict(r) for r in lm_runs]
@@ -1034,6 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": asdict(spec),
         "items": len(items),
         "seed": args.seed,
+        "format": asdict(fmt),
         "monitor_cmd": args.monitor_cmd if run_mon else None,
         "lm_eval_batch_sizes": batch_sizes if run_lm else None,
         "rows": rows,
