@@ -10,7 +10,13 @@ expression through the HTTP API.
 ``dashboard_expressions`` and ``rule_expressions`` pull every PromQL expression
 out of the Grafana dashboards (panel targets and template variable queries, with
 the template variables replaced by concrete values) and out of Prometheus rule
-files, so that a test can run each against a Prometheus with real data.
+files, so that a test can run each against a Prometheus with real data
+(``query_each``).
+
+``reads_input_drift`` tells the expressions that ask for input drift findings
+(``kind="input"``), which exist only where production samples are configured;
+``query_result_options`` renders a Grafana ``query_result(...)`` variable's options
+as Grafana does.
 
 When no ``prometheus``/``promtool`` binary exists, the tests that need one are
 skipped with the reason, unless ``MONITOR_TEST_PROMETHEUS_REQUIRED=1`` (set it in
@@ -25,6 +31,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +63,8 @@ _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)(?::\w+)?\]\]")
 _METRIC_NAME = re.compile(r"(?<![\w:])monitor_[a-z_]+")
 #: label_values(selector, label) in a template variable query: Grafana asks for the selector's series.
 _LABEL_VALUES = re.compile(r"^\s*label_values\((?P<selector>.*),\s*(?P<label>\w+)\s*\)\s*$", re.S)
+#: A selector asking for input drift findings only: kind="input" (not kind=~"behaviour|input").
+_INPUT_DRIFT = re.compile(r'\bkind\s*=\s*"input"')
 
 
 class PrometheusUnavailable(RuntimeError):
@@ -233,6 +242,20 @@ def _wait_ready(server: PrometheusServer) -> None:
     raise PrometheusUnavailable(f"prometheus was not ready after {START_TIMEOUT_S}s:\n{server.log_tail()}")
 
 
+_CLIENT: httpx.Client | None = None
+_CLIENT_LOCK = threading.Lock()
+
+
+def _client() -> httpx.Client:
+    """One HTTP client for every query: a client per request costs more than the query itself (it
+    builds an SSL context), and the tests run a few hundred queries."""
+    global _CLIENT
+    with _CLIENT_LOCK:
+        if _CLIENT is None:
+            _CLIENT = httpx.Client()
+        return _CLIENT
+
+
 def instant_query(
     url: str, expr: str, *, at: float | None = None, timeout: float = 10.0
 ) -> list[dict[str, Any]]:
@@ -248,7 +271,7 @@ def instant_query(
     if at is not None:
         params["time"] = f"{at:.3f}"
     try:
-        response = httpx.post(f"{url}/api/v1/query", data=params, timeout=timeout)
+        response = _client().post(f"{url}/api/v1/query", data=params, timeout=timeout)
     except httpx.TransportError as exc:
         raise PromQLError(f"{expr}\n-> cannot reach Prometheus at {url}: {exc}") from exc
     try:
@@ -263,6 +286,19 @@ def instant_query(
     if data["resultType"] == "matrix":
         return [{"metric": s["metric"], "value": s["values"][-1]} for s in data["result"] if s["values"]]
     return list(data["result"])
+
+
+def query_each(
+    server: PrometheusServer, expressions: Sequence[Expression], *, at: float | None = None
+) -> list[tuple[Expression, list[dict[str, Any]] | PromQLError]]:
+    """Run every expression at one time ``at``: each with its result, or the error Prometheus gave."""
+    out: list[tuple[Expression, list[dict[str, Any]] | PromQLError]] = []
+    for expression in expressions:
+        try:
+            out.append((expression, server.instant_query(expression.expr, at=at)))
+        except PromQLError as exc:
+            out.append((expression, exc))
+    return out
 
 
 def sample_values(result: Sequence[Mapping[str, Any]]) -> list[float]:
@@ -370,3 +406,32 @@ def metric_names(expr: str) -> set[str]:
 def recorded_names(expr: str) -> set[str]:
     """The recording-rule names (``monitor:...``) that an expression reads."""
     return set(re.findall(r"(?<![\w:])monitor:[a-z_:0-9]+", expr))
+
+
+def reads_input_drift(expr: str) -> bool:
+    """Whether ``expr`` selects input drift findings (``kind="input"``), which may not exist."""
+    return bool(_INPUT_DRIFT.search(expr))
+
+
+def query_result_options(variable: Mapping[str, Any], result: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The options Grafana makes of a ``query_result(...)`` variable's result, its regex applied.
+
+    Grafana renders each sample as ``name{label="value",...} value timestamp_ms`` (labels in the
+    order Prometheus returns them, sorted) and keeps the regex's first group, or the whole text
+    when the regex has none; texts the regex does not match are dropped.
+    """
+    regex = str(variable.get("regex") or "")
+    pattern = re.compile(regex[1 : regex.rindex("/")]) if regex.startswith("/") else None
+    options = []
+    for sample in result:
+        labels = dict(sample["metric"])
+        name = labels.pop("__name__", "")
+        text = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+        text += f" {sample['value'][1]} {int(float(sample['value'][0]) * 1000)}"
+        if pattern is None:
+            options.append(text)
+            continue
+        match = pattern.search(text)
+        if match:
+            options.append(match.group(1) if match.groups() else match.group(0))
+    return sorted(set(options))

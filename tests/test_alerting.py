@@ -13,23 +13,40 @@ when installed (skipped otherwise, each with its reason).
 ``test_every_expression_runs_against_real_prometheus`` starts a real Prometheus
 scraping three targets built from real collectors on real SQLite stores: a
 healthy monitor whose store gains runs while Prometheus watches, a monitor
-whose store cannot be read, and a port where nothing listens.  The data is laid
-out so that every alert's condition holds for some series and not for others.
-Every panel query, template variable query, recording rule and alert expression
-is then run; the rule for "returns nothing":
+whose store cannot be read, and a port where nothing listens.  The healthy
+store also holds regression verdicts and drift and canary findings, made by the
+real code paths (``execute_run`` with a deterministic backend, ``pin_baseline``,
+``analyze_run``): a confirmed regression, a suspect drop, a series refused for a
+changed prompt, behaviour drift, weights changed without a new version and an
+adapter that is not applied.  The data is laid out so that every alert's
+condition holds for some series and not for others.  Every panel query,
+template variable query, recording rule and alert expression is then run; the
+rule for "returns nothing":
 
 * panel, variable and recording-rule expressions must return at least one sample
   that is not NaN;
 * alert expressions must return at least one sample too, because the data was
   built for each alert to hold somewhere; each is also checked to hold only for
   the series it was built for, and Prometheus itself must have every alert
-  pending or firing.
+  pending or firing;
+* except input drift: findings of kind ``input`` need production samples and
+  the input drift check (``monitor.analysis.drift``, wired into the runs
+  separately), which neither this setting nor the daemon below configures; so an
+  expression whose selectors ask for ``kind="input"`` may return nothing, and
+  InputDrift is expected to hold nowhere.  Expressions that merely include
+  input among other kinds (``kind=~"behaviour|input"``) get no exemption.  Once
+  input findings can be made here, add them to ``analysed_history``, expect
+  InputDrift, and drop the exemption (see ``prom.reads_input_drift``).
 
 ``test_every_expression_runs_against_prometheus_scraping_the_daemon`` (slow) does
 the same against the real daemon process on real tiny models: a job that
-succeeds every 2 s and one whose model is gone.  There a healthy job must not
-alert, so alert expressions may be empty; and while the daemon exports no
-baselines, the expressions that read one may be empty too (it says which).
+succeeds every 2 s and one whose model is gone.  After the first succeeded run
+the test pins it as the baseline with ``monitor baseline pin`` (a subprocess
+with the daemon's configuration), so the daemon's next runs are analysed and
+export verdicts, behaviour findings and a fingerprint canary, all of which must
+then return data (and say "ok": the same model against its own baseline).  A
+healthy job must not alert, so alert expressions may be empty; input drift may
+be empty as above.
 """
 
 from __future__ import annotations
@@ -55,13 +72,18 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from monitor.analysis.assess import analyze_run
+from monitor.analysis.baselines import pin_baseline
 from monitor.config import MonitorConfig, load_config
 from monitor.daemon import Daemon
+from monitor.execution import ModelPool, execute_run, plan_runs
 from monitor.exporters import BaselineValue, DaemonCollector, StoreCollector
 from monitor.store import ItemResult, Store, make_engine
 
 from . import prom
 from .conftest import TinyModels
+from .test_daemon import make_evalset
+from .test_regression import RuleBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -88,6 +110,16 @@ VARIABLES = {
         "metric": "acc",
     },
     "model-monitor-run-health.json": {"job": "nightly"},
+    # Grafana's "All" for the four filters; the hidden series variable holds one series' label set.
+    "model-monitor-regression-drift.json": {
+        "model": ".*",
+        "evalset": ".*",
+        "strategy": ".*",
+        "metric": ".*",
+        "series": '{evalset="routing",metric="acc",model="ranker",strategy="zero-shot"}',
+        "tolerance": "0.02",
+        "min_agreement": "0.9",
+    },
 }
 #: The series each alert's condition must hold for in the static setting, by identifying labels.
 EXPECTED_ALERTS: dict[str, set[tuple[tuple[str, str], ...]]] = {
@@ -99,6 +131,28 @@ EXPECTED_ALERTS: dict[str, set[tuple[tuple[str, str], ...]]] = {
     "ItemErrorsHigh": {(("job", "nightly"), ("model", "router"), ("evalset", "routing-golden"))},
     "ResultsStale": {(("job", "smoke"),), (("job", "backfill"),)},
     "ScoreBelowBaseline": {(("model", "router"), ("evalset", "routing-golden"), ("strategy", "zero-shot"))},
+    "RegressionConfirmed": {(("model", "ranker"), ("evalset", "routing"), ("state", "regressed"))},
+    "RegressionSuspected": {(("model", "tagger"), ("evalset", "routing"), ("state", "suspect"))},
+    "BaselineNotComparable": {(("model", "classifier"), ("evalset", "intents"), ("state", "refused"))},
+    "BehaviourDrift": {(("model", "ranker"), ("kind", "behaviour"), ("source", "routing"))},
+    "IntegrityCanary": {
+        (("model", "summarizer"), ("kind", "canary"), ("source", "fingerprint")),
+        (("model", "assistant"), ("kind", "canary"), ("source", "adapter")),
+    },
+    # No input drift findings yet (see the module docstring).
+    "InputDrift": set(),
+}
+#: The metrics of verdicts and findings: each must have samples in the populated store.
+VERDICT_AND_DRIFT_METRICS = {
+    "monitor_regression_delta",
+    "monitor_regression_ci_low",
+    "monitor_regression_ci_high",
+    "monitor_regression_p_value",
+    "monitor_regression_min_detectable",
+    "monitor_regression_state",
+    "monitor_drift_score",
+    "monitor_drift_p_value",
+    "monitor_drift_detected",
 }
 
 
@@ -193,8 +247,9 @@ def acc(value: float, stderr: float) -> dict[str, dict[str, float]]:
     return {"acc": {"value": value, "stderr": stderr, "n": 20}}
 
 
-def populate(store: Store) -> Recorder:
+def populate(store: Store, root: Path) -> Recorder:
     """The history the static setting starts with (see EXPECTED_ALERTS for what it makes fire)."""
+    analysed_history(store, root)
     rec = Recorder(store)
     # router on routing-golden: zero-shot is far below its baseline, 5-shot has no baseline.
     rec.run(
@@ -216,6 +271,77 @@ def populate(store: Store) -> Recorder:
     rec.run("triage", "triage-golden", job=None, metrics=triage)
     rec.run("router", "routing-golden", job="nightly", status="running")
     return rec
+
+
+#: Items of the eval sets that the analysed runs use (multiple choice, one metric: acc).
+ANALYSED_ITEMS = 100
+
+
+def analysed_history(store: Store, root: Path) -> None:
+    """Runs recorded, pinned and analysed by the real code paths, with a deterministic backend.
+
+    Each model tells one story (its own models, so that no other history mixes in):
+
+    * ranker on routing: 90 % pinned, then 60 % twice: suspect, then regressed; 70 % of
+      its predictions agree with the baseline's (behaviour drift);
+    * tagger on routing: 90 % pinned, then 7 items newly wrong once: suspect, no drift;
+    * classifier on intents: pinned, then the eval set's prompt changed: refused;
+    * summarizer on routing: pinned, then the same answers from other weights with the
+      same model version: ok, but the fingerprint canary fires;
+    * assistant (base + LoRA adapter) scores exactly like assistant-base: the adapter
+      canary fires (no baseline needed).
+    """
+    evalsets = root / "evals"
+    routing = make_evalset(evalsets, ANALYSED_ITEMS, "routing")
+    intents = make_evalset(evalsets, ANALYSED_ITEMS, "intents")
+    for folder in ("model", "base-model", "adapter"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    models: dict[str, Any] = {
+        name: {"base": str(root / "model")} for name in ("ranker", "tagger", "classifier", "summarizer")
+    }
+    models["assistant-base"] = {"base": str(root / "base-model")}
+    models["assistant"] = {"base": str(root / "base-model"), "adapter": str(root / "adapter")}
+    cfg = MonitorConfig.model_validate(
+        {
+            "database": f"sqlite:///{root / 'unused.db'}",
+            "models": models,
+            "evalsets": {"routing": str(routing), "intents": str(intents)},
+            "jobs": {
+                "nightly": {"models": [m for m in models if m != "classifier"], "evalsets": ["routing"]},
+                "hourly": {"models": ["classifier"], "evalsets": ["intents"]},
+            },
+            "root": root,
+        }
+    )
+    baselines_root = root / "baselines"
+
+    def run(model: str, evalset: str, backend: RuleBackend) -> int:
+        (plan,) = [
+            p
+            for p in plan_runs(cfg, [], trigger="schedule")
+            if p.model_name == model and p.evalset.name == evalset
+        ]
+        done = execute_run(store, ModelPool(loader=lambda spec: backend), plan)  # type: ignore[arg-type,return-value]
+        assert done.id is not None and done.status == "succeeded", done.error
+        analyze_run(store, done.id, baselines_root, cfg.analysis_policy())
+        return done.id
+
+    good = RuleBackend(lambda k: k % 10 != 0)
+    worse = RuleBackend(lambda k: k % 10 not in (0, 1, 2, 3))
+    pin_baseline(store, baselines_root, "ranker", "routing", run("ranker", "routing", good))
+    run("ranker", "routing", worse)
+    run("ranker", "routing", worse)
+    pin_baseline(store, baselines_root, "tagger", "routing", run("tagger", "routing", good))
+    run("tagger", "routing", RuleBackend(lambda k: k % 10 != 0 and k % 16 != 1))
+    pin_baseline(store, baselines_root, "classifier", "intents", run("classifier", "intents", good))
+    spec = intents / "evalset.yaml"
+    spec.write_text(spec.read_text().replace("Category:", "Department:"))
+    run("classifier", "intents", good)
+    pin_baseline(store, baselines_root, "summarizer", "routing", run("summarizer", "routing", good))
+    run("summarizer", "routing", RuleBackend(lambda k: k % 10 != 0, digest="e"))
+    same = RuleBackend(lambda k: k % 3 == 0)
+    run("assistant-base", "routing", same)
+    run("assistant", "routing", same)
 
 
 def activity(rec: Recorder, daemon: Daemon, step: int) -> None:
@@ -272,19 +398,22 @@ def idle_daemon(store: Store) -> Daemon:
 
 @pytest.fixture(scope="module")
 def populated_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorder]:
-    store = Store.open(f"sqlite:///{tmp_path_factory.mktemp('store') / 'monitor.db'}")
-    yield populate(store)
+    root = tmp_path_factory.mktemp("store")
+    store = Store.open(f"sqlite:///{root / 'monitor.db'}")
+    yield populate(store, root / "history")
     store.close()
 
 
 # --- static checks ---------------------------------------------------------------------------------
 
 
-def exported_names(rec: Recorder) -> set[str]:
+def exported_names(rec: Recorder, *, with_samples: bool = False) -> set[str]:
+    """The metric names the collectors export (only those with samples, when asked)."""
     registry = make_registry(rec.store, idle_daemon(rec.store))
     names = set()
     for family in registry.collect():
-        names.add(family.name)
+        if not with_samples or family.samples:
+            names.add(family.name)
         names.update(sample.name for sample in family.samples)
     return names
 
@@ -292,6 +421,9 @@ def exported_names(rec: Recorder) -> set[str]:
 def test_every_metric_read_by_dashboards_and_rules_is_exported(populated_store: Recorder) -> None:
     exported = exported_names(populated_store)
     assert {"monitor_score", "monitor_runs_total", "monitor_run_duration_seconds_bucket"} <= exported
+    assert exported_names(populated_store, with_samples=True) >= VERDICT_AND_DRIFT_METRICS
+    read = set().union(*(prom.metric_names(e.expr) for e in all_expressions()))
+    assert read >= VERDICT_AND_DRIFT_METRICS, "a verdict or drift metric that no dashboard or rule reads"
     recorded = {
         rule["record"]
         for g in yaml.safe_load(RULES.read_text())["groups"]
@@ -350,15 +482,51 @@ def assert_no_overlap(name: str, panels: list[dict[str, Any]]) -> None:
                 cells[(x, y)] = panel["id"]
 
 
-def test_trend_band_fills_between_its_two_series() -> None:
-    board = load_dashboard(ROOT / "grafana" / "dashboards" / "model-monitor-trend.json")
-    for panel in prom.iter_panels(board):
-        legends = {t.get("legendFormat") for t in panel.get("targets", [])}
-        for override in panel.get("fieldConfig", {}).get("overrides", []):
-            for prop in override["properties"]:
-                if prop["id"] == "custom.fillBelowTo":
-                    assert override["matcher"]["options"] in legends
-                    assert prop["value"] in legends
+def test_bands_fill_between_two_series_of_their_panel() -> None:
+    bands = 0
+    for path in DASHBOARDS:
+        for panel in prom.iter_panels(load_dashboard(path)):
+            legends = {t.get("legendFormat") for t in panel.get("targets", [])}
+            for override in panel.get("fieldConfig", {}).get("overrides", []):
+                for prop in override["properties"]:
+                    if prop["id"] == "custom.fillBelowTo":
+                        bands += 1
+                        assert override["matcher"]["options"] in legends, (path.name, panel["id"])
+                        assert prop["value"] in legends, (path.name, panel["id"])
+    assert bands >= 2  # score ± stderr (trend), delta CI (regression and drift)
+
+
+def test_regression_dashboard_maps_every_state_and_repeats_per_series() -> None:
+    """The state code 0..3 of the regression dashboard covers the collector's four states, and the
+    delta panel (whose CI band pairs two named series) repeats once per series."""
+    board = load_dashboard(ROOT / "grafana" / "dashboards" / "model-monitor-regression-drift.json")
+    panels = {p["title"]: p for p in prom.iter_panels(board)}
+    timeline = panels["Verdict state over time"]
+    assert timeline["type"] == "state-timeline"
+    (mapping,) = timeline["fieldConfig"]["defaults"]["mappings"]
+    assert {v["text"] for v in mapping["options"].values()} == {
+        "ok",
+        "suspect",
+        "regressed",
+        "not comparable",
+    }
+    code = timeline["targets"][0]["expr"]
+    assert all(f'state="{state}"' in code for state in ("suspect", "regressed", "refused"))
+    (delta,) = [p for p in panels.values() if p.get("repeat") == "series"]
+    assert all("${series:raw}" in t["expr"] for t in delta["targets"] if "monitor_" in t["expr"])
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["series"]["hide"] == 2 and variables["series"]["multi"]
+    assert {"model", "evalset", "strategy", "metric"} <= set(variables)
+
+
+def test_every_alert_has_severity_summary_description_and_runbook() -> None:
+    document = yaml.safe_load(RULES.read_text())
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            if "alert" not in rule:
+                continue
+            assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
+            assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
 
 
 def test_provisioning_points_at_the_dashboards() -> None:
@@ -547,7 +715,7 @@ def static_setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticS
         prom.require_binary("prometheus")
     root = tmp_path_factory.mktemp("prometheus")
     store = Store.open(f"sqlite:///{root / 'monitor.db'}")
-    rec = populate(store)
+    rec = populate(store, root / "history")
     daemon = idle_daemon(store)
     healthy = serve(make_registry(store, daemon))
     # A store whose database cannot be opened: the collector answers with monitor_store_up 0.
@@ -581,15 +749,14 @@ def static_setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticS
 
 def test_every_expression_runs_against_real_prometheus(static_setting: StaticSetting) -> None:
     server = static_setting.prometheus
-    now = time.time()
     empty, errors = [], []
-    for expression in all_expressions():
-        try:
-            result = server.instant_query(expression.expr, at=now)
-        except prom.PromQLError as exc:
-            errors.append(f"{expression.source}: {exc}")
+    for expression, result in prom.query_each(server, all_expressions(), at=time.time()):
+        if isinstance(result, prom.PromQLError):
+            errors.append(f"{expression.source}: {result}")
             continue
         if not any(not math.isnan(v) for v in prom.sample_values(result)):
+            if prom.reads_input_drift(expression.expr):
+                continue  # no input drift findings yet (module docstring)
             empty.append(f"{expression.source}: {expression.expr}")
     assert errors == []
     assert empty == [], "expressions that returned nothing (or only NaN):\n" + "\n".join(empty)
@@ -618,7 +785,22 @@ def test_each_alert_holds_exactly_where_the_data_says(static_setting: StaticSett
 def test_prometheus_has_every_alert_pending_or_firing(static_setting: StaticSetting) -> None:
     assert_rules_loaded_and_healthy(static_setting.prometheus)
     active = {s["metric"]["alertname"] for s in static_setting.prometheus.instant_query("ALERTS")}
-    assert active == set(EXPECTED_ALERTS)
+    assert active == {alert for alert, series in EXPECTED_ALERTS.items() if series}
+
+
+def test_series_variable_yields_one_selector_per_series(static_setting: StaticSetting) -> None:
+    """The hidden ``series`` variable, as Grafana renders it, gives label sets that select one series each."""
+    server = static_setting.prometheus
+    path = ROOT / "grafana" / "dashboards" / "model-monitor-regression-drift.json"
+    variable = next(v for v in load_dashboard(path)["templating"]["list"] if v["name"] == "series")
+    query = prom.substitute(prom.variable_query(variable) or "", VARIABLES[path.name])
+    options = prom.query_result_options(variable, server.instant_query(query))
+    assert VARIABLES[path.name]["series"] in options
+    assert len(options) == len(
+        server.instant_query("max by (model, evalset, strategy, metric) (monitor_regression_delta)")
+    )
+    for option in options:
+        assert len(server.instant_query(f"monitor_regression_delta{option}")) == 1, option
 
 
 def test_monitor_job_label_survives_the_scrape(static_setting: StaticSetting) -> None:
@@ -632,6 +814,11 @@ def test_monitor_job_label_survives_the_scrape(static_setting: StaticSetting) ->
 # --- every expression against a real Prometheus scraping the real daemon ---------------------------
 
 DAEMON_CHOICES = ["billing", "technical", "account", "shipping"]
+#: Items of the daemon's eval set: enough for the minimum detectable difference of its accuracy to be
+#: finite (with 24 items no drop the metric can show is detectable, and +Inf is not exported).
+DAEMON_ITEMS = 64
+#: Pins the newest succeeded run of router on tickets (the daemon's configuration is appended).
+PIN_COMMAND = [sys.executable, "-m", "monitor", "baseline", "pin", "router", "tickets"]
 
 
 def write_daemon_setup(root: Path, tiny: TinyModels, port: int) -> Path:
@@ -647,7 +834,7 @@ def write_daemon_setup(root: Path, tiny: TinyModels, port: int) -> Path:
         "".join(
             json.dumps({"id": f"t{k}", "input": f"{words[k % 6]} {k}", "target": DAEMON_CHOICES[k % 4]})
             + "\n"
-            for k in range(24)
+            for k in range(DAEMON_ITEMS)
         )
     )
     config = root / "monitor.yaml"
@@ -671,7 +858,7 @@ jobs:
 daemon:
   host: 127.0.0.1
   port: {port}
-  chunk_size: 8
+  chunk_size: 16
 """
     )
     return config
@@ -683,10 +870,14 @@ def test_every_expression_runs_against_prometheus_scraping_the_daemon(
 ) -> None:
     """The real daemon on real tiny models, scraped by a real Prometheus with the rules loaded.
 
+    After the first succeeded run of "smoke", ``monitor baseline pin`` pins it, so the daemon's
+    next runs are analysed against it: the same model on the same eval set must come out "ok",
+    with no behaviour drift and no canary.
+
     Rule for empty results: panel, variable and recording-rule expressions must return a sample
-    that is not NaN, except those that read a baseline while the daemon exports none (it has no
-    baseline source yet); alert expressions may be empty (a healthy job should not alert), but
-    each alert must be known to Prometheus and the recording rules they read return data.
+    that is not NaN, except those that ask for input drift (``kind="input"``, not computed yet);
+    alert expressions may be empty (a healthy job should not alert), but each alert must be
+    known to Prometheus and evaluate without an error.
     """
     prom.require_binary("prometheus")
     port = prom.free_port()
@@ -701,6 +892,8 @@ def test_every_expression_runs_against_prometheus_scraping_the_daemon(
         cwd=tmp_path,
     )
     server = None
+    pin: subprocess.Popen[str] | None = None
+    pinned = False
     try:
         try:
             server = prom.start_prometheus(tmp_path / "prometheus", [f"127.0.0.1:{port}"], [RULES])
@@ -712,13 +905,45 @@ def test_every_expression_runs_against_prometheus_scraping_the_daemon(
         # Two successes and two failures seen by Prometheus: every counter has moved between scrapes.
         ready = 'monitor_runs_total{job="smoke", status="succeeded"} >= 2 and on (instance) '
         ready += 'sum by (instance) (monitor_runs_total{job="legacy", status="failed"}) >= 2'
-        while not server.instant_query(ready):
+        # A run analysed against the pinned baseline: its verdict and findings are exported.
+        analysed = [
+            'monitor_regression_state{model="router", evalset="tickets"}',
+            'monitor_drift_detected{model="router", kind="behaviour", source="tickets"}',
+            'monitor_drift_detected{model="router", kind="canary", source="fingerprint"}',
+        ]
+        while True:
+            if pin is None and server.instant_query(
+                'monitor_runs_total{job="smoke", status="succeeded"} >= 1'
+            ):
+                pin = subprocess.Popen(
+                    [*PIN_COMMAND, "--config", str(config)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    env=env,
+                    cwd=tmp_path,
+                )
+            if pin is not None and not pinned and pin.poll() is not None:
+                output = pin.stdout.read() if pin.stdout else ""
+                assert pin.returncode == 0 and "pinned run" in output, output
+                pinned = True
+            if pinned and server.instant_query(ready) and all(server.instant_query(q) for q in analysed):
+                break
             if daemon.poll() is not None:
                 pytest.fail(f"the daemon exited ({daemon.returncode}):\n{log.read_text()[-3000:]}")
-            assert time.monotonic() < deadline, f"no runs after 90 s:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no analysed runs after 90 s:\n{log.read_text()[-3000:]}"
             time.sleep(0.5)
         time.sleep(2)  # a few more scrapes and rule evaluations
-        baselines_exported = bool(server.instant_query("monitor_baseline_score"))
+        # The same model against its own baseline: ok, nothing drifted, no integrity problem.
+        states = {
+            s["metric"]["state"]: float(s["value"][1])
+            for s in server.instant_query('monitor_regression_state{model="router", evalset="tickets"}')
+        }
+        assert states == {"ok": 1.0, "suspect": 0.0, "regressed": 0.0, "refused": 0.0}
+        assert prom.sample_values(server.instant_query('monitor_drift_detected{model="router"}')) == [
+            0.0,
+            0.0,
+        ]
         values = {
             "model-monitor-overview.json": {"model": ".*"},
             "model-monitor-trend.json": {
@@ -728,28 +953,35 @@ def test_every_expression_runs_against_prometheus_scraping_the_daemon(
                 "metric": "acc",
             },
             "model-monitor-run-health.json": {"job": ".*"},
+            "model-monitor-regression-drift.json": {
+                "model": "router",
+                "evalset": "tickets",
+                "strategy": "zero-shot",
+                "metric": "acc",
+                "series": '{evalset="tickets",metric="acc",model="router",strategy="zero-shot"}',
+                "tolerance": "0.02",
+                "min_agreement": "0.9",
+            },
         }
         expressions = [e for p in DASHBOARDS for e in prom.dashboard_expressions(p, values[p.name])]
         expressions += prom.rule_expressions(RULES)
         empty, errors = [], []
-        for expression in expressions:
-            try:
-                result = server.instant_query(expression.expr)
-            except prom.PromQLError as exc:
-                errors.append(f"{expression.source}: {exc}")
+        for expression, result in prom.query_each(server, expressions, at=time.time()):
+            if isinstance(result, prom.PromQLError):
+                errors.append(f"{expression.source}: {result}")
                 continue
             if expression.kind == "alert" or any(not math.isnan(v) for v in prom.sample_values(result)):
                 continue
-            needs_baseline = (
-                "monitor_baseline_score" in expression.expr or "monitor:score_vs_baseline" in expression.expr
-            )
-            if needs_baseline and not baselines_exported:
-                continue
+            if prom.reads_input_drift(expression.expr):
+                continue  # no input drift findings yet (module docstring)
             empty.append(f"{expression.source}: {expression.expr}")
         assert errors == []
         assert empty == [], "expressions that returned nothing (or only NaN):\n" + "\n".join(empty)
         assert_rules_loaded_and_healthy(server)
     finally:
+        if pin is not None and pin.poll() is None:
+            pin.kill()
+            pin.wait(10)
         if server is not None:
             server.stop()
         daemon.send_signal(signal.SIGTERM)
