@@ -26,8 +26,8 @@ from pydantic import (
 from ._yaml import LocatedYaml, load_yaml, pydantic_problems, read_text
 from .analysis.costs import CostsConfig
 from .analysis.production import DriftConfig
-from .exporters.webhooks import WebhooksConfig
 from .errors import ConfigError, Problem
+from .exporters.webhooks import WebhooksConfig
 from .schedule import cron_trigger, parse_interval
 
 CONFIG_VERSION = 1

@@ -210,7 +210,9 @@ def assess_run(
                 }
             s.add(record)
             records.append(record)
-            newly_confirmed = record.state == "regressed" and (previous is None or previous.state != "regressed")
+            newly_confirmed = record.state == "regressed" and (
+                previous is None or previous.state != "regressed"
+            )
             if newly_confirmed and notify is not None:
                 # the event is written in the verdict's transaction: both exist, or neither
                 notify(
