@@ -125,6 +125,12 @@ def test_left_truncation_matches_lm_eval(tiny_models: TinyModels, gpt2: HFBacken
     assert mine[0].context_tokens == 512
 
 
+def test_continuation_longer_than_the_model_is_a_backend_error(gpt2: HFBackend) -> None:
+    too_long = " " + " ".join(TICKET_TEXTS[:60])
+    with pytest.raises(BackendError, match="exceeds the model's length of 512"):
+        gpt2.loglikelihood([LoglikelihoodRequest("Ticket:", (too_long,))])
+
+
 def test_adapter_changes_the_scores(tiny_models: TinyModels, gpt2: HFBackend) -> None:
     adapted = HFBackend.load(str(tiny_models.gpt2), str(tiny_models.lora), device="cpu")
     plain = flatten(gpt2.loglikelihood(mc_requests()))

@@ -261,7 +261,8 @@ class HFBackend:
                     sequences.append(ScoredSequence(tuple(context + continuation), len(context)))
                     owners.append(index)
         tracker = _Progress(owners, len(requests), progress)
-        totals, greedy = self._score(sequences, tracker)
+        with self._inference_errors():
+            totals, greedy = self._score(sequences, tracker)
 
         results: list[LoglikelihoodResult] = []
         seq_id = 0
@@ -306,7 +307,8 @@ class HFBackend:
             prompts[i] = (ids or [self._prefix_id])[-room:]
         results: list[GenerationResult | None] = [None] * len(requests)
         for batch in self._generation_batches(prompts, requests):
-            outs = self._generate_batch([prompts[j] for j in batch], [requests[j] for j in batch])
+            with self._inference_errors():
+                outs = self._generate_batch([prompts[j] for j in batch], [requests[j] for j in batch])
             for j, out in zip(batch, outs, strict=True):
                 results[j] = out
             if progress is not None:
@@ -740,6 +742,16 @@ class HFBackend:
             )
             for b in range(n)
         ]
+
+    @contextlib.contextmanager
+    def _inference_errors(self) -> Iterator[None]:
+        """Report torch failures (out of memory, device errors) as :class:`BackendError`."""
+        try:
+            yield
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one
+            if self._device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise BackendError(f"inference on {self._base} failed: {_one_line(exc)}") from exc
 
     def _require_model(self) -> None:
         if self._model is None:
