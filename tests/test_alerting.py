@@ -864,7 +864,6 @@ daemon:
     return config
 
 
-@pytest.mark.slow
 def test_every_expression_runs_against_prometheus_scraping_the_daemon(
     tiny_models: TinyModels, tmp_path: Path
 ) -> None:
