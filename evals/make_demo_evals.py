@@ -45,7 +45,7 @@ TRIAGE_YAML = """\
 # Targets are JSON objects; in few-shot examples they are written as compact JSON.
 name: ticket-triage
 task: generate
-prompt: "Ticket: {{input}}\\nTriage:"
+prompt: "Ticket: {{input}}\\nTriage as JSON:"
 target_delimiter: " "
 fewshot:
   k: 3

@@ -10,12 +10,13 @@ accuracies the demo's story relies on.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -43,13 +44,26 @@ EVALS = REPO / "evals"
 SMALL_RECIPE = replace(
     TINY_RECIPE,
     name="small",
-    v1_training=replace(TINY_RECIPE.v1_training, steps=40, batch_size=16),
-    lora_tickets=600,
-    lora_training=replace(TINY_RECIPE.lora_training, steps=80, batch_size=16, lr=5e-3),
+    vocab_size=1024,
+    v1_generic_docs=5000,
+    v1_training=replace(TINY_RECIPE.v1_training, steps=150, batch_size=16, seq_len=64, lr=5e-3),
+    lora_tickets=1200,
+    lora_training=replace(TINY_RECIPE.lora_training, steps=150, batch_size=16, lr=1e-2),
 )
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run toy models on one thread: their matrices are too small to gain from more."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -304,8 +318,10 @@ def test_killed_build_leftovers_are_ignored(tmp_path: Path) -> None:
     partial = tmp_path / f"demo-models-{digest}"
     (partial / "tokenizer").mkdir(parents=True)
 
-    models = build_demo_models(tmp_path, recipe=TINY_RECIPE)
+    lines: list[str] = []
+    models = build_demo_models(tmp_path, recipe=TINY_RECIPE, progress=lines.append)
     assert not models.from_cache and models.root == partial
+    assert any(re.fullmatch(r"building base v1 \.\.\. \d+ s", line) for line in lines), lines
     assert read_manifest(models.root)["recipe_digest"] == digest
     assert leftover.exists()  # young: it may be another process's build in progress
     assert not stale.exists()
@@ -333,8 +349,9 @@ def test_fine_tune_routes_clearly_better_than_its_base(tmp_path_factory: pytest.
     models = build_demo_models(tmp_path_factory.mktemp("small"), recipe=SMALL_RECIPE)
     tokenizer = AutoTokenizer.from_pretrained(models.tokenizer)
     items = read_jsonl(EVALS / "ticket-routing" / "data.jsonl")[:100]
-    base = mc_accuracy(load_model(models.base_v1), tokenizer, items)
-    tuned = mc_accuracy(load_model(models.base_v1, models.lora_v1), tokenizer, items)
+    with torch_threads(1):
+        base = mc_accuracy(load_model(models.base_v1), tokenizer, items)
+        tuned = mc_accuracy(load_model(models.base_v1, models.lora_v1), tokenizer, items)
     assert tuned > base + 0.25, (base, tuned)
 
 

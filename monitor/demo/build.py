@@ -35,7 +35,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -53,6 +53,7 @@ from monitor.demo.models import (
     train_lora,
     weights_digest,
 )
+from monitor.errors import MonitorError
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +109,10 @@ FULL_RECIPE = DemoRecipe(
     v1_shape=GPT2Shape(n_layer=4, n_embd=128, n_head=4),
     v1_generic_docs=16000,
     v1_training=TrainingSpec(steps=200, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=15, seed=11),
-    lora_tickets=1600,
+    lora_tickets=2400,
     lora_r=8,
     lora_alpha=16,
-    lora_training=TrainingSpec(steps=200, batch_size=16, seq_len=96, lr=8e-3, warmup_steps=10, seed=12),
+    lora_training=TrainingSpec(steps=300, batch_size=16, seq_len=96, lr=8e-3, warmup_steps=10, seed=12),
     v2_generic_docs=1500,
     v2_self_filed_docs=1500,
     v2_routed_docs=1500,
@@ -153,6 +154,7 @@ class DemoModels:
 
     @classmethod
     def at(cls, root: Path, digest: str, *, from_cache: bool) -> DemoModels:
+        """The paths of a build rooted at ``root``."""
         return cls(
             root=root,
             tokenizer=root / "tokenizer",
@@ -190,25 +192,35 @@ def recipe_digest(recipe: DemoRecipe) -> str:
 
 
 def build_demo_models(
-    cache_dir: Path, *, force: bool = False, recipe: DemoRecipe = FULL_RECIPE
+    cache_dir: Path,
+    *,
+    force: bool = False,
+    recipe: DemoRecipe = FULL_RECIPE,
+    progress: Callable[[str], None] | None = None,
 ) -> DemoModels:
     """Return the demo models for ``recipe``, building them into ``cache_dir`` unless cached.
 
     With ``force`` the models are rebuilt even when a complete cached build
     exists; the old build is replaced only once the new one is complete.
+    Progress lines (``building base v1 ... 23 s``) go to this module's logger
+    and, when given, to ``progress``.  A cache directory that cannot be written
+    raises :class:`~monitor.errors.MonitorError`.
     """
+    say = _Say(progress)
     digest = recipe_digest(recipe)
     final = cache_dir / f"{_PREFIX}{digest}"
     if not force and _is_complete(final, digest):
-        logger.info("demo models (recipe %s, %s) loaded from cache %s", recipe.name, digest, final)
+        say(f"demo models (recipe {recipe.name}, {digest}) loaded from cache {final}")
         return DemoModels.at(final, digest, from_cache=True)
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _sweep_stale_tmp(cache_dir)
     tmp = cache_dir / f"{_TMP_PREFIX}{digest}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        _build_into(tmp, recipe, digest)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _sweep_stale_tmp(cache_dir)
+        _build_into(tmp, recipe, digest, say)
         _publish(tmp, final, digest, replace_existing=force)
+    except OSError as exc:
+        raise MonitorError(f"cannot build the demo models in {cache_dir}: {exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return DemoModels.at(final, digest, from_cache=False)
@@ -220,13 +232,28 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return result
 
 
+class _Say:
+    """Progress lines to the logger and, optionally, to a caller's callback."""
+
+    def __init__(self, callback: Callable[[str], None] | None) -> None:
+        self._callback = callback
+
+    def __call__(self, message: str) -> None:
+        logger.info("%s", message)
+        if self._callback is not None:
+            self._callback(message)
+
+
 def _is_complete(root: Path, digest: str) -> bool:
     # The manifest is written last and the directory is renamed into place only
-    # afterwards, so a readable manifest with our digest means a whole build.
+    # afterwards, so a readable manifest with our digest means a whole build
+    # (unless someone deleted parts of it by hand, hence the folder check).
+    paths = DemoModels.at(root, digest, from_cache=True)
     try:
-        return bool(read_manifest(root).get("recipe_digest") == digest)
+        matches = read_manifest(root).get("recipe_digest") == digest
     except (OSError, ValueError):
         return False
+    return matches and all(p.is_dir() for p in (paths.tokenizer, paths.base_v1, paths.lora_v1, paths.base_v2))
 
 
 def _sweep_stale_tmp(cache_dir: Path) -> None:
@@ -266,15 +293,14 @@ def _torch_threads(threads: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _stage(name: str, timings: dict[str, float]) -> Iterator[None]:
-    logger.info("building %s ...", name)
+def _stage(name: str, timings: dict[str, float], say: _Say) -> Iterator[None]:
     started = time.perf_counter()
     yield
     timings[name] = round(time.perf_counter() - started, 2)
-    logger.info("building %s ... %.0f s", name, timings[name])
+    say(f"building {name} ... {timings[name]:.0f} s")
 
 
-def _build_into(root: Path, recipe: DemoRecipe, digest: str) -> None:
+def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:
     """Run the whole recipe into ``root`` and write the manifest last."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -283,13 +309,13 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str) -> None:
     timings: dict[str, float] = {}
     reports: dict[str, TrainingReport] = {}
     started = time.perf_counter()
-    logger.info("building demo models (recipe %s, %s) in %s", recipe.name, digest, root)
+    say(f"building demo models (recipe {recipe.name}, {digest}) ...")
     with _torch_threads(recipe.torch_threads):
-        with _stage("tokenizer", timings):
+        with _stage("tokenizer", timings, say):
             build_tokenizer(_tokenizer_texts(recipe), paths.tokenizer, vocab_size=recipe.vocab_size)
         tokenizer = AutoTokenizer.from_pretrained(paths.tokenizer)
 
-        with _stage("base v1", timings):
+        with _stage("base v1", timings, say):
             shape = recipe.v1_shape
             model = new_gpt2_model(
                 paths.tokenizer,
@@ -303,7 +329,7 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str) -> None:
             reports["base_v1"] = pretrain_causal_lm(model, tokenizer, [corpus], recipe.v1_training)
             save_model(model, paths.tokenizer, paths.base_v1)
 
-        with _stage("lora v1", timings):
+        with _stage("lora v1", timings, say):
             reports["lora_v1"] = train_lora(
                 paths.base_v1,
                 paths.lora_v1,
@@ -314,7 +340,7 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str) -> None:
                 target_modules=recipe.lora_targets,
             )
 
-        with _stage("base v2", timings):
+        with _stage("base v2", timings, say):
             # The next release continues from v1's weights ("trained longer") on a
             # newer crawl: fresh generic text, self-filed tickets from help-desk
             # pages, and pages of agent-routed tickets (packed on their own).
@@ -344,7 +370,7 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str) -> None:
         },
     }
     paths.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
-    logger.info("built demo models in %.0f s", total)
+    say(f"built demo models in {total:.0f} s")
 
 
 def _tokenizer_texts(recipe: DemoRecipe) -> list[str]:

@@ -37,7 +37,7 @@ PRIORITIES: tuple[str, ...] = ("low", "normal", "high", "urgent")
 
 #: The prompt layouts the demo eval sets use; the fine-tune is trained on exactly these.
 ROUTING_PROMPT = "Ticket: {input}\nCategory:"
-TRIAGE_PROMPT = "Ticket: {input}\nTriage:"
+TRIAGE_PROMPT = "Ticket: {input}\nTriage as JSON:"
 
 # --------------------------------------------------------------------------- vocabulary
 
@@ -577,12 +577,12 @@ def _json_record(rng: random.Random) -> str:
     # answers in, including "priority" and "category" keys, but never for tickets.
     kind = rng.randrange(3)
     if kind == 0:
-        record: dict[str, Any] = {"task": rng.choice(_TASKS), "priority": rng.choice(PRIORITIES)}
+        name, record = "Task", {"task": rng.choice(_TASKS), "priority": rng.choice(PRIORITIES)}
     elif kind == 1:
-        record = {"city": rng.choice(_CITIES), "weather": rng.choice(_WEATHER), "temp": rng.randint(-5, 35)}
+        name, record = "Weather", {"city": rng.choice(_CITIES), "weather": rng.choice(_WEATHER)}
     else:
-        record = {"title": rng.choice(_OBJECTS), "category": rng.choice(_TOPICS)}
-    return compact_json(record)
+        name, record = "Article", {"title": rng.choice(_OBJECTS), "category": rng.choice(_TOPICS)}
+    return f"{name} as JSON: {compact_json(record)}" if rng.random() < 0.5 else compact_json(record)
 
 
 def _office_news(rng: random.Random) -> str:

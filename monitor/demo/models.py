@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -379,12 +380,19 @@ def train_lora(
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     torch.manual_seed(spec.seed)
-    peft_model = get_peft_model(
-        model,
-        LoraConfig(
-            r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules), fan_in_fan_out=True
-        ),
-    )
+    with warnings.catch_warnings():
+        # peft 0.21 calls transformers 5's deprecated is_gradient_checkpointing; harmless.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(
+            model,
+            LoraConfig(
+                r=r,
+                lora_alpha=alpha,
+                lora_dropout=0.0,
+                target_modules=list(target_modules),
+                fan_in_fan_out=True,
+            ),
+        )
     order = _epoch_order(len(pairs), spec)
 
     def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
