@@ -18,9 +18,10 @@ from .conftest import TinyModels
 
 CHOICES = ["billing", "technical", "account", "shipping"]
 ITEMS = 400
+SIGTERM_ITEMS = 20_000
 
 
-def write_setup(tmp_path: Path, tiny: TinyModels) -> Path:
+def write_setup(tmp_path: Path, tiny: TinyModels, items: int = ITEMS) -> Path:
     es = tmp_path / "evals" / "big"
     es.mkdir(parents=True)
     (es / "evalset.yaml").write_text(
@@ -33,7 +34,7 @@ def write_setup(tmp_path: Path, tiny: TinyModels) -> Path:
                 {"id": f"i{k}", "input": f"{words[k % 8]} {words[(k * 7) % 8]} {k}", "target": CHOICES[k % 4]}
             )
             + "\n"
-            for k in range(ITEMS)
+            for k in range(items)
         )
     )
     config = tmp_path / "monitor.yaml"
@@ -140,7 +141,8 @@ def test_kill_9_mid_run_then_resume_loses_and_repeats_nothing(
 def test_sigterm_stops_within_seconds_and_a_second_daemon_is_refused(
     tiny_models: TinyModels, tmp_path: Path
 ) -> None:
-    config = write_setup(tmp_path, tiny_models)
+    # a run long enough to be still going, whatever the machine's load, while the second daemon starts
+    config = write_setup(tmp_path, tiny_models, items=SIGTERM_ITEMS)
     db, log = tmp_path / "monitor.db", tmp_path / "daemon.log"
     daemon = start_daemon(config, log)
     try:
@@ -168,7 +170,7 @@ def test_sigterm_stops_within_seconds_and_a_second_daemon_is_refused(
         if daemon.poll() is None:
             daemon.kill()
     ((status, done, error),) = query(db, "select status, items_done, error from runs")
-    assert status == "interrupted" and 8 <= done < ITEMS
+    assert status == "interrupted" and 8 <= done < SIGTERM_ITEMS
     assert done == query(db, "select count(*) from item_results")[0][0]
     assert "stopped after" in error
     assert query(db, "select count(*) from daemon_lease") == [(0,)]  # released on a clean stop
