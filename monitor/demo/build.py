@@ -95,6 +95,10 @@ class DemoRecipe:
     v2_routed_docs: int
     v2_training: TrainingSpec
     lora_targets: tuple[str, ...] = field(default=("c_attn", "c_proj", "c_fc"))
+    #: Every ticket trains the JSON triage answer, every n-th also the routing answer.
+    lora_routing_every: int = 4
+    #: How often customers mis-file on help-desk pages (what v2 learns zero-shot).
+    v2_self_filed_confusion: float = 0.95
     #: Torch CPU threads; 0 means one per core, at most four (these models gain nothing
     #: from more).  Toy recipes use one: their matrices are too small to split.
     torch_threads: int = 0
@@ -112,11 +116,11 @@ FULL_RECIPE = DemoRecipe(
     lora_tickets=2400,
     lora_r=8,
     lora_alpha=16,
-    lora_training=TrainingSpec(steps=300, batch_size=16, seq_len=96, lr=8e-3, warmup_steps=10, seed=12),
+    lora_training=TrainingSpec(steps=450, batch_size=16, seq_len=96, lr=4e-3, warmup_steps=30, seed=12),
     v2_generic_docs=1500,
     v2_self_filed_docs=1500,
     v2_routed_docs=1500,
-    v2_training=TrainingSpec(steps=150, batch_size=8, seq_len=256, lr=3e-3, warmup_steps=10, seed=13),
+    v2_training=TrainingSpec(steps=175, batch_size=8, seq_len=256, lr=3e-3, warmup_steps=10, seed=13),
 )
 
 #: A much smaller recipe through the same pipeline, for tests (seconds, not minutes).
@@ -333,7 +337,10 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:
             reports["lora_v1"] = train_lora(
                 paths.base_v1,
                 paths.lora_v1,
-                fine_tune_pairs(data.generate_tickets(recipe.lora_tickets, seed=seed + 1, id_prefix="ft")),
+                fine_tune_pairs(
+                    data.generate_tickets(recipe.lora_tickets, seed=seed + 1, id_prefix="ft"),
+                    routing_every=recipe.lora_routing_every,
+                ),
                 recipe.lora_training,
                 r=recipe.lora_r,
                 alpha=recipe.lora_alpha,
@@ -345,11 +352,14 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:
             # newer crawl: fresh generic text, self-filed tickets from help-desk
             # pages, and pages of agent-routed tickets (packed on their own).
             model = AutoModelForCausalLM.from_pretrained(paths.base_v1)
-            mixed = data.generic_corpus(
-                recipe.v2_generic_docs, seed=seed + 2
-            ) + data.self_filed_ticket_corpus(recipe.v2_self_filed_docs, seed=seed + 2)
+            generic = data.generic_corpus(recipe.v2_generic_docs, seed=seed + 2)
+            self_filed = data.self_filed_ticket_corpus(
+                recipe.v2_self_filed_docs, seed=seed + 2, confusion_rate=recipe.v2_self_filed_confusion
+            )
             routed = data.routed_ticket_corpus(recipe.v2_routed_docs, seed=seed + 2)
-            reports["base_v2"] = pretrain_causal_lm(model, tokenizer, [mixed, routed], recipe.v2_training)
+            reports["base_v2"] = pretrain_causal_lm(
+                model, tokenizer, [generic + self_filed, routed], recipe.v2_training
+            )
             save_model(model, paths.tokenizer, paths.base_v2)
 
     total = round(time.perf_counter() - started, 2)
@@ -386,15 +396,19 @@ def _tokenizer_texts(recipe: DemoRecipe) -> list[str]:
     ]
 
 
-def fine_tune_pairs(tickets: list[data.Ticket]) -> list[tuple[str, str]]:
-    """``(prompt, completion)`` pairs in both demo eval formats: routing and JSON triage.
+def fine_tune_pairs(tickets: list[data.Ticket], *, routing_every: int = 1) -> list[tuple[str, str]]:
+    """``(prompt, completion)`` pairs in both demo eval formats: JSON triage and routing.
 
-    The completions start with the eval sets' target delimiter (a space); the
-    triage completion ends with the newline its eval set stops at.
+    Every ticket gives a triage pair, every ``routing_every``-th also a routing
+    pair: the one-token routing answer is learned from far fewer examples than
+    the priority inside the JSON answer.  Completions start with the eval sets'
+    target delimiter (a space); the triage completion ends with the newline its
+    eval set stops at.
     """
     pairs = []
-    for ticket in tickets:
-        pairs.append((data.ROUTING_PROMPT.format(input=ticket.text), f" {ticket.category}"))
+    for i, ticket in enumerate(tickets):
         target = data.compact_json(data.triage_target(ticket))
         pairs.append((data.TRIAGE_PROMPT.format(input=ticket.text), f" {target}\n"))
+        if i % routing_every == 0:
+            pairs.append((data.ROUTING_PROMPT.format(input=ticket.text), f" {ticket.category}"))
     return pairs

@@ -254,22 +254,23 @@ def _lr_at(step: int, spec: TrainingSpec) -> float:
     return spec.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def _sequence_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy averaged within each sequence first, then over the batch.
+def _answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over each answer's tokens, averaged over the batch.
 
-    A one-token answer (`` billing``) and a twelve-token JSON answer then weigh
-    the same; with a plain token mean the JSON answers would drown the routing.
+    Every answer token then counts the same whatever the batch holds: the
+    category and priority inside a JSON answer get as much weight as a one-token
+    routing answer.  (Averaging within each answer first starved the JSON fields;
+    the fine-tune learned the JSON layout but answered a constant inside it.)
     """
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
-    token_loss = torch.nn.functional.cross_entropy(
+    total = torch.nn.functional.cross_entropy(
         shift_logits.reshape(-1, shift_logits.shape[-1]),
         shift_labels.reshape(-1),
         ignore_index=-100,
-        reduction="none",
-    ).view(shift_labels.shape)
-    mask = (shift_labels != -100).float()
-    return ((token_loss * mask).sum(1) / mask.sum(1).clamp(min=1.0)).mean()
+        reduction="sum",
+    )
+    return total / labels.shape[0]
 
 
 def _train_loop(
@@ -277,7 +278,7 @@ def _train_loop(
     batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
     spec: TrainingSpec,
     *,
-    per_sequence_loss: bool = False,
+    answer_loss: bool = False,
 ) -> TrainingReport:
     """AdamW over ``spec.steps`` ``(input_ids, labels)`` batches from ``batches(step)``.
 
@@ -300,8 +301,8 @@ def _train_loop(
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, spec)
         input_ids, labels = batches(step)
-        if per_sequence_loss:
-            loss = _sequence_mean_loss(model(input_ids=input_ids).logits, labels)
+        if answer_loss:
+            loss = _answer_loss(model(input_ids=input_ids).logits, labels)
         else:
             loss = model(input_ids=input_ids, labels=labels).loss
         loss.backward()
@@ -399,7 +400,7 @@ def train_lora(
         idx = order[step * spec.batch_size : (step + 1) * spec.batch_size].tolist()
         return completion_batch(tokenizer, [pairs[i] for i in idx], seq_len=spec.seq_len)
 
-    report = _train_loop(peft_model, batches, spec, per_sequence_loss=True)
+    report = _train_loop(peft_model, batches, spec, answer_loss=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir))
     return report
