@@ -57,10 +57,36 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelConfig(_Strict):
-    """A model to evaluate: a base, an optional adapter, the backend that serves it."""
+class EndpointConfig(_Strict):
+    """``models.<name>.endpoint``: an OpenAI-compatible server (vLLM, TGI, Ollama, llama.cpp, hosted APIs)."""
 
-    backend: Literal["hf"] = "hf"
+    #: Up to the version prefix, like ``http://vllm:8000/v1``.
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
+    #: Name of the environment variable holding the API key; the key itself is never written anywhere.
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    #: ``completions`` (``/v1/completions``) or ``chat`` (``/v1/chat/completions``) for generation.
+    api: Literal["completions", "chat"] = "completions"
+    #: Extra request headers (not secret: they are recorded by name; the key goes in ``api_key_env``).
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: Per-request timeout.
+    timeout: Interval = "60s"
+    max_concurrency: Annotated[int, Field(ge=1, le=1024)] = 8
+    requests_per_minute: Annotated[float, Field(gt=0)] | None = None
+    tokens_per_minute: Annotated[float, Field(gt=0)] | None = None
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 5
+    #: Multiple choice by prompt log-probabilities (``logprobs``), by generating the answer
+    #: (``generate``), or ``auto``: log-probabilities when the server returns them.
+    mc_method: Literal["auto", "logprobs", "generate"] = "auto"
+
+
+class ModelConfig(_Strict):
+    """A model to evaluate: a base, an optional adapter, the backend that serves it.
+
+    For ``backend: openai``, ``base`` is the served model name (as ``/v1/models``
+    lists it: a base model or a LoRA adapter's name) and ``endpoint`` says where.
+    """
+
+    backend: Literal["hf", "openai"] = "hf"
     base: str
     adapter: str | None = None
     #: Your version of this model; new weights under the same version are reported as an integrity problem.
@@ -72,6 +98,24 @@ class ModelConfig(_Strict):
     batch_tokens: Annotated[int, Field(ge=64)] | None = None
     #: Production inputs to watch for drift, and the reference they are compared with.
     drift: DriftConfig | None = None
+    endpoint: EndpointConfig | None = None
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> ModelConfig:
+        if self.backend == "openai":
+            if self.endpoint is None:
+                raise ValueError("an openai model needs 'endpoint' (base_url and friends)")
+            local = sorted(
+                {"adapter", "revision", "device", "dtype", "batch_tokens"} & self.model_fields_set
+            )
+            if local:
+                raise ValueError(
+                    f"{', '.join(local)}: not for openai models (the server loads the weights; "
+                    "name a served adapter in 'base')"
+                )
+        elif self.endpoint is not None:
+            raise ValueError("'endpoint' is only for backend: openai")
+        return self
 
 
 class ScheduleConfig(_Strict):
@@ -216,6 +260,8 @@ class MonitorConfig(_Strict):
     def model_source(self, name: str) -> tuple[str, str | None]:
         """Base and adapter of a model, local paths resolved (a hub id stays as it is)."""
         model = self.models[name]
+        if model.backend == "openai":  # a served model name, not a path
+            return model.base, None
         base = str(self.resolve(model.base)) if _looks_local(model.base, self.root) else model.base
         adapter = str(self.resolve(model.adapter)) if model.adapter else None
         return base, adapter

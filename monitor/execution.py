@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .backends import Backend, ModelSpec, load_backend
+from .backends import Backend, EndpointSpec, ModelSpec, load_backend
 from .backends.base import ProgressCallback
-from .config import MonitorConfig
+from .config import EndpointConfig, MonitorConfig
 from .errors import EvalSetError, NotFoundError, Problem
 from .evalsets import EvalSet, load_evalset, parse_strategy, strategy_name
 from .runner import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ERROR_RATE, evaluate, run_verdict
+from .schedule import parse_interval
 from .scoring import aggregate
 from .store import RunRecord, Store
 
@@ -235,6 +236,7 @@ def plan_runs(
                 device=model.device,
                 dtype=model.dtype,
                 batch_tokens=model.batch_tokens,
+                endpoint=endpoint_spec(model.endpoint) if model.endpoint else None,
             )
             for es_name in job.evalsets:
                 es = evalsets[es_name]
@@ -254,6 +256,22 @@ def plan_runs(
                         )
                     )
     return plans
+
+
+def endpoint_spec(endpoint: EndpointConfig) -> EndpointSpec:
+    """The ``openai`` backend's connection settings from a model's ``endpoint:`` block."""
+    return EndpointSpec(
+        base_url=endpoint.base_url,
+        api_key_env=endpoint.api_key_env,
+        api=endpoint.api,
+        headers=tuple(sorted(endpoint.headers.items())),
+        timeout_s=parse_interval(endpoint.timeout).total_seconds(),
+        max_concurrency=endpoint.max_concurrency,
+        requests_per_minute=endpoint.requests_per_minute,
+        tokens_per_minute=endpoint.tokens_per_minute,
+        max_retries=endpoint.max_retries,
+        mc_method=endpoint.mc_method,
+    )
 
 
 def make_notifier(cfg: MonitorConfig) -> Any:

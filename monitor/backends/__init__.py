@@ -21,8 +21,30 @@ from .base import (
 
 
 @dataclass(frozen=True)
+class EndpointSpec:
+    """How to reach a model behind an OpenAI-compatible server (the ``openai`` backend).
+
+    Holds the *name* of the API key's environment variable, never the key.
+    """
+
+    base_url: str
+    api_key_env: str | None = None
+    api: str = "completions"
+    headers: tuple[tuple[str, str], ...] = ()
+    timeout_s: float = 60.0
+    max_concurrency: int = 8
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_retries: int = 5
+    mc_method: str = "auto"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to load one model: where its weights are and how to run it."""
+    """Everything needed to load one model: where its weights are and how to run it.
+
+    For the ``openai`` backend ``base`` is the served model name and ``endpoint`` says where.
+    """
 
     backend: str
     base: str
@@ -31,6 +53,7 @@ class ModelSpec:
     device: str = "auto"
     dtype: str = "auto"
     batch_tokens: int | None = None
+    endpoint: EndpointSpec | None = None
 
 
 def _load_hf(spec: ModelSpec) -> Backend:
@@ -62,6 +85,7 @@ def load_backend(spec: ModelSpec) -> Backend:
 __all__ = [
     "BACKENDS",
     "Backend",
+    "EndpointSpec",
     "GenerationRequest",
     "GenerationResult",
     "LoglikelihoodRequest",
