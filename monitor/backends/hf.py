@@ -863,7 +863,7 @@ def _quiet() -> Iterator[None]:
 def _load_base(base: str, revision: str | None, dtype: torch.dtype) -> tuple[Any, Any]:
     """Config, tokenizer and model of ``base``, with an attention implementation that honours custom masks."""
     import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"revision": revision} if revision else {}
     with _quiet():
@@ -876,6 +876,11 @@ def _load_base(base: str, revision: str | None, dtype: torch.dtype) -> tuple[Any
         except Exception as exc:
             raise ModelLoadError(f"cannot load the tokenizer of base model {base}: {_one_line(exc)}") from exc
         dtype_kwarg = "dtype" if _at_least(transformers.__version__, (4, 56)) else "torch_dtype"
+        # Import the model's module now (the mapping imports it lazily), so that freezing
+        # covers it; remote-code and unknown architectures are imported while loading.
+        with contextlib.suppress(Exception):
+            MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+        _freeze_library_objects()
         # sdpa and eager take our additive 4D masks; flash attention would ignore them.
         for implementation in ("sdpa", "eager"):
             try:
@@ -890,6 +895,23 @@ def _load_base(base: str, revision: str | None, dtype: torch.dtype) -> tuple[Any
             except Exception as exc:
                 raise ModelLoadError(f"cannot load base model {base}: {_one_line(exc)}") from exc
     return model, tokenizer
+
+
+_library_objects_frozen = False
+
+
+def _freeze_library_objects() -> None:
+    """Keep the garbage collector away from the objects torch and transformers created on import.
+
+    Importing them creates millions of modules, classes and functions that live
+    as long as the process; every full collection walked them all again, and
+    the one at interpreter exit cost about a second.  Done once per process.
+    """
+    global _library_objects_frozen
+    if not _library_objects_frozen:
+        gc.collect()
+        gc.freeze()
+        _library_objects_frozen = True
 
 
 def _at_least(version: str, minimum: tuple[int, int]) -> bool:
