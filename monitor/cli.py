@@ -348,14 +348,28 @@ def run_command(
     config: ConfigOption = Path(DEFAULT_CONFIG),
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
 ) -> None:
-    """Run the configured jobs once and record every run."""
-    from .execution import ModelPool, after_job, analyze_safely, execute_run, make_notifier, plan_runs
+    """Run the configured jobs once and record every run (challenger jobs of found releases too)."""
+    from .releases import effective_config
     from .store import Store
 
-    cfg = _load_config(config)
-    plans = plan_runs(cfg, jobs or [], trigger="cli")
+    declared = _load_config(config)
+    store = Store.open(declared.database_url())
+    try:
+        cfg = effective_config(declared, store.releases())
+        finished = _run_jobs(store, cfg, jobs or [], as_json=as_json)
+    finally:
+        store.close()
+    if any(run.status != "succeeded" for run, _ in finished):
+        raise typer.Exit(1)
+
+
+def _run_jobs(store: Any, cfg: Any, jobs: Sequence[str], *, as_json: bool) -> list[tuple[Any, str]]:
+    """Run ``jobs`` (all when empty) in this process, analyse each run, then the jobs' recommendations."""
+    from .execution import ModelPool, after_job, analyze_safely, execute_run, make_notifier, plan_runs
+    from .releases import mark_evaluated
+
+    plans = plan_runs(cfg, jobs, trigger="cli")
     notify = make_notifier(cfg)
-    store = Store.open(cfg.database_url())
     pool = ModelPool(max_models=1)
     finished = []
     try:
@@ -369,15 +383,15 @@ def run_command(
             if not as_json:
                 _err(f"{label}: {run.status}" + (f" ({run.error})" if run.error else ""))
         after_job(store, cfg, sorted({plan.model_name for plan in plans}), notify)
+        for job in jobs or list(cfg.jobs):
+            mark_evaluated(store, cfg, job)
     finally:
         pool.close()
-        store.close()
     if as_json:
         print(json.dumps([clean(run_to_dict(r, n)) for r, n in finished], default=json_default, indent=2))
     else:
         _print_runs(finished)
-    if any(run.status != "succeeded" for run, _ in finished):
-        raise typer.Exit(1)
+    return finished
 
 
 def _print_runs(runs: Sequence[tuple[Any, str]]) -> None:
@@ -867,6 +881,7 @@ def recommend_command(
 ) -> None:
     """Keep, re-train, re-base or retire each fine-tune, with the evidence (and records the decision)."""
     from .analysis.recommend import cost_case_for, decide, gather_evidence, record_recommendation, render_memo
+    from .releases import effective_config
     from .store import Store, utcnow
 
     cfg = _load_config(config)
@@ -881,6 +896,7 @@ def recommend_command(
     store = Store.open(cfg.database_url())
     out = []
     try:
+        cfg = effective_config(cfg, store.releases())
         for name in names:
             ft = cfg.finetunes[name]
             evidence = gather_evidence(store, cfg, name)
@@ -1159,6 +1175,110 @@ def baseline_unpin_command(
 
     path = unpin_baseline(_baselines_root(config), model, evalset)
     print(f"unpinned {path}")
+
+
+releases_app = typer.Typer(help="Base-model releases: list them, or scan the watched families now.")
+app.add_typer(releases_app, name="releases")
+
+
+def _release_rows(releases: Sequence[Any], cfg: Any) -> list[list[str]]:
+    from .releases import challenger_job, configured_model_for
+    from .store import as_utc
+
+    return [
+        [
+            r.family,
+            r.name,
+            r.source,
+            r.location if r.revision is None else f"{r.location}@{r.revision[:12]}",
+            f"{as_utc(r.discovered_at):%Y-%m-%d %H:%M}",
+            "pending" if r.evaluated_at is None else f"{as_utc(r.evaluated_at):%Y-%m-%d %H:%M}",
+            challenger_job(configured_model_for(cfg, r) or r.name),
+        ]
+        for r in releases
+    ]
+
+
+_RELEASE_COLUMNS = ["family", "release", "source", "where", "found (UTC)", "evaluated (UTC)", "job"]
+
+
+def _release_dicts(releases: Sequence[Any]) -> list[dict[str, Any]]:
+    keys = ("family", "name", "source", "location", "revision", "details", "discovered_at", "evaluated_at")
+    return [{k: getattr(r, k) for k in keys} for r in releases]
+
+
+@releases_app.command("list")
+@handle_errors
+def releases_list_command(
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The releases found so far, and whether their challenger evaluation has run."""
+    from .store import Store
+
+    cfg = _load_config(config)
+    store = Store.open(cfg.database_url())
+    try:
+        releases = store.releases()
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(_release_dicts(releases), default=json_default, indent=2))
+    elif releases:
+        _print_table("releases", _RELEASE_COLUMNS, _release_rows(releases, cfg))
+    else:
+        print("no releases found yet (families: with versions or a watch in the config)")
+
+
+@releases_app.command("scan")
+@handle_errors
+def releases_scan_command(
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    run: Annotated[
+        bool, typer.Option("--run/--no-run", help="Run the challenger evaluations of new releases here.")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Scan every watched family now; evaluate what is new against the old base (as the daemon would)."""
+    from .execution import make_notifier
+    from .releases import ReleaseWatcher, effective_config, pending_challenger_jobs
+    from .store import Store, utcnow
+
+    declared = _load_config(config)
+    watched = [name for name, family in declared.families.items() if family.watch is not None]
+    store = Store.open(declared.database_url())
+    failed = False
+    try:
+        watcher = ReleaseWatcher(store, declared, notify=make_notifier(declared))
+        new = watcher.register_configured()
+        for family in watched:
+            new += watcher.scan(family, utcnow())
+            error = watcher.state[family].last_error
+            if error:
+                _err(f"families.{family}.watch: {error}")
+                failed = True
+        cfg = effective_config(declared, store.releases())
+        jobs = pending_challenger_jobs(cfg, store.releases())
+        if not as_json:
+            if new:
+                _print_table("new releases", _RELEASE_COLUMNS, _release_rows(new, cfg))
+            else:
+                _err(f"no new release in {len(watched)} watched famil{'y' if len(watched) == 1 else 'ies'}")
+        if run and jobs:
+            finished = _run_jobs(store, cfg, jobs, as_json=as_json)
+            failed = failed or any(r.status != "succeeded" for r, _ in finished)
+        elif as_json:
+            print(
+                json.dumps({"new": _release_dicts(new), "pending_jobs": jobs}, default=json_default, indent=2)
+            )
+        elif jobs:
+            _err(
+                f"challenger jobs pending: {', '.join(jobs)} (monitor run JOB, or a running daemon runs them)"
+            )
+    finally:
+        store.close()
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("demo")

@@ -163,6 +163,64 @@ class DaemonConfig(_Strict):
     shutdown_timeout: Interval = "9s"
 
 
+class OpenAIWatchConfig(_Strict):
+    """Where an OpenAI-compatible server lists its models (``GET {base_url}/models``)."""
+
+    base_url: str
+    #: Name of the environment variable holding the API key (the key itself is never stored).
+    api_key_env: str | None = None
+    timeout: Interval = "30s"
+
+
+class WatchConfig(_Strict):
+    """``families.<name>.watch``: where new releases of a base-model family appear.
+
+    Give exactly one source: ``directory`` (a folder where new model folders
+    appear), ``openai`` (a server whose model list grows) or ``hub`` (a hub
+    repository whose new revisions are releases).
+    """
+
+    directory: str | None = None
+    openai: OpenAIWatchConfig | None = None
+    hub: str | None = None
+    #: The hub branch or tag whose new commits are releases.
+    hub_ref: str = "main"
+    #: Shell-style pattern over folder names or served model ids; others are ignored.
+    pattern: str = "*"
+    every: Interval = "10m"
+    #: A folder still being written to within this long is looked at again at the next scan.
+    settle: Interval = "30s"
+    #: Fields of the ``models:`` entry made for each release found (strategy, dtype, backend settings).
+    model: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WatchConfig:
+        given = [k for k in ("directory", "openai", "hub") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'directory', 'openai' or 'hub'")
+        if "base" in self.model:
+            raise ValueError("model.base is set by the watcher for each release; leave it out")
+        try:
+            ModelConfig.model_validate({**self.model, "base": "release"})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"model.{where}: {first['msg']}") from None
+        return self
+
+    @property
+    def source(self) -> str:
+        return "directory" if self.directory is not None else "openai" if self.openai is not None else "hub"
+
+
+class FamilyConfig(_Strict):
+    """``families.<name>``: the versions of a base model, oldest first, and where new ones appear."""
+
+    #: ``models:`` entries of the family's releases registered by hand, oldest first.
+    versions: tuple[Name, ...] = ()
+    watch: WatchConfig | None = None
+
+
 class FinetuneConfig(_Strict):
     """``finetunes.<name>``: a deployed fine-tune, its lineage, and the challengers it is weighed against."""
 
@@ -174,6 +232,9 @@ class FinetuneConfig(_Strict):
     evalsets: Annotated[tuple[Name, ...], Field(min_length=1)]
     #: ``models:`` entries of newer base releases to weigh it against.
     challengers: tuple[Name, ...] = ()
+    #: The base-model family: its versions after ``base_model``, and the releases its watcher finds,
+    #: are challengers too.
+    family: Name | None = None
     #: How challengers and the old base are prompted (zero-shot and few-shot).
     strategies: tuple[Strategy, ...] = ("zero-shot", "5-shot")
     trained_on: str | None = None
@@ -212,6 +273,7 @@ class MonitorConfig(_Strict):
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     regression: RegressionConfig = Field(default_factory=RegressionConfig)
     finetunes: dict[Name, FinetuneConfig] = Field(default_factory=dict)
+    families: dict[Name, FamilyConfig] = Field(default_factory=dict)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     #: Where pinned baselines live (``<baselines>/<model>/<evalset>.json``), relative to this file.
     baselines: str = "baselines"
@@ -248,6 +310,14 @@ class MonitorConfig(_Strict):
                 missing += [
                     f"finetunes.{ft_name}.{key}: unknown {kind} {n!r}" for n in names if n not in known
                 ]
+            if ft.family is not None and ft.family not in self.families:
+                missing.append(f"finetunes.{ft_name}.family: unknown family {ft.family!r}")
+        for family_name, family in self.families.items():
+            missing += [
+                f"families.{family_name}.versions: unknown model {m!r}"
+                for m in family.versions
+                if m not in self.models
+            ]
         if missing:
             raise ValueError("; ".join(missing))
         return self

@@ -8,6 +8,8 @@ Threads and their jobs:
   contended; a job already queued or running is not queued twice.
 - A heartbeat renews the single-instance lease; a poller turns run-now requests
   from the database into queue entries.
+- A release watcher scans the watched base-model families when due; a new
+  release is stored and its challenger job queued (:mod:`monitor.releases`).
 
 Runs commit their items in chunks.  A run found ``running`` at start was
 interrupted by a crash; it is marked so and resumed, skipping the items already
@@ -41,6 +43,13 @@ from .execution import (
     execute_run,
     make_notifier,
     plan_runs,
+)
+from .releases import (
+    ReleaseSource,
+    ReleaseWatcher,
+    effective_config,
+    mark_evaluated,
+    pending_challenger_jobs,
 )
 from .schedule import JobTimer, latest_missed_fire, make_trigger, parse_interval, typical_interval
 from .store import RunRecord, Store, as_utc, utcnow
@@ -83,7 +92,10 @@ class Daemon:
         manual_timer: bool = False,
         host: str | None = None,
         pid: int | None = None,
+        release_sources: dict[str, ReleaseSource] | None = None,
     ) -> None:
+        #: The configuration as written; ``config`` adds the releases found so far (see ``monitor.releases``).
+        self.declared_config = config
         self.config = config
         self.store = store
         settings = config.daemon
@@ -96,6 +108,7 @@ class Daemon:
         self.poll_s = parse_interval(settings.poll_interval).total_seconds()
         self.shutdown_timeout_s = parse_interval(settings.shutdown_timeout).total_seconds()
         self.timer = JobTimer(self._on_fire, manual=manual_timer)
+        self._manual = manual_timer
         self.started_at: datetime | None = None
         self.job_intervals: dict[str, float] = {}
         self.plan_errors: dict[str, int] = {}
@@ -112,6 +125,7 @@ class Daemon:
         self._idle = threading.Event()
         self._idle.set()
         self.current_job: str | None = None
+        self.watcher = ReleaseWatcher(store, config, sources=release_sources, notify=self.notify)
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -131,15 +145,22 @@ class Daemon:
                 f"lease until {as_utc(holder.expires_at):%H:%M:%S} UTC); stop it first or use another database"
             )
         self.started_at = self.clock()
+        self.watcher.register_configured()
+        self.refresh_releases()
         self.recover()
         self.register_jobs()
         self.catch_up(self.clock())
+        self.queue_release_evaluations()
         self.timer.start()
-        for name, target in (
+        threads: list[tuple[str, Callable[[], None]]] = [
             ("worker", self._work),
             ("heartbeat", self._heartbeat),
             ("requests", self._poll),
-        ):
+        ]
+        if self.watcher.sources and not self._manual:
+            # With a manual timer (tests drive time) the caller scans with scan_releases().
+            threads.append(("releases", self._watch))
+        for name, target in threads:
             thread = threading.Thread(target=target, name=f"monitor-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -244,6 +265,40 @@ class Daemon:
     def queued_jobs(self) -> list[str]:
         with self._pending_lock:
             return sorted(self._pending)
+
+    # --- releases ------------------------------------------------------------------------------------
+
+    def refresh_releases(self) -> None:
+        """Fold the stored releases into the effective configuration."""
+        self.config = effective_config(self.declared_config, self.store.releases())
+
+    def queue_release_evaluations(self) -> list[str]:
+        """Queue the challenger job of every release not evaluated yet."""
+        queued = []
+        for job in pending_challenger_jobs(self.config, self.store.releases()):
+            if self.enqueue(WorkItem(job, "release", self.clock())):
+                log.info("queued the challenger evaluation %s", job)
+                queued.append(job)
+        return queued
+
+    def scan_releases(self) -> list[str]:
+        """Scan the watched families that are due; queue the evaluations of new releases."""
+        new = self.watcher.scan_due(self.clock())
+        if not new:
+            return []
+        self.refresh_releases()
+        self._wake_sender()
+        return self.queue_release_evaluations()
+
+    def _watch(self) -> None:
+        interval = min(self.poll_s, 1.0)
+        while not self._stop.wait(interval):
+            try:
+                self.scan_releases()
+            except MonitorError as exc:
+                log.warning("release watcher: %s", exc)
+            except Exception:  # the watcher must never take the daemon down
+                log.exception("release watcher failed")
 
     # --- recovery ------------------------------------------------------------------------------------
 
@@ -358,6 +413,7 @@ class Daemon:
             self._finished(run)
         if not self._stop.is_set():
             after_job(self.store, self.config, list(self.config.jobs[item.job].models), self.notify)
+            mark_evaluated(self.store, self.config, item.job, self.clock())
             self._wake_sender()
 
     def _finished(self, run: RunRecord) -> None:

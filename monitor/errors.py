@@ -10,6 +10,8 @@ anything else reaching the CLI is a bug and keeps its traceback::
     ├── ModelLoadError             a model or adapter cannot be loaded (exit code 3)
     │   └── AdapterMismatchError   the adapter does not fit its base (shapes, missing keys)
     ├── BackendError               inference failed inside a run (stored with the run)
+    │   └── EndpointError          an OpenAI-compatible server refused or kept failing a request
+    ├── WatchError                 a release watcher cannot read its source (counted, retried)
     ├── StoreError                 the database is unreachable or cannot be migrated (exit code 4)
     ├── LeaseHeldError             another daemon holds this database (exit code 5)
     └── NotFoundError              an unknown job, model, eval set or run (exit code 2)
@@ -77,6 +79,15 @@ class BackendError(MonitorError):
     """Inference failed."""
 
 
+class EndpointError(BackendError):
+    """An OpenAI-compatible server answered with an error, or kept failing past the retries."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        #: The last HTTP status (None: no answer, or an unusable one).
+        self.status = status
+
+
 class StoreError(MonitorError):
     """The database cannot be reached, created or migrated."""
 
@@ -93,3 +104,7 @@ class NotFoundError(MonitorError):
     """A named job, model, eval set or run does not exist."""
 
     exit_code = 2
+
+
+class WatchError(MonitorError):
+    """A release watcher could not list its directory, server or hub repository."""

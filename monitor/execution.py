@@ -350,5 +350,7 @@ def after_job(store: Store, cfg: MonitorConfig, models: Sequence[str], notify: A
                     },
                 ),
             )
+        except NotFoundError:
+            log.info("no recommendation for %s yet: the fine-tune has never been evaluated", ft_name)
         except Exception as exc:
             log.warning("recommendation for %s failed: %s", ft_name, exc)

@@ -65,6 +65,7 @@ TABLES = {
     "webhook_events",
     "webhook_deliveries",
     "webhook_endpoints",
+    "releases",
 }
 
 
@@ -172,7 +173,7 @@ def test_migrations_create_the_schema_from_empty(db_url: str) -> None:
     store = Store.open(db_url)
     try:
         assert store.schema_tables() == {*TABLES, "alembic_version"}
-        assert current_revision(store) == head_revision() == "0004"
+        assert current_revision(store) == head_revision() == "0005"
         columns = {c["name"] for c in inspect(store.engine).get_columns("item_results")}
         assert {"run_id", "item_id", "prediction", "target", "scores", "error"} <= columns
     finally:

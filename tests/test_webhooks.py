@@ -613,6 +613,7 @@ def test_configuration_schema() -> None:
         REGRESSION_CONFIRMED,
         DRIFT_DETECTED,
         RUN_FAILED_REPEATEDLY,
+        "release.discovered",
     }
     with pytest.raises(ValidationError):
         cfg.batch_size = 3  # type: ignore[misc]

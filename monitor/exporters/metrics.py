@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +150,7 @@ class StoreCollector(Collector):
                 .order_by(RunRecord.id.desc())
             ).all()
         yield from self._recommendations()
+        yield from self._releases()
         yield from self._verdicts(names)
         yield from self._drift(names)
         yield from self._scores(latest_ok, names)
@@ -233,11 +234,36 @@ class StoreCollector(Collector):
             "When the current recommendation was made.",
             labels=["model"],
         )
-        for record, model in latest_recommendations(self._store):
+        records = latest_recommendations(self._store)
+        for record, model in records:
             for action in ACTIONS:
                 current.add_metric([model, action], 1.0 if record.action == action else 0.0)
             since.add_metric([model], as_utc(record.created_at).timestamp())  # type: ignore[union-attr]
         yield from (current, since)
+        yield from _challenger_metrics(records)
+        yield from _cost_metrics(records)
+
+    def _releases(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "monitor_release_info",
+            "1 for every base-model release found by a watcher or listed under families.",
+            labels=["family", "release", "source"],
+        )
+        found = GaugeMetricFamily(
+            "monitor_release_discovered_timestamp_seconds",
+            "When the release was found.",
+            labels=["family", "release"],
+        )
+        evaluated = GaugeMetricFamily(
+            "monitor_release_evaluated",
+            "1 once the release's challenger evaluation has run, 0 while it is pending.",
+            labels=["family", "release"],
+        )
+        for r in self._store.releases():
+            info.add_metric([r.family, r.name, r.source], 1.0)
+            found.add_metric([r.family, r.name], as_utc(r.discovered_at).timestamp())  # type: ignore[union-attr]
+            evaluated.add_metric([r.family, r.name], 0.0 if r.evaluated_at is None else 1.0)
+        yield from (info, found, evaluated)
 
     def _verdicts(self, names: Mapping[int, str]) -> Iterator[Metric]:
         from ..analysis.regression import latest_verdicts
@@ -436,3 +462,104 @@ class DaemonCollector(Collector):
         for job in sorted(d.config.jobs):
             errors.add_metric([job], float(d.plan_errors.get(job, 0)))
         yield errors
+        yield from _watcher_metrics(d.watcher)
+
+
+def _challenger_metrics(records: Sequence[tuple[Any, str]]) -> Iterator[Metric]:
+    """Challenger scores against the fine-tune and the old base, from each recommendation's evidence."""
+    labels = ["model", "release", "evalset", "strategy", "metric"]
+    families = {
+        "score": GaugeMetricFamily(
+            "monitor_challenger_score",
+            "A newer base release's score on a fine-tune's golden set.",
+            labels=labels,
+        ),
+        "finetune": GaugeMetricFamily(
+            "monitor_challenger_finetune_score", "The fine-tune's score it is weighed against.", labels=labels
+        ),
+    }
+    intervals = {
+        "vs_finetune": "challenger minus the fine-tune, paired on the same items",
+        "vs_old_base": "challenger minus the old base under the same prompt, paired",
+    }
+    for key, words in intervals.items():
+        for part in ("delta", "ci_low", "ci_high"):
+            suffix = "" if part == "delta" else f"_{part}"
+            name = f"monitor_challenger_{key.removeprefix('vs_')}_delta{suffix}"
+            what = (
+                "Difference"
+                if part == "delta"
+                else f"{'Lower' if part == 'ci_low' else 'Upper'} 95% bound of the difference"
+            )
+            families[f"{key}.{part}"] = GaugeMetricFamily(name, f"{what}: {words}.", labels=labels)
+    for record, model in records:
+        for c in (record.evidence or {}).get("challengers", []):
+            series = [model, str(c["release"]), str(c["evalset"]), str(c["strategy"]), str(c["metric"])]
+            if _finite(c.get("challenger_score")):
+                families["score"].add_metric(series, float(c["challenger_score"]))
+            if _finite(c.get("finetune_score")):
+                families["finetune"].add_metric(series, float(c["finetune_score"]))
+            for which in intervals:
+                interval = c.get(which) or {}
+                for part in ("delta", "ci_low", "ci_high"):
+                    if _finite(interval.get(part)):
+                        families[f"{which}.{part}"].add_metric(series, float(interval[part]))
+    yield from families.values()
+
+
+def _cost_metrics(records: Sequence[tuple[Any, str]]) -> Iterator[Metric]:
+    """Monthly cost of every option and the break-even of a re-train or re-base, from the cost cases."""
+    monthly = GaugeMetricFamily(
+        "monitor_option_cost_per_month",
+        "Inference plus amortised upkeep of an option (keep the fine-tune, re-train, re-base, prompt a newer "
+        "base), a month, in the configured currency.",
+        labels=["model", "option", "currency"],
+    )
+    per_request = GaugeMetricFamily(
+        "monitor_option_cost_per_request",
+        "Inference cost of one request under an option, in the configured currency.",
+        labels=["model", "option", "currency"],
+    )
+    break_even = GaugeMetricFamily(
+        "monitor_break_even_seconds",
+        "Time until a re-train or re-base pays for itself against prompting the newer base (absent: never).",
+        labels=["model", "option"],
+    )
+    for record, model in records:
+        costs = record.costs or {}
+        currency = str(costs.get("currency", ""))
+        for option, cost in (costs.get("options") or {}).items():
+            if _finite(cost.get("total_per_month")):
+                monthly.add_metric([model, option, currency], float(cost["total_per_month"]))
+            if _finite(cost.get("cost_per_request")):
+                per_request.add_metric([model, option, currency], float(cost["cost_per_request"]))
+        for option in ("retrain", "rebase"):
+            days = costs.get(f"{option}_break_even_days")
+            if _finite(days):
+                break_even.add_metric([model, option], float(days) * 86400.0)
+    yield from (monthly, per_request, break_even)
+
+
+def _watcher_metrics(watcher: Any) -> Iterator[Metric]:
+    scans = CounterMetricFamily(
+        "monitor_release_scans",
+        "Scans of a family's release source, by outcome (ok, error).",
+        labels=["family", "outcome"],
+    )
+    last = GaugeMetricFamily(
+        "monitor_release_last_scan_timestamp_seconds",
+        "When the family's source was last scanned.",
+        labels=["family"],
+    )
+    up = GaugeMetricFamily(
+        "monitor_release_watch_up",
+        "1 when the family's last scan succeeded, 0 when it failed.",
+        labels=["family"],
+    )
+    for family, state in sorted(watcher.state.items()):
+        for outcome, count in sorted(state.scans.items()):
+            scans.add_metric([family, outcome], float(count))
+        if state.last_scan is not None:
+            last.add_metric([family], state.last_scan.timestamp())
+            up.add_metric([family], 0.0 if state.last_error else 1.0)
+    yield from (scans, last, up)

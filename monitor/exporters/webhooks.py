@@ -93,8 +93,15 @@ RECOMMENDATION_CHANGED = "recommendation.changed"
 REGRESSION_CONFIRMED = "regression.confirmed"
 DRIFT_DETECTED = "drift.detected"
 RUN_FAILED_REPEATEDLY = "run.failed_repeatedly"
+RELEASE_DISCOVERED = "release.discovered"
 #: The event types the monitor sends; an endpoint subscribes to all of them unless it lists some.
-EVENT_TYPES = (RECOMMENDATION_CHANGED, REGRESSION_CONFIRMED, DRIFT_DETECTED, RUN_FAILED_REPEATEDLY)
+EVENT_TYPES = (
+    RECOMMENDATION_CHANGED,
+    REGRESSION_CONFIRMED,
+    DRIFT_DETECTED,
+    RUN_FAILED_REPEATEDLY,
+    RELEASE_DISCOVERED,
+)
 
 DELIVERY_STATUSES = ("pending", "delivered", "dead", "disabled")
 #: Statuses a delivery ends in; ``monitor_webhook_deliveries_total`` counts these.
@@ -434,7 +441,8 @@ def summarize_event(event_type: str, data: Mapping[str, Any]) -> str:
 
     Fields used when present: ``model``, ``evalset``, ``metric``, ``delta``, ``ci_low``,
     ``ci_high``, ``action``, ``previous_action``, ``kind``, ``source``, ``score``,
-    ``job``, ``failures``, ``error`` and ``summary``.  Never raises.
+    ``job``, ``failures``, ``error``, ``release``, ``family``, ``location``, ``finetunes`` and
+    ``summary``.  Never raises.
     """
     d = data
     model = d.get("model", "?")
@@ -459,6 +467,11 @@ def summarize_event(event_type: str, data: Mapping[str, Any]) -> str:
                 head += f", {d['failures']} failures in a row"
             if d.get("error"):
                 head += f": {str(d['error']).splitlines()[0][:200]}"
+        elif event_type == RELEASE_DISCOVERED:
+            head = f"New base-model release: {d.get('release', '?')} of {d.get('family', '?')}"
+            head += f" ({d.get('source', '?')} {d.get('location', '')})".rstrip()
+            if d.get("finetunes"):
+                head += f"; challenger evaluation queued for {', '.join(map(str, d['finetunes']))}"
         else:
             head = f"{event_type}: {model}"
     except Exception:  # a chat line must never stop a delivery

@@ -23,6 +23,7 @@ from .tables import (
     EvalSetVersionRecord,
     ItemResultRecord,
     ModelRecord,
+    ReleaseRecord,
     RunRecord,
     RunRequest,
     utcnow,
@@ -548,6 +549,51 @@ class Store:
                 if result.rowcount == 1:
                     taken.append(request)
             return taken
+
+    # --- base-model releases ---------------------------------------------------------------------------
+
+    def add_release(self, release: Any, on_new: Any = None) -> ReleaseRecord | None:
+        """Store a release (anything with family, name, source, location, revision, details) unless known.
+
+        Returns the new record, or None when a release of that name is already
+        stored.  ``on_new(session, record)`` runs in the same transaction (the
+        webhook outbox writes its event there).
+        """
+        with self.session() as s:
+            known = s.execute(select(ReleaseRecord.id).where(ReleaseRecord.name == release.name)).first()
+            if known is not None:
+                return None
+            record = ReleaseRecord(
+                family=release.family,
+                name=release.name,
+                source=release.source,
+                location=release.location,
+                revision=release.revision,
+                details=dict(release.details),
+                discovered_at=utcnow(),
+            )
+            s.add(record)
+            s.flush()
+            if on_new is not None:
+                on_new(s, record)
+            s.refresh(record)
+            return record
+
+    def releases(self, family: str | None = None) -> list[ReleaseRecord]:
+        """Stored releases, oldest first."""
+        query = select(ReleaseRecord).order_by(ReleaseRecord.id)
+        if family is not None:
+            query = query.where(ReleaseRecord.family == family)
+        with self.session() as s:
+            return list(s.execute(query).scalars())
+
+    def mark_release_evaluated(self, release_id: int, when: datetime | None = None) -> None:
+        with self.session() as s:
+            s.execute(
+                update(ReleaseRecord)
+                .where(ReleaseRecord.id == release_id)
+                .values(evaluated_at=when or utcnow())
+            )
 
 
 @dataclass(frozen=True)

@@ -265,3 +265,29 @@ class WebhookEndpointState(SQLModel, table=True):
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class ReleaseRecord(SQLModel, table=True):
+    """A base-model release: registered in the configuration or found by a release watcher.
+
+    A discovered release becomes a model the daemon can evaluate (its name is a
+    ``models:`` name) and triggers the challenger evaluation of every fine-tune
+    of its family, once; ``evaluated_at`` records when that evaluation finished
+    (a release without it is evaluated again at the next start).
+    """
+
+    __tablename__ = "releases"
+
+    id: int | None = Field(default=None, primary_key=True)
+    family: str = Field(max_length=200, index=True)
+    name: str = Field(max_length=200, unique=True)
+    #: ``directory``, ``openai`` or ``hub``: the kind of watcher that found it.
+    source: str = Field(max_length=40)
+    #: A folder, a served model id or a hub repository: what the model entry loads.
+    location: str = Field(sa_column=Column(Text, nullable=False))
+    revision: str | None = Field(default=None, max_length=200)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    discovered_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    evaluated_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
