@@ -110,6 +110,7 @@ VARIABLES = {
         "metric": "acc",
     },
     "model-monitor-run-health.json": {"job": "nightly"},
+    "model-monitor-recommendations.json": {"model": ".*"},
     # Grafana's "All" for the four filters; the hidden series variable holds one series' label set.
     "model-monitor-regression-drift.json": {
         "model": ".*",
@@ -141,6 +142,11 @@ EXPECTED_ALERTS: dict[str, set[tuple[tuple[str, str], ...]]] = {
     },
     # No input drift findings yet (see the module docstring).
     "InputDrift": set(),
+    "FinetuneRetrainRecommended": {(("model", "triage"), ("action", "retrain"))},
+    "FinetuneRetireRecommended": {(("model", "router"), ("action", "retire"))},
+    "FinetuneRebaseRecommended": {(("model", "ranker"), ("action", "rebase"))},
+    "ReleaseWatchFailing": {(("family", "acme"),)},
+    "ReleaseNotEvaluated": {(("release", "acme-base-v3"),)},
 }
 #: The metrics of verdicts and findings: each must have samples in the populated store.
 VERDICT_AND_DRIFT_METRICS = {
@@ -270,7 +276,73 @@ def populate(store: Store, root: Path) -> Recorder:
     # a CLI run (no job) and a run still going on.
     rec.run("triage", "triage-golden", job=None, metrics=triage)
     rec.run("router", "routing-golden", job="nightly", status="running")
+    recommendations(store)
     return rec
+
+
+def recommendations(store: Store) -> None:
+    """Releases of the acme family (one evaluated, one pending) and a recommendation per fine-tune:
+    router retire (challenger evidence and a cost case), triage retrain, ranker rebase."""
+    from monitor.analysis.costs import CostsConfig, TokenProfile, cost_case
+    from monitor.analysis.recommend import (
+        ChallengerEvidence,
+        Decision,
+        Evidence,
+        Interval,
+        RegressionEvidence,
+        record_recommendation,
+    )
+    from monitor.releases import Release
+
+    v2 = store.add_release(Release("acme", "acme-base-v2", "directory", "/srv/releases/acme-base-v2"))
+    assert v2 is not None and v2.id is not None
+    store.mark_release_evaluated(v2.id)
+    store.add_release(Release("acme", "acme-base-v3", "openai", "acme/base-v3"))
+    costs = CostsConfig.model_validate(
+        {
+            "requests_per_day": 20000,
+            "pricing": {"prompt_per_1k": 0.0005, "completion_per_1k": 0.0015},
+            "retrain_cost": 120,
+            "retrains_per_year": 4,
+        }
+    )
+    case = cost_case(
+        costs,
+        TokenProfile(40, 2, "router runs"),
+        TokenProfile(420, 2, "acme-base-v2 5-shot runs"),
+        challenger="few-shot on acme-base-v2",
+    )
+    challenger = ChallengerEvidence(
+        release="acme-base-v2",
+        strategy="5-shot",
+        evalset="routing-golden",
+        metric="acc",
+        challenger_score=0.91,
+        finetune_score=0.92,
+        vs_finetune=Interval(-0.01, -0.015, 0.005, 0.3, 200),
+        vs_old_base=Interval(0.3, 0.24, 0.36, 1e-9, 200),
+    )
+    record_recommendation(
+        store,
+        "router",
+        Decision("retire", ("few-shot on acme-base-v2 is within the margin",), "acme-base-v2", "5-shot"),
+        Evidence("router", ("routing-golden",), challengers=(challenger,)),
+        case.to_dict(),
+    )
+    regression = RegressionEvidence("triage-golden", "exact_match", "regressed", -0.12, -0.18, -0.06)
+    record_recommendation(
+        store,
+        "triage",
+        Decision("retrain", ("confirmed regression on triage-golden",)),
+        Evidence("triage", ("triage-golden",), regressions=(regression,)),
+        case.to_dict(),
+    )
+    record_recommendation(
+        store,
+        "ranker",
+        Decision("rebase", ("acme-base-v2 beats the old base",)),
+        Evidence("ranker", ("routing",)),
+    )
 
 
 #: Items of the eval sets that the analysed runs use (multiple choice, one metric: acc).
@@ -377,6 +449,7 @@ def daemon_config() -> MonitorConfig:
             "models": {"router": {"base": "/srv/models/router"}},
             "evalsets": {"routing-golden": "/srv/evals/routing-golden"},
             "jobs": jobs,
+            "families": {"acme": {"watch": {"directory": "/srv/releases"}}},
         }
     )
 
@@ -393,6 +466,9 @@ def idle_daemon(store: Store) -> Daemon:
     """A real daemon object that was never started: its scheduler is not running (SchedulerStopped)."""
     daemon = Daemon(daemon_config(), store, manual_timer=True)
     daemon.started_at = DAEMON_STARTED
+    # The acme watcher's directory does not exist: its scans fail (ReleaseWatchFailing).
+    daemon.watcher.scan("acme", DAEMON_STARTED)
+    daemon.watcher.scan("acme", DAEMON_STARTED + timedelta(minutes=10))
     return daemon
 
 
