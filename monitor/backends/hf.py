@@ -38,7 +38,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+from monitor.backends._imports import long_lived_imports
+
+with long_lived_imports():
+    import torch
 
 from monitor.backends._packing import (
     ScoredSequence,
@@ -862,11 +865,12 @@ def _quiet() -> Iterator[None]:
 
 def _load_base(base: str, revision: str | None, dtype: torch.dtype) -> tuple[Any, Any]:
     """Config, tokenizer and model of ``base``, with an attention implementation that honours custom masks."""
-    import transformers
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     kwargs: dict[str, Any] = {"revision": revision} if revision else {}
-    with _quiet():
+    # The config, tokenizer and model classes import their modules lazily.
+    with long_lived_imports(), _quiet():
+        import transformers
+        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
         try:
             config = AutoConfig.from_pretrained(base, **kwargs)
         except Exception as exc:
@@ -875,12 +879,11 @@ def _load_base(base: str, revision: str | None, dtype: torch.dtype) -> tuple[Any
             tokenizer = AutoTokenizer.from_pretrained(base, **kwargs)
         except Exception as exc:
             raise ModelLoadError(f"cannot load the tokenizer of base model {base}: {_one_line(exc)}") from exc
-        dtype_kwarg = "dtype" if _at_least(transformers.__version__, (4, 56)) else "torch_dtype"
-        # Import the model's module now (the mapping imports it lazily), so that freezing
-        # covers it; remote-code and unknown architectures are imported while loading.
+        # Remote-code and unknown architectures are imported while loading instead.
         with contextlib.suppress(Exception):
             MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
-        _freeze_library_objects()
+    with _quiet():
+        dtype_kwarg = "dtype" if _at_least(transformers.__version__, (4, 56)) else "torch_dtype"
         # sdpa and eager take our additive 4D masks; flash attention would ignore them.
         for implementation in ("sdpa", "eager"):
             try:
@@ -895,23 +898,6 @@ def _load_base(base: str, revision: str | None, dtype: torch.dtype) -> tuple[Any
             except Exception as exc:
                 raise ModelLoadError(f"cannot load base model {base}: {_one_line(exc)}") from exc
     return model, tokenizer
-
-
-_library_objects_frozen = False
-
-
-def _freeze_library_objects() -> None:
-    """Keep the garbage collector away from the objects torch and transformers created on import.
-
-    Importing them creates millions of modules, classes and functions that live
-    as long as the process; every full collection walked them all again, and
-    the one at interpreter exit cost about a second.  Done once per process.
-    """
-    global _library_objects_frozen
-    if not _library_objects_frozen:
-        gc.collect()
-        gc.freeze()
-        _library_objects_frozen = True
 
 
 def _at_least(version: str, minimum: tuple[int, int]) -> bool:
