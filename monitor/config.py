@@ -105,9 +105,7 @@ class ModelConfig(_Strict):
         if self.backend == "openai":
             if self.endpoint is None:
                 raise ValueError("an openai model needs 'endpoint' (base_url and friends)")
-            local = sorted(
-                {"adapter", "revision", "device", "dtype", "batch_tokens"} & self.model_fields_set
-            )
+            local = sorted({"adapter", "revision", "device", "dtype", "batch_tokens"} & self.model_fields_set)
             if local:
                 raise ValueError(
                     f"{', '.join(local)}: not for openai models (the server loads the weights; "

@@ -6,6 +6,7 @@ stored with its reason, because history keeps failures.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -135,6 +136,9 @@ def continue_run(
     except Exception as exc:
         return store.finish_run(run_id, status="failed", error=f"model failed to load: {_reason(exc)}")
     store.update_run(run_id, model_fingerprint=fingerprint.digest, load_s=load_s)
+    mixed = record_mc_method(store, run_id, backend, plan.evalset)
+    if mixed is not None:
+        return store.finish_run(run_id, status="failed", error=mixed, backend_info=backend.describe())
     store.upsert_model(
         plan.model_name,
         kind=plan.spec.backend,
@@ -194,6 +198,36 @@ def run_settings(evalset: EvalSet, fewshot_k: int) -> dict[str, object]:
         if evalset.task == "generate"
         else None,
     }
+
+
+def record_mc_method(store: Store, run_id: int, backend: Backend, evalset: EvalSet) -> str | None:
+    """Put a multiple-choice method other than log-likelihoods into the run's settings and digest.
+
+    Choices picked by generation (the ``openai`` backend without prompt
+    log-probabilities) are another measurement than scored choices, so such
+    runs are never paired with scored ones.  Scored runs keep their settings
+    unchanged: served and in-process log-likelihoods of the same weights agree.
+    Returns why the run cannot go on when a resumed run would mix methods.
+    """
+    if evalset.task != "multiple_choice":
+        return None
+    method = backend.describe().get("mc_method")
+    wanted = method if method == "generate" else None
+    run = store.get_run(run_id)
+    settings = dict(run.settings or {})
+    if settings.get("mc_method") == wanted:
+        return None
+    if store.completed_item_ids(run_id):
+        return (
+            f"multiple-choice method changed from {settings.get('mc_method') or 'logprobs'} to "
+            f"{wanted or 'logprobs'} during the run; its items would mix methods"
+        )
+    settings["mc_method"] = wanted
+    digest = evalset.settings_digest(run.fewshot_k)
+    if wanted is not None:
+        digest = hashlib.sha256(f"{digest}|mc_method={wanted}".encode()).hexdigest()[:16]
+    store.update_run(run_id, settings=settings, settings_digest=digest)
+    return None
 
 
 def _reason(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ it is never scored as wrong.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,13 @@ from typing import Any
 
 from .backends.base import Backend, GenerationRequest, LoglikelihoodRequest, ProgressCallback
 from .evalsets import EvalItem, EvalSet, strategy_name
-from .scoring import MetricValue, aggregate, score_generation, score_multiple_choice
+from .scoring import (
+    MetricValue,
+    aggregate,
+    score_generation,
+    score_multiple_choice,
+    score_picked_choice,
+)
 from .store import ItemResult
 
 #: Items handed to the backend (and committed) at a time.
@@ -104,7 +111,10 @@ def _evaluate_chunk(
 
 
 def _failed(item: EvalItem, exc: BaseException) -> ItemResult:
-    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return _failed_reason(item, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+def _failed_reason(item: EvalItem, reason: str) -> ItemResult:
     return ItemResult(item_id=item.id, prediction=None, target=item.target, error=reason[:2000])
 
 
@@ -124,6 +134,24 @@ def _score_chunk(
             for context, item in zip(contexts, chunk, strict=True)
         ]
         for item, answer in zip(chunk, backend.loglikelihood(requests, progress=progress), strict=True):
+            if answer.error is not None:
+                results.append(_failed_reason(item, answer.error))
+                continue
+            if answer.generated is not None:  # picked by generation: no log-likelihoods to keep
+                chosen = next((i for i, ll in enumerate(answer.loglikelihoods) if ll > -math.inf), None)
+                picked = score_picked_choice(item, chosen, answer.generated, metrics)
+                results.append(
+                    ItemResult(
+                        item_id=item.id,
+                        prediction=picked.prediction,
+                        target=item.target,
+                        correct=bool(picked.scores[metrics[0]]),
+                        score=picked.scores[metrics[0]],
+                        scores=picked.scores,
+                        prompt_tokens=answer.context_tokens,
+                    )
+                )
+                continue
             scored = score_multiple_choice(item, answer.loglikelihoods, metrics)
             first = scored.scores[metrics[0]]
             results.append(
@@ -142,6 +170,9 @@ def _score_chunk(
     spec = evalset.spec
     gen_requests = [GenerationRequest(context, spec.max_new_tokens, tuple(spec.stop)) for context in contexts]
     for item, out in zip(chunk, backend.generate(gen_requests, progress=progress), strict=True):
+        if out.error is not None:
+            results.append(_failed_reason(item, out.error))
+            continue
         scored = score_generation(item, out.text, metrics)
         first = scored.scores[metrics[0]]
         results.append(

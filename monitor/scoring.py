@@ -83,6 +83,16 @@ def score_multiple_choice(
     return ItemScore(item.choices[pred], scores)
 
 
+def score_picked_choice(item: EvalItem, chosen: int | None, answer: str, metrics: Sequence[str]) -> ItemScore:
+    """Score a multiple-choice item whose answer was generated and matched to choice ``chosen``.
+
+    An answer that matched no choice (``chosen`` None) is wrong, and is its own prediction.
+    """
+    right = float(chosen is not None and chosen == item.gold_index)
+    scores = {m: right for m in metrics if m in ("acc", "acc_norm")}
+    return ItemScore(item.choices[chosen] if chosen is not None else answer, scores)
+
+
 def _argmax(values: Sequence[float]) -> int:
     # First maximum wins, as numpy.argmax does in lm-eval.
     best = 0

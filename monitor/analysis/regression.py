@@ -35,8 +35,9 @@ from .stats import (
     unpaired_proportions,
 )
 
-#: Settings whose difference makes a comparison meaningless.
-COMPARED_SETTINGS = ("prompt", "target_delimiter", "fewshot_k", "fewshot_separator", "decoding")
+#: Settings whose difference makes a comparison meaningless (``mc_method``: multiple choice
+#: picked by generation rather than by log-likelihoods, set only then).
+COMPARED_SETTINGS = ("prompt", "target_delimiter", "fewshot_k", "fewshot_separator", "decoding", "mc_method")
 
 
 @dataclass(frozen=True)

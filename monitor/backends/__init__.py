@@ -69,8 +69,16 @@ def _load_hf(spec: ModelSpec) -> Backend:
     )
 
 
-#: Backend name -> loader.  Later backends (``openai``) register here.
-BACKENDS: dict[str, Callable[[ModelSpec], Backend]] = {"hf": _load_hf}
+def _load_openai(spec: ModelSpec) -> Backend:
+    from .openai import OpenAIBackend
+
+    if spec.endpoint is None:
+        raise ValueError("the openai backend needs an endpoint")
+    return OpenAIBackend.load(spec.base, spec.endpoint)
+
+
+#: Backend name -> loader.
+BACKENDS: dict[str, Callable[[ModelSpec], Backend]] = {"hf": _load_hf, "openai": _load_openai}
 
 
 def load_backend(spec: ModelSpec) -> Backend:

@@ -38,6 +38,13 @@ class LoglikelihoodResult:
     context_tokens: int
     #: Tokens of each continuation.
     continuation_tokens: tuple[int, ...]
+    #: Why the backend could not answer this request (after its own retries): the item is
+    #: stored as failed with this reason, never scored as wrong.
+    error: str | None = None
+    #: The answer text when the choice was picked by generation instead of scored (the
+    #: ``openai`` backend's ``mc_method: generate``): ``loglikelihoods`` are then 0.0 for the
+    #: matched choice and -inf for the others, all -inf when the answer matched none.
+    generated: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class GenerationResult:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    #: Why the backend could not answer this request (after its own retries).
+    error: str | None = None
 
 
 @dataclass(frozen=True)
