@@ -315,6 +315,15 @@ def config_problems(cfg: Any, config_path: Path) -> list[Problem]:
             problems.extend(exc.problems)
             continue
         loaded[name] = es
+    for name, model in cfg.models.items():
+        key_env = model.endpoint.api_key_env if model.endpoint else None
+        if key_env and not os.environ.get(key_env):
+            problems.append(
+                Problem(
+                    str(config_path),
+                    f"models.{name}.endpoint.api_key_env: environment variable {key_env} is not set",
+                )
+            )
     for name in cfg.models:
         base, adapter = cfg.model_source(name)
         if base.startswith(("/", ".")) and not Path(base).exists():
@@ -1279,6 +1288,51 @@ def releases_scan_command(
         store.close()
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("serve-openai")
+@handle_errors
+def serve_openai_command(
+    models: Annotated[
+        list[str],
+        typer.Option("--model", help="NAME=BASE or NAME=BASE:ADAPTER (local folders); repeat for more."),
+    ],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key_env: Annotated[
+        str | None, typer.Option("--api-key-env", help="Require the key in this environment variable.")
+    ] = None,
+    latency: Annotated[float, typer.Option(min=0.0, help="Seconds added to every inference request.")] = 0.0,
+    fail_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of inference requests answered with HTTP 500.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the fault draws.")] = 0,
+) -> None:
+    """Serve local HF models and LoRA adapters over an OpenAI-compatible API (tests, demos, benchmarks)."""
+    import threading
+
+    from .errors import InputError
+    from .openai_server import FaultPlan, FaultRule, OpenAIServer, load_served_model
+
+    served = []
+    for value in models:
+        name, sep, source = value.partition("=")
+        if not sep or not name or not source:
+            raise InputError(f"--model {value!r}: use NAME=BASE or NAME=BASE:ADAPTER")
+        base, _, adapter = source.partition(":")
+        served.append(load_served_model(name, base, adapter or None))
+    key = None
+    if api_key_env is not None:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise InputError(f"--api-key-env: environment variable {api_key_env} is not set")
+    rules = (FaultRule("status", status=500, probability=fail_rate),) if fail_rate else ()
+    server = OpenAIServer(
+        served, host=host, port=port, api_key=key, faults=FaultPlan(latency_s=latency, rules=rules, seed=seed)
+    )
+    with server:
+        _err(f"serving {', '.join(m.name for m in served)} at {server.url} (Ctrl-C stops)")
+        threading.Event().wait()
 
 
 @app.command("demo")

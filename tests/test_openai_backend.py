@@ -557,3 +557,73 @@ def test_plan_runs_carries_the_endpoint(tmp_path: Path, monkeypatch: pytest.Monk
     assert cfg.model_source("router-served") == ("tiny-lora", None)  # a served name, not a path
     with pytest.raises(ModelLoadError, match="TEST_SERVER_KEY"):
         load_backend(dataclasses.replace(spec, base="x"))
+
+
+def test_a_run_with_too_many_failed_items_fails_and_failed_items_are_not_scored(
+    served: dict[str, ServedModel], tmp_path: Path
+) -> None:
+    routing, _ = make_evalsets(tmp_path)
+    es = load_evalset(routing)
+    store = Store.open(f"sqlite:///{tmp_path / 'm.db'}")
+    poison = FaultRule("status", status=502, contains="password reset fails")  # item r5
+    with OpenAIServer(served, faults=FaultPlan(rules=(poison,))) as flaky:
+        spec = ModelSpec(
+            "openai", "router", endpoint=EndpointSpec(flaky.url, mc_method="generate", max_retries=1)
+        )
+        pool = ModelPool(max_models=1)
+        strict = execute_run(store, pool, RunPlan("router", spec, es, 0), max_error_rate=0.1)
+        lenient = execute_run(store, pool, RunPlan("router", spec, es, 0), max_error_rate=0.2)
+    assert strict.status == "failed" and strict.items_failed == 1
+    assert strict.error is not None and strict.error.startswith("1 of 6 items failed (16.7% > 10%)")
+    assert "HTTP 502" in strict.error
+    assert lenient.status == "succeeded" and lenient.metrics["acc"]["n"] == 5  # the failed item is left out
+    assert lenient.metrics["acc"]["value"] == pytest.approx(1.0)
+    (failed,) = [r for r in store.item_results(lenient.id or 0) if r.error]
+    assert failed.item_id == "r5" and failed.correct is None and failed.prediction is None
+    store.close()
+
+
+def test_check_config_reports_an_unset_api_key_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_evalsets(tmp_path / "evals")
+    monkeypatch.delenv("TEST_SERVER_KEY", raising=False)
+    monkeypatch.setenv("TEST_WRONG_KEY", WRONG_KEY)
+    config = tmp_path / "monitor.yaml"
+    config.write_text(CONFIG.format(url="http://vllm:8000/v1"))
+    code, out, err = invoke("check-config", "--config", str(config))
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: {config}: models.{name}.endpoint.api_key_env: environment variable TEST_SERVER_KEY is not set"
+        for name in ("router-served", "router-chat")
+    ]
+    assert WRONG_KEY not in out + err
+
+
+def test_serve_openai_command(tiny_models: TinyModels) -> None:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "monitor", "serve-openai", "--port", "0"),
+            *("--model", f"tiny={tiny_models.gpt2}"),
+            *("--model", f"tiny-lora={tiny_models.gpt2}:{tiny_models.lora}"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        line = ""
+        while "serving" not in line:
+            line = process.stderr.readline()
+            assert line or process.poll() is None, "the server exited"
+        url = line.split(" at ")[1].split()[0]
+        backend = OpenAIBackend.load("tiny-lora", EndpointSpec(url))
+        assert (
+            backend.fingerprint().files["parent"] == "gpt2" and backend.describe()["mc_method"] == "logprobs"
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
