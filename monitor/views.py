@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .store import RunRecord, Store, as_utc
+if TYPE_CHECKING:
+    from .store import RunRecord, Store
 
 
 def clean(value: Any) -> Any:
@@ -36,6 +37,8 @@ def primary_metric(run: RunRecord) -> tuple[str, dict[str, Any] | None]:
 
 def run_to_dict(run: RunRecord, model_name: str) -> dict[str, Any]:
     """A run as the CLI's ``--json`` and the API return it."""
+    from .store import as_utc
+
     return clean(
         {
             "id": run.id,
@@ -68,6 +71,7 @@ def status_entries(store: Store, *, flaky_window: int = 10) -> list[dict[str, An
     the verdict against the baseline, the items newly broken since it and the flaky items."""
     from .analysis.behaviour import flaky_items
     from .analysis.regression import latest_verdicts
+    from .store import as_utc
 
     verdicts = {(v.model_id, v.evalset_name, v.strategy, v.metric): v for v in latest_verdicts(store)}
     out = []

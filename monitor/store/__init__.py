@@ -1,15 +1,55 @@
-"""Storage of runs and per-item results (SQLModel + Alembic)."""
+"""Storage of runs and per-item results (SQLModel + Alembic).
 
-from .db import ItemResult, SeriesStatus, Store, as_utc, make_engine, migrate, redact_url
-from .tables import (
-    DaemonLease,
-    EvalSetVersionRecord,
-    ItemResultRecord,
-    ModelRecord,
-    RunRecord,
-    RunRequest,
-    utcnow,
-)
+SQLAlchemy and SQLModel are imported when a name that needs them is first
+used, so commands that never open a store (``monitor eval`` without ``--db``)
+do not pay for them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .results import ItemResult
+
+if TYPE_CHECKING:
+    from .db import SeriesStatus, Store, as_utc, make_engine, migrate, redact_url
+    from .tables import (
+        DaemonLease,
+        EvalSetVersionRecord,
+        ItemResultRecord,
+        ModelRecord,
+        RunRecord,
+        RunRequest,
+        utcnow,
+    )
+
+_LAZY = {
+    **dict.fromkeys(("SeriesStatus", "Store", "as_utc", "make_engine", "migrate", "redact_url"), ".db"),
+    **dict.fromkeys(
+        (
+            "DaemonLease",
+            "EvalSetVersionRecord",
+            "ItemResultRecord",
+            "ModelRecord",
+            "RunRecord",
+            "RunRequest",
+            "utcnow",
+        ),
+        ".tables",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DaemonLease",

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine
 
 from ..errors import NotFoundError, StoreError
+from .results import ItemResult
 from .tables import (
     DaemonLease,
     EvalSetVersionRecord,
@@ -31,22 +32,6 @@ from .tables import (
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    """One item's outcome, as the runner hands it to the store."""
-
-    item_id: str
-    prediction: str | None
-    target: Any
-    correct: bool | None = None
-    score: float | None = None
-    scores: dict[str, float] | None = None
-    loglikelihoods: list[float] | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    error: str | None = None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
