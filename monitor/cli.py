@@ -1307,6 +1307,9 @@ def serve_openai_command(
         float, typer.Option(min=0.0, max=1.0, help="Share of inference requests answered with HTTP 500.")
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the fault draws.")] = 0,
+    memoize: Annotated[
+        bool, typer.Option(help="Answer a repeated request from memory (greedy answers never change).")
+    ] = False,
 ) -> None:
     """Serve local HF models and LoRA adapters over an OpenAI-compatible API (tests, demos, benchmarks)."""
     import threading
@@ -1328,7 +1331,12 @@ def serve_openai_command(
             raise InputError(f"--api-key-env: environment variable {api_key_env} is not set")
     rules = (FaultRule("status", status=500, probability=fail_rate),) if fail_rate else ()
     server = OpenAIServer(
-        served, host=host, port=port, api_key=key, faults=FaultPlan(latency_s=latency, rules=rules, seed=seed)
+        served,
+        host=host,
+        port=port,
+        api_key=key,
+        faults=FaultPlan(latency_s=latency, rules=rules, seed=seed),
+        memoize=memoize,
     )
     with server:
         _err(f"serving {', '.join(m.name for m in served)} at {server.url} (Ctrl-C stops)")

@@ -216,8 +216,7 @@ class OpenAIServer:
         self._lock = threading.Lock()
         self.set_faults(faults or FaultPlan())
         handler = type("Handler", (_Handler,), {"app": self})
-        self._httpd = ThreadingHTTPServer((host, port), handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server((host, port), handler)
         self._thread: threading.Thread | None = None
 
     def set_faults(self, plan: FaultPlan) -> None:
@@ -433,8 +432,18 @@ def _error(status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": kinds.get(status, "InternalServerError"), "code": status}}
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's default backlog of 5 drops the connections a client opens at once past it;
+    # each dropped one waits a second for its SYN to be sent again.
+    request_queue_size = 256
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle's algorithm the body would wait for the
+    # client's delayed ACK (40 ms on Linux) on every kept-alive connection.
+    disable_nagle_algorithm = True
     app: OpenAIServer
 
     def do_GET(self) -> None:

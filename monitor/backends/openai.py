@@ -60,6 +60,7 @@ import math
 import os
 import random
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -212,6 +213,10 @@ class OpenAIBackend:
         self.server_facts: dict[str, Any] = {"id": model}
         self._can_tokenize: bool | None = None
         self.stats: Counter[str] = Counter()
+        # One event loop on a thread of its own and one connection pool, kept from call to call.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._http: httpx.AsyncClient | None = None
 
     # ------------------------------------------------------------------ loading
 
@@ -242,26 +247,27 @@ class OpenAIBackend:
         try:
             backend._run(backend._load())
         except EndpointError as exc:
+            backend.close()
             raise ModelLoadError(f"{model} at {backend.safe_url}: {exc}") from exc
         return backend
 
     async def _load(self) -> None:
-        async with self._client() as client:
-            try:
-                listing = await self._call(client, "GET", "/models", None, tokens=0)
-            except EndpointError as exc:
-                if exc.status not in (404, 405):
-                    raise
-                listing = None  # some servers have no model list: the name is all we know
-            if listing is not None:
-                served = [m for m in listing.get("data") or [] if isinstance(m, dict)]
-                entry = next((m for m in served if m.get("id") == self.model), None)
-                if entry is None:
-                    names = ", ".join(str(m.get("id")) for m in served) or "nothing"
-                    raise EndpointError(f"the server does not serve {self.model!r}; it serves {names}")
-                self.server_facts = {k: entry[k] for k in FINGERPRINT_FIELDS if entry.get(k) is not None}
-            if self.mc_method == "auto":
-                self.mc_method = "logprobs" if await self._has_prompt_logprobs(client) else "generate"
+        client = self._connection_pool()
+        try:
+            listing = await self._call(client, "GET", "/models", None, tokens=0)
+        except EndpointError as exc:
+            if exc.status not in (404, 405):
+                raise
+            listing = None  # some servers have no model list: the name is all we know
+        if listing is not None:
+            served = [m for m in listing.get("data") or [] if isinstance(m, dict)]
+            entry = next((m for m in served if m.get("id") == self.model), None)
+            if entry is None:
+                names = ", ".join(str(m.get("id")) for m in served) or "nothing"
+                raise EndpointError(f"the server does not serve {self.model!r}; it serves {names}")
+            self.server_facts = {k: entry[k] for k in FINGERPRINT_FIELDS if entry.get(k) is not None}
+        if self.mc_method == "auto":
+            self.mc_method = "logprobs" if await self._has_prompt_logprobs(client) else "generate"
 
     async def _has_prompt_logprobs(self, client: httpx.AsyncClient) -> bool:
         payload = {**self._logprob_payload(["Hello world"])}
@@ -338,7 +344,17 @@ class OpenAIBackend:
         }
 
     def close(self) -> None:
-        """Nothing is held between calls: every call opens and closes its own connection pool."""
+        """Close the connections and stop the backend's event loop."""
+        loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None:
+            return
+        http, self._http = self._http, None
+        if http is not None:
+            asyncio.run_coroutine_threadsafe(http.aclose(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout=10)
+        loop.close()
 
     @property
     def safe_url(self) -> str:
@@ -372,8 +388,8 @@ class OpenAIBackend:
 
         if not requests:
             return []
-        async with self._client() as client:
-            return list(await asyncio.gather(*(guarded(client, r) for r in requests)))
+        client = self._connection_pool()
+        return list(await asyncio.gather(*(guarded(client, r) for r in requests)))
 
     async def _score_item(
         self, client: httpx.AsyncClient, request: LoglikelihoodRequest
@@ -465,16 +481,20 @@ class OpenAIBackend:
 
     async def _tokenize(self, text: str) -> int | None:
         root = re.sub(r"/v\d+$", "", self._url)
-        async with self._client() as client:
-            try:
-                data = await self._call(
-                    client, "POST", "/tokenize", {"model": self.model, "prompt": text}, tokens=0, base=root
-                )
-            except EndpointError as exc:
-                if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
-                    self._can_tokenize = False
-                    return None
-                raise
+        try:
+            data = await self._call(
+                self._connection_pool(),
+                "POST",
+                "/tokenize",
+                {"model": self.model, "prompt": text},
+                tokens=0,
+                base=root,
+            )
+        except EndpointError as exc:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                self._can_tokenize = False
+                return None
+            raise
         count = data.get("count")
         if not isinstance(count, int):
             tokens = data.get("tokens")
@@ -483,6 +503,12 @@ class OpenAIBackend:
         return count
 
     # ------------------------------------------------------------------ HTTP
+
+    def _connection_pool(self) -> httpx.AsyncClient:
+        """The client of this backend's event loop, made at first use."""
+        if self._http is None:
+            self._http = self._client()
+        return self._http
 
     def _client(self) -> httpx.AsyncClient:
         headers = {"User-Agent": f"model-aging-monitor/{__version__}", **dict(self.endpoint.headers)}
@@ -497,10 +523,21 @@ class OpenAIBackend:
         )
 
     def _run(self, coroutine: Awaitable[T]) -> T:
+        """Run ``coroutine`` on the backend's event loop (started at first use) and wait for it.
+
+        Progress callbacks are called from the loop's thread.
+        """
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(
+                target=self._loop.run_forever, name=f"openai-backend-{self.model}", daemon=True
+            )
+            self._thread.start()
+
         async def main() -> T:
             return await coroutine
 
-        return asyncio.run(main())
+        return asyncio.run_coroutine_threadsafe(main(), self._loop).result()
 
     async def _call(
         self,
