@@ -373,29 +373,24 @@ def run_command(
 
 
 def _run_jobs(store: Any, cfg: Any, jobs: Sequence[str], *, as_json: bool) -> list[tuple[Any, str]]:
-    """Run ``jobs`` (all when empty) in this process, analyse each run, then the jobs' recommendations."""
-    from .execution import ModelPool, after_job, analyze_safely, execute_run, make_notifier, plan_runs
-    from .releases import mark_evaluated
+    """Run ``jobs`` (all when empty) in this process with progress bars, then print the runs."""
+    from .execution import run_jobs
 
-    plans = plan_runs(cfg, jobs, trigger="cli")
-    notify = make_notifier(cfg)
-    pool = ModelPool(max_models=1)
-    finished = []
-    try:
-        for plan in plans:
-            label = f"{plan.model_name} on {plan.evalset.name} ({strategy_name(plan.fewshot_k)})"
-            with _progress(len(plan.evalset.items), label, not as_json) as progress:
-                run = execute_run(store, pool, plan, progress=progress)
-            assert run.id is not None
-            analyze_safely(store, run.id, cfg, notify)
-            finished.append((run, plan.model_name))
-            if not as_json:
-                _err(f"{label}: {run.status}" + (f" ({run.error})" if run.error else ""))
-        after_job(store, cfg, sorted({plan.model_name for plan in plans}), notify)
-        for job in jobs or list(cfg.jobs):
-            mark_evaluated(store, cfg, job)
-    finally:
-        pool.close()
+    def label(plan: Any) -> str:
+        return f"{plan.model_name} on {plan.evalset.name} ({strategy_name(plan.fewshot_k)})"
+
+    def report(plan: Any, run: Any) -> None:
+        if not as_json:
+            _err(f"{label(plan)}: {run.status}" + (f" ({run.error})" if run.error else ""))
+
+    finished = run_jobs(
+        store,
+        cfg,
+        jobs,
+        trigger="cli",
+        progress_for=lambda plan: _progress(len(plan.evalset.items), label(plan), not as_json),
+        on_run=report,
+    )
     if as_json:
         print(json.dumps([clean(run_to_dict(r, n)) for r, n in finished], default=json_default, indent=2))
     else:
@@ -889,7 +884,7 @@ def recommend_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Keep, re-train, re-base or retire each fine-tune, with the evidence (and records the decision)."""
-    from .analysis.recommend import cost_case_for, decide, gather_evidence, record_recommendation, render_memo
+    from .analysis.recommend import assess, record_recommendation
     from .releases import effective_config
     from .store import Store, utcnow
 
@@ -907,22 +902,18 @@ def recommend_command(
     try:
         cfg = effective_config(cfg, store.releases())
         for name in names:
-            ft = cfg.finetunes[name]
-            evidence = gather_evidence(store, cfg, name)
-            decision = decide(evidence, retire_margin=ft.retire_margin, rebase_margin=ft.rebase_margin)
-            case = cost_case_for(store, cfg, name, decision, evidence)
+            found = assess(store, cfg, name)
+            decision, evidence, case = found.decision, found.evidence, found.costs
             record = None
             with contextlib.suppress(NotFoundError):  # never evaluated: nothing to record yet
                 record = record_recommendation(
-                    store, ft.model, decision, evidence, case.to_dict() if case else None
+                    store, cfg.finetunes[name].model, decision, evidence, case.to_dict() if case else None
                 )
             out.append((name, decision, evidence, record, case))
             if memo is not None:
                 path = memo / f"{name}.md" if (memo.is_dir() or len(names) > 1) else memo
                 path.parent.mkdir(parents=True, exist_ok=True)
-                cost_text = case.markdown_table() + "\n\n" + " ".join(case.sentences) if case else ""
-                when = utcnow().strftime("%Y-%m-%d %H:%M UTC")
-                path.write_text(render_memo(name, decision, evidence, cost_text, when=when))
+                path.write_text(found.memo(when=utcnow().strftime("%Y-%m-%d %H:%M UTC")))
                 _err(f"memo written to {path}")
     finally:
         store.close()

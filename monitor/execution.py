@@ -343,7 +343,7 @@ def after_job(store: Store, cfg: MonitorConfig, models: Sequence[str], notify: A
     import logging
 
     from .analysis.assess import run_input_drift
-    from .analysis.recommend import cost_case_for, decide, gather_evidence, record_recommendation
+    from .analysis.recommend import assess, record_recommendation
     from .store import utcnow
 
     log = logging.getLogger("monitor.analysis")
@@ -359,15 +359,13 @@ def after_job(store: Store, cfg: MonitorConfig, models: Sequence[str], notify: A
         if not ({ft.model, ft.base_model, *ft.challengers} & set(models)):
             continue
         try:
-            evidence = gather_evidence(store, cfg, ft_name)
-            decision = decide(evidence, retire_margin=ft.retire_margin, rebase_margin=ft.rebase_margin)
-            case = cost_case_for(store, cfg, ft_name, decision, evidence)
+            found = assess(store, cfg, ft_name)
             record_recommendation(
                 store,
                 ft.model,
-                decision,
-                evidence,
-                case.to_dict() if case else None,
+                found.decision,
+                found.evidence,
+                found.costs.to_dict() if found.costs else None,
                 on_change=None
                 if notify is None
                 else lambda s, r, n=ft_name, m=ft.model: notify(
@@ -388,3 +386,48 @@ def after_job(store: Store, cfg: MonitorConfig, models: Sequence[str], notify: A
             log.info("no recommendation for %s yet: the fine-tune has never been evaluated", ft_name)
         except Exception as exc:
             log.warning("recommendation for %s failed: %s", ft_name, exc)
+
+
+def run_jobs(
+    store: Store,
+    cfg: MonitorConfig,
+    jobs: Sequence[str],
+    *,
+    trigger: str,
+    pool: ModelPool | None = None,
+    progress_for: Callable[[RunPlan], Any] | None = None,
+    on_run: Callable[[RunPlan, RunRecord], None] | None = None,
+) -> list[tuple[RunRecord, str]]:
+    """Run ``jobs`` (all when empty) once in this process, as the daemon would, without a schedule.
+
+    Each run is analysed as it finishes; then the jobs' input drift checks and
+    recommendations are redone, and the releases of challenger jobs marked
+    evaluated.  ``progress_for(plan)`` may return a context manager that yields
+    a progress callback; ``on_run(plan, run)`` hears of every finished run.
+    """
+    import contextlib
+
+    from .releases import mark_evaluated
+
+    plans = plan_runs(cfg, jobs, trigger=trigger)
+    notify = make_notifier(cfg)
+    own_pool = pool is None
+    pool = pool if pool is not None else ModelPool(max_models=1)
+    finished: list[tuple[RunRecord, str]] = []
+    try:
+        for plan in plans:
+            context = progress_for(plan) if progress_for is not None else contextlib.nullcontext(None)
+            with context as progress:
+                run = execute_run(store, pool, plan, progress=progress)
+            assert run.id is not None
+            analyze_safely(store, run.id, cfg, notify)
+            finished.append((run, plan.model_name))
+            if on_run is not None:
+                on_run(plan, run)
+        after_job(store, cfg, sorted({plan.model_name for plan in plans}), notify)
+        for job in jobs or list(cfg.jobs):
+            mark_evaluated(store, cfg, job)
+    finally:
+        if own_pool:
+            pool.close()
+    return finished

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +47,26 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     lora = build_random_lora(gpt2, root / "gpt2-lora", seed=21)
     llama_lora = build_random_lora(llama, root / "llama-lora", seed=22)
     return TinyModels(tok, gpt2, gpt2_other, llama, lora, llama_lora)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("demo-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tiny_cache: Path) -> Any:
+    """The demo's whole model pipeline at toy scale (TINY_RECIPE), built once for the session."""
+    from monitor.demo.build import TINY_RECIPE, build_demo_models
+
+    return build_demo_models(tiny_cache, recipe=TINY_RECIPE)
+
+
+@pytest.fixture(scope="session")
+def full_demo() -> Any:
+    """The demo's real models (FULL_RECIPE, about two minutes to build), cached across sessions."""
+    from monitor.demo.build import FULL_RECIPE, build_demo_models
+
+    repo = Path(__file__).resolve().parents[1]
+    cache = Path(os.environ.get("MONITOR_TEST_DEMO_CACHE", repo / ".cache" / "test-demo-models"))
+    return build_demo_models(cache, recipe=FULL_RECIPE)

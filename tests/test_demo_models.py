@@ -251,17 +251,6 @@ def test_demo_eval_sets_load_and_their_pools_are_disjoint() -> None:
 # --------------------------------------------------------------------------- build and cache
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("demo-cache")
-
-
-@pytest.fixture(scope="session")
-def tiny_demo(tiny_cache: Path) -> DemoModels:
-    """The whole pipeline at toy scale, built once for the session."""
-    return build_demo_models(tiny_cache, recipe=TINY_RECIPE)
-
-
 def test_build_writes_loadable_models_and_a_manifest(tiny_demo: DemoModels) -> None:
     from transformers import AutoTokenizer
 
@@ -354,12 +343,6 @@ def test_fine_tune_routes_clearly_better_than_its_base(tmp_path_factory: pytest.
         base = mc_accuracy(load_model(models.base_v1), tokenizer, items)
         tuned = mc_accuracy(load_model(models.base_v1, models.lora_v1), tokenizer, items)
     assert tuned > base + 0.4, (base, tuned)
-
-
-@pytest.fixture(scope="session")
-def full_demo() -> DemoModels:
-    cache = Path(os.environ.get("MONITOR_TEST_DEMO_CACHE", REPO / ".cache" / "test-demo-models"))
-    return build_demo_models(cache, recipe=FULL_RECIPE)
 
 
 @pytest.mark.slow

@@ -365,6 +365,31 @@ def latest_recommendations(store: Any) -> list[tuple[Any, str]]:
 # --- the memo --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Assessment:
+    """Everything said about one fine-tune: the decision, its evidence and its cost case."""
+
+    finetune: str
+    decision: Decision
+    evidence: Evidence
+    costs: Any = None
+
+    def memo(self, when: str = "") -> str:
+        """The one-page Markdown memo (:func:`render_memo`) with the cost table and sentences."""
+        cost_text = (
+            self.costs.markdown_table() + "\n\n" + " ".join(self.costs.sentences) if self.costs else ""
+        )
+        return render_memo(self.finetune, self.decision, self.evidence, cost_text, when=when)
+
+
+def assess(store: Any, cfg: Any, finetune: str) -> Assessment:
+    """Gather the evidence of a configured fine-tune, decide, and price the options (nothing is stored)."""
+    ft = cfg.finetunes[finetune]
+    evidence = gather_evidence(store, cfg, finetune)
+    decision = decide(evidence, retire_margin=ft.retire_margin, rebase_margin=ft.rebase_margin)
+    return Assessment(finetune, decision, evidence, cost_case_for(store, cfg, finetune, decision, evidence))
+
+
 def render_memo(
     finetune: str, decision: Decision, evidence: Evidence, cost_text: str = "", when: str = ""
 ) -> str:

@@ -448,7 +448,10 @@ def summarize_event(event_type: str, data: Mapping[str, Any]) -> str:
     model = d.get("model", "?")
     try:
         if event_type == RECOMMENDATION_CHANGED:
-            head = f"Recommendation for {model}: {d.get('previous_action', '?')} → {d.get('action', '?')}"
+            previous = d.get("previous_action")
+            head = f"Recommendation for {model}: " + (
+                f"{previous} → {d.get('action', '?')}" if previous else f"{d.get('action', '?')} (first)"
+            )
         elif event_type == REGRESSION_CONFIRMED:
             head = f"Regression confirmed: {model} on {d.get('evalset', '?')}"
             if "metric" in d:

@@ -1,0 +1,117 @@
+"""The demo's aging story, end to end: real models, real SQLite, the real watcher, real webhooks over
+loopback to the demo's signature-checking receiver.
+
+The fast test runs the story on the toy models (TINY_RECIPE): it checks the
+mechanics (every chapter runs, the release is found and evaluated, the memo is
+written, every event arrives signed), not the verdicts, which toy models
+cannot make.  The ``slow`` test runs it on the real demo models and checks the
+story itself: keep, then a confirmed regression and retrain, then rebase onto v2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.config import load_config
+from monitor.demo.receiver import DemoReceiver
+from monitor.demo.story import (
+    FINETUNE,
+    RELEASE,
+    SECRET,
+    SECRET_ENV,
+    StoryOutcome,
+    prepare_workdir,
+    tell_story,
+    write_demo_config,
+)
+from monitor.store import Store
+
+
+def tell(
+    workdir: Path, models: Any, monkeypatch: pytest.MonkeyPatch, *, triage_items: int | None = None
+) -> tuple[StoryOutcome, DemoReceiver, Path]:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    prepare_workdir(workdir)
+    if triage_items is not None:  # toy models babble to max_new_tokens: keep generation short
+        triage = workdir / "evals" / "ticket-triage" / "data.jsonl"
+        triage.write_text("".join(triage.read_text().splitlines(keepends=True)[:triage_items]))
+    receiver = DemoReceiver(SECRET, workdir / "webhooks.log").start()
+    try:
+        config = write_demo_config(workdir, models, port=0, receiver_url=receiver.url)
+        lines: list[str] = []
+        outcome = tell_story(workdir, config, models, receiver=receiver, say=lines.append)
+    finally:
+        receiver.stop()
+    assert any("[4/4]" in line for line in lines), lines
+    return outcome, receiver, config
+
+
+def test_the_story_runs_every_chapter_on_real_models(
+    tiny_demo: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workdir = tmp_path / "demo"
+    outcome, receiver, config = tell(workdir, tiny_demo, monkeypatch, triage_items=12)
+
+    assert len(outcome.recommendations) == 3 and outcome.recommendations[0] == "keep"
+    assert outcome.releases == [RELEASE]
+    assert outcome.memo is not None and outcome.memo.read_text().startswith(f"# {FINETUNE}: ")
+    assert len(outcome.verdicts) == 2 and len(outcome.input_drift) == 2
+
+    # Every event reached the receiver signed and was verified; the log is on disk.
+    assert outcome.webhooks and all("signature ok" in line for line in outcome.webhooks)
+    types = {line.split()[1] for line in outcome.webhooks}
+    assert {"recommendation.changed", "release.discovered"} <= types
+    assert (workdir / "webhooks.log").read_text().splitlines() == receiver.lines
+
+    cfg = load_config(config)
+    store = Store.open(cfg.database_url())
+    try:
+        (release,) = store.releases()
+        assert release.name == RELEASE and release.evaluated_at is not None
+        series = {(name, run.evalset_name, run.strategy, run.trigger) for run, name in store.runs()}
+        for model in (RELEASE, "base-v1"):
+            for strategy in ("zero-shot", "5-shot"):
+                assert (model, "ticket-routing", strategy, "demo") in series
+        assert len([1 for run, name in store.runs(model=FINETUNE)]) == 6  # 3 nights x 2 golden sets
+    finally:
+        store.close()
+    assert (workdir / "baselines" / FINETUNE / "ticket-routing.json").exists()
+
+    # Telling it again starts afresh: no history, releases or baselines are left (the models stay).
+    prepare_workdir(workdir)
+    assert not (workdir / "monitor.db").exists() and not (workdir / "baselines").exists()
+    assert list((workdir / "releases").iterdir()) == [] and (workdir / "evals" / "ticket-routing").is_dir()
+
+
+def test_a_tampered_delivery_is_rejected_by_the_receiver(tmp_path: Path) -> None:
+    from monitor.exporters.webhooks import webhook_headers
+
+    receiver = DemoReceiver(SECRET, tmp_path / "webhooks.log")
+    body = json.dumps({"type": "drift.detected", "data": {"model": "m"}}).encode()
+    headers = webhook_headers(SECRET, "msg_1", int(__import__("time").time()), body)
+    assert receiver.receive(headers, body) == 204
+    assert receiver.receive(headers, body) == 204  # a retry of the same id: logged as a duplicate
+    assert receiver.receive(headers, body.replace(b'"m"', b'"x"')) == 401
+    log = (tmp_path / "webhooks.log").read_text().splitlines()
+    assert "signature ok" in log[0] and "duplicate" in log[1] and "REJECTED" in log[2]
+
+
+@pytest.mark.slow
+def test_the_full_story_keep_retrain_rebase(
+    full_demo: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcome, _, _ = tell(tmp_path / "demo", full_demo, monkeypatch)
+    assert outcome.recommendations == ["keep", "retrain", "rebase"], outcome
+    assert outcome.verdicts[0].startswith("suspect") and outcome.verdicts[1].startswith("regressed"), outcome
+    assert outcome.input_drift == [False, True], outcome
+    memo = outcome.memo.read_text() if outcome.memo else ""
+    assert "# ticket-router: rebase" in memo and RELEASE in memo and "USD" in memo
+    types = [line.split()[1] for line in outcome.webhooks]
+    assert types.count("recommendation.changed") == 3
+    assert {"drift.detected", "regression.confirmed", "release.discovered"} <= set(types)
+    assert os.environ[SECRET_ENV] == SECRET
