@@ -22,7 +22,9 @@ Deliberate differences from lm-eval, all outside what lm-eval can run:
 an empty continuation scores 0.0 (lm-eval asserts), a context that tokenises to
 nothing (whitespace only) is conditioned on the prefix token like an empty one
 (lm-eval asserts), and log-softmax is taken in float32 whatever the model dtype
-(lm-eval uses the model dtype, which only matters in half precision).
+(lm-eval uses the model dtype, which only matters in half precision).  Within
+float rounding: transformers' ``gelu_new`` activation (GPT-2) runs as torch's
+fused kernel for the same formula.
 """
 
 from __future__ import annotations
@@ -232,6 +234,7 @@ class HFBackend:
             model = peft_model.merge_and_unload() if merged else peft_model.get_base_model()
         model.to(torch_device)
         model.eval()
+        _fuse_gelu(model)
         return cls(
             model=model,
             tokenizer=tokenizer,
@@ -898,6 +901,29 @@ def _load_base(base: str, revision: str | None, dtype: torch.dtype) -> tuple[Any
             except Exception as exc:
                 raise ModelLoadError(f"cannot load base model {base}: {_one_line(exc)}") from exc
     return model, tokenizer
+
+
+def _fuse_gelu(model: Any) -> int:
+    """Replace transformers' ``gelu_new`` modules (GPT-2 and kin) by the same function in one kernel.
+
+    ``NewGELUActivation`` computes the tanh approximation of GELU in five
+    elementwise passes; ``GELUTanh`` is torch's fused kernel for the same
+    formula, equal up to float rounding (~1e-7), and takes a quarter of the
+    CPU time of a small model's forward pass off.  Returns how many were replaced.
+    """
+    from transformers import activations
+
+    fused = getattr(activations, "GELUTanh", None) or getattr(activations, "PytorchGELUTanh", None)
+    original = getattr(activations, "NewGELUActivation", None)
+    if fused is None or original is None:
+        return 0
+    replaced = 0
+    for module in model.modules():
+        for name, child in list(module.named_children()):
+            if type(child) is original:
+                setattr(module, name, fused())
+                replaced += 1
+    return replaced
 
 
 def _at_least(version: str, minimum: tuple[int, int]) -> bool:
