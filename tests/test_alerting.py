@@ -81,7 +81,6 @@ from monitor.exporters import BaselineValue, DaemonCollector, StoreCollector
 from monitor.store import ItemResult, Store, make_engine
 
 from . import prom
-from .conftest import TinyModels
 from .test_daemon import make_evalset
 from .test_regression import RuleBackend
 
@@ -889,74 +888,57 @@ def test_monitor_job_label_survives_the_scrape(static_setting: StaticSetting) ->
 
 # --- every expression against a real Prometheus scraping the real daemon ---------------------------
 
-DAEMON_CHOICES = ["billing", "technical", "account", "shipping"]
-#: Items of the daemon's eval set: enough for the minimum detectable difference of its accuracy to be
-#: finite (with 24 items no drop the metric can show is detectable, and +Inf is not exported).
-DAEMON_ITEMS = 64
-#: Pins the newest succeeded run of router on tickets (the daemon's configuration is appended).
-PIN_COMMAND = [sys.executable, "-m", "monitor", "baseline", "pin", "router", "tickets"]
+#: Pins the newest succeeded run of the demo's fine-tune on its routing golden set (the config is appended).
+PIN_COMMAND = [sys.executable, "-m", "monitor", "baseline", "pin", "ticket-router", "ticket-routing"]
+#: Items kept of the demo's triage set: toy models babble to max_new_tokens, so generation stays short.
+TRIAGE_ITEMS = 8
 
 
-def write_daemon_setup(root: Path, tiny: TinyModels, port: int) -> Path:
-    """A daemon configuration: "smoke" runs a real tiny model every 2 s, "legacy" a model that is gone."""
-    evalset = root / "evals" / "tickets"
-    evalset.mkdir(parents=True)
-    (evalset / "evalset.yaml").write_text(
-        'name: tickets\ntask: multiple_choice\nprompt: "Ticket: {input}\\nCategory:"\n'
-        f"choices: {json.dumps(DAEMON_CHOICES)}\n"
-    )
-    words = ["refund", "crash", "login", "parcel", "invoice", "password"]
-    (evalset / "data.jsonl").write_text(
-        "".join(
-            json.dumps({"id": f"t{k}", "input": f"{words[k % 6]} {k}", "target": DAEMON_CHOICES[k % 4]})
-            + "\n"
-            for k in range(DAEMON_ITEMS)
-        )
-    )
-    config = root / "monitor.yaml"
-    config.write_text(
-        f"""\
-database: sqlite:///monitor.db
-models:
-  router: {{base: {tiny.gpt2}, adapter: {tiny.lora}}}
-  legacy: {{base: {root / "models" / "gone"}}}
-evalsets:
-  tickets: evals/tickets
-jobs:
-  smoke:
-    models: [router]
-    evalsets: [tickets]
-    schedule: {{every: 2s, run_at_start: true}}
-  legacy:
-    models: [legacy]
-    evalsets: [tickets]
-    schedule: {{every: 3s, run_at_start: true}}
-daemon:
-  host: 127.0.0.1
-  port: {port}
-  chunk_size: 16
-"""
-    )
+def write_daemon_setup(root: Path, demo: Any, port: int) -> Path:
+    """The demo configuration (``monitor demo``'s), on the toy demo models, with a fast schedule.
+
+    The fine-tune runs every 2 s; base v2 waits in the watched releases folder, so the daemon's
+    watcher finds it at its first scan and evaluates it with the old base, and the recommendation,
+    challenger and cost series appear.  Added for the run-health panels and alerts: "legacy", a
+    job whose model is gone.  Left out: the input drift check (no production traffic here).
+    """
+    from monitor.demo.story import RELEASE, prepare_workdir, write_demo_config
+
+    prepare_workdir(root)
+    triage = root / "evals" / "ticket-triage" / "data.jsonl"
+    triage.write_text("".join(triage.read_text().splitlines(keepends=True)[:TRIAGE_ITEMS]))
+    config = write_demo_config(root, demo, port=port, every="2s", run_at_start=True)
+    document = yaml.safe_load(config.read_text())
+    del document["models"]["ticket-router"]["drift"]
+    document["models"]["legacy"] = {"base": str(root / "models" / "gone")}
+    document["jobs"]["legacy"] = {
+        "models": ["legacy"],
+        "evalsets": ["ticket-routing"],
+        "schedule": {"every": "3s", "run_at_start": True},
+    }
+    document["daemon"].update({"host": "127.0.0.1", "chunk_size": 16})
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
+    shutil.copytree(demo.base_v2, root / "releases" / RELEASE)
     return config
 
 
-def test_every_expression_runs_against_prometheus_scraping_the_daemon(
-    tiny_models: TinyModels, tmp_path: Path
-) -> None:
-    """The real daemon on real tiny models, scraped by a real Prometheus with the rules loaded.
+def test_every_expression_runs_against_prometheus_scraping_the_daemon(tiny_demo: Any, tmp_path: Path) -> None:
+    """The real daemon on the demo configuration and real (toy) demo models, scraped by a real
+    Prometheus with the rules loaded.
 
-    After the first succeeded run of "smoke", ``monitor baseline pin`` pins it, so the daemon's
+    After the first succeeded run of "fine-tune", ``monitor baseline pin`` pins it, so the daemon's
     next runs are analysed against it: the same model on the same eval set must come out "ok",
-    with no behaviour drift and no canary.
+    with no behaviour drift and no canary.  The release in the watched folder is found and
+    evaluated, so every panel of the aging dashboard has data.
 
     Rule for empty results: panel, variable and recording-rule expressions must return a sample
-    that is not NaN, except those that ask for input drift (``kind="input"``, not computed yet);
+    that is not NaN, except those that ask for input drift (``kind="input"``, not computed here);
     alert expressions may be empty (a healthy job should not alert), but each alert must be
     known to Prometheus and evaluate without an error.
     """
     prom.require_binary("prometheus")
     port = prom.free_port()
-    config = write_daemon_setup(tmp_path, tiny_models, port)
+    config = write_daemon_setup(tmp_path, tiny_demo, port)
     log = tmp_path / "daemon.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     daemon = subprocess.Popen(
@@ -976,19 +958,23 @@ def test_every_expression_runs_against_prometheus_scraping_the_daemon(
             prom.unavailable(str(exc))
         assert server is not None
 
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 150
         # Two successes and two failures seen by Prometheus: every counter has moved between scrapes.
-        ready = 'monitor_runs_total{job="smoke", status="succeeded"} >= 2 and on (instance) '
+        ready = 'monitor_runs_total{job="fine-tune", evalset="ticket-routing", status="succeeded"} >= 2 and on (instance) '
         ready += 'sum by (instance) (monitor_runs_total{job="legacy", status="failed"}) >= 2'
         # A run analysed against the pinned baseline: its verdict and findings are exported.
         analysed = [
-            'monitor_regression_state{model="router", evalset="tickets"}',
-            'monitor_drift_detected{model="router", kind="behaviour", source="tickets"}',
-            'monitor_drift_detected{model="router", kind="canary", source="fingerprint"}',
+            'monitor_regression_state{model="ticket-router", evalset="ticket-routing"}',
+            'monitor_drift_detected{model="ticket-router", kind="behaviour", source="ticket-routing"}',
+            'monitor_drift_detected{model="ticket-router", kind="canary", source="fingerprint"}',
+            # The release was found and evaluated: challenger evidence and the cost case are exported.
+            'monitor_release_evaluated{release="ticket-base-v2"} == 1',
+            'monitor_challenger_score{model="ticket-router", release="ticket-base-v2", strategy="5-shot"}',
+            'monitor_break_even_seconds{model="ticket-router", option="retrain"}',
         ]
         while True:
             if pin is None and server.instant_query(
-                'monitor_runs_total{job="smoke", status="succeeded"} >= 1'
+                'monitor_runs_total{job="fine-tune", evalset="ticket-routing", status="succeeded"} >= 1'
             ):
                 pin = subprocess.Popen(
                     [*PIN_COMMAND, "--config", str(config)],
@@ -1006,34 +992,40 @@ def test_every_expression_runs_against_prometheus_scraping_the_daemon(
                 break
             if daemon.poll() is not None:
                 pytest.fail(f"the daemon exited ({daemon.returncode}):\n{log.read_text()[-3000:]}")
-            assert time.monotonic() < deadline, f"no analysed runs after 90 s:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no analysed runs after 150 s:\n{log.read_text()[-3000:]}"
             time.sleep(0.5)
         time.sleep(2)  # a few more scrapes and rule evaluations
         # The same model against its own baseline: ok, nothing drifted, no integrity problem.
         states = {
             s["metric"]["state"]: float(s["value"][1])
-            for s in server.instant_query('monitor_regression_state{model="router", evalset="tickets"}')
+            for s in server.instant_query(
+                'monitor_regression_state{model="ticket-router", evalset="ticket-routing"}'
+            )
         }
         assert states == {"ok": 1.0, "suspect": 0.0, "regressed": 0.0, "refused": 0.0}
-        assert prom.sample_values(server.instant_query('monitor_drift_detected{model="router"}')) == [
-            0.0,
-            0.0,
-        ]
+        # Behaviour against the baseline and the two canaries (fingerprint, adapter): nothing found.
+        findings = {
+            (s["metric"]["kind"], s["metric"]["source"]): float(s["value"][1])
+            for s in server.instant_query('monitor_drift_detected{model="ticket-router"}')
+        }
+        assert ("behaviour", "ticket-routing") in findings and ("canary", "fingerprint") in findings
+        assert set(findings.values()) == {0.0}, findings
         values = {
             "model-monitor-overview.json": {"model": ".*"},
             "model-monitor-trend.json": {
-                "model": "router",
-                "evalset": "tickets",
+                "model": "ticket-router",
+                "evalset": "ticket-routing",
                 "strategy": "zero-shot",
                 "metric": "acc",
             },
             "model-monitor-run-health.json": {"job": ".*"},
+            "model-monitor-recommendations.json": {"model": ".*"},
             "model-monitor-regression-drift.json": {
-                "model": "router",
-                "evalset": "tickets",
+                "model": "ticket-router",
+                "evalset": "ticket-routing",
                 "strategy": "zero-shot",
                 "metric": "acc",
-                "series": '{evalset="tickets",metric="acc",model="router",strategy="zero-shot"}',
+                "series": '{evalset="ticket-routing",metric="acc",model="ticket-router",strategy="zero-shot"}',
                 "tolerance": "0.02",
                 "min_agreement": "0.9",
             },
