@@ -39,13 +39,12 @@ from monitor.exporters.metrics import StoreCollector
 from monitor.openai_server import FaultPlan, FaultRule, OpenAIServer, ServedModel, load_served_model
 from monitor.runner import evaluate
 from monitor.store import Store
-from tests.conftest import TICKET_TEXTS, TinyModels
+from tests.conftest import TinyModels
 from tests.test_cli import TICKETS, invoke, make_evalsets
+from tests.test_hf_backend import CHOICES, FEWSHOT
 
 KEY = "sk-test-5f1c0ffee-DO-NOT-LEAK"
 WRONG_KEY = "sk-wrong-8badf00d-DO-NOT-LEAK"
-CHOICES = (" billing", " technical", " account", " shipping", " shipping and billing")
-FEWSHOT = "\n\n".join(TICKET_TEXTS[:5]) + "\n\n"
 QUESTIONS = (
     "Ticket: the app crashes when I open settings\nCategory:",
     "Ticket: please refund the last invoice\nCategory: ",
