@@ -199,12 +199,30 @@ class WatchConfig(_Strict):
         if "base" in self.model:
             raise ValueError("model.base is set by the watcher for each release; leave it out")
         try:
-            ModelConfig.model_validate({**self.model, "base": "release"})
+            ModelConfig.model_validate(self.release_model("release", "0" * 40))
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"model.{where}: {first['msg']}") from None
+            raise ValueError(f"model.{where}: {first['msg']}".replace("model.: ", "model: ")) from None
         return self
+
+    def release_model(self, location: str, revision: str | None = None) -> dict[str, Any]:
+        """The ``models:`` entry of a release found at ``location``: ``model:`` plus where it is.
+
+        A release listed by an OpenAI-compatible server is served by it: ``backend: openai``, the
+        served id as ``base``, and the watched server as its ``endpoint`` (fields given under
+        ``model.endpoint`` win, such as ``mc_method``).  A hub release is pinned to its commit.
+        """
+        data: dict[str, Any] = {**self.model, "base": location}
+        if self.openai is not None:
+            data.setdefault("backend", "openai")
+            server = {"base_url": self.openai.base_url}
+            if self.openai.api_key_env:
+                server["api_key_env"] = self.openai.api_key_env
+            data["endpoint"] = {**server, **(self.model.get("endpoint") or {})}
+        elif self.hub is not None and revision is not None:
+            data["revision"] = revision
+        return data
 
     @property
     def source(self) -> str:

@@ -418,7 +418,14 @@ def run_jobs(
         for plan in plans:
             context = progress_for(plan) if progress_for is not None else contextlib.nullcontext(None)
             with context as progress:
-                run = execute_run(store, pool, plan, progress=progress)
+                run = execute_run(
+                    store,
+                    pool,
+                    plan,
+                    chunk_size=cfg.daemon.chunk_size,
+                    max_error_rate=cfg.daemon.max_item_error_rate,
+                    progress=progress,
+                )
             assert run.id is not None
             analyze_safely(store, run.id, cfg, notify)
             finished.append((run, plan.model_name))

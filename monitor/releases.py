@@ -270,13 +270,11 @@ def source_for(
 
 def model_entry(watch: WatchConfig | None, release: Any) -> ModelConfig:
     """The ``models:`` entry of a release: the watch's ``model:`` fields plus where the release is."""
-    template = dict(watch.model) if watch is not None else {}
-    data: dict[str, Any] = {**template, "base": release.location}
-    if release.source == "openai":
-        data.setdefault("backend", "openai")
-    if release.revision is not None and release.source == "hub":
-        data["revision"] = release.revision
-    return ModelConfig.model_validate(data)
+    if watch is None:
+        if release.source != "config":
+            raise WatchError(f"its family no longer has a watch: {release.source} releases are left out")
+        return ModelConfig.model_validate({"base": release.location, "revision": release.revision})
+    return ModelConfig.model_validate(watch.release_model(release.location, release.revision))
 
 
 def configured_model_for(cfg: MonitorConfig, release: Any) -> str | None:
@@ -486,7 +484,13 @@ class ReleaseWatcher:
                     },
                 )
 
-        record = self.store.add_release(release, on_new=event)
+        # The old base itself (or a family without fine-tunes): stored, with nothing to evaluate.
+        name = configured_model_for(self.config, release) or release.name
+        members = [ft for ft in self.config.finetunes.values() if ft.family == release.family]
+        nothing_to_do = not members or any(name in (ft.base_model, ft.model) for ft in members)
+        record = self.store.add_release(
+            release, on_new=None if nothing_to_do else event, evaluated=nothing_to_do
+        )
         if record is not None:
             log.info(
                 "new release %s of %s (%s %s)", record.name, record.family, record.source, record.location

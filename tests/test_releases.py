@@ -404,3 +404,65 @@ def test_cli_scan_evaluates_new_releases_and_lists_them(tiny_models: Any, tmp_pa
     assert recommend.exit_code == 0, recommend.output
     (rec,) = json.loads(recommend.stdout)
     assert {c["release"] for c in rec["evidence"]["challengers"]} == {"gpt2-v2"}
+
+
+# --- a release served by an OpenAI-compatible server ----------------------------------------------
+
+
+def test_a_release_on_an_openai_server_is_found_and_evaluated_through_it(
+    tiny_models: Any, tmp_path: Path
+) -> None:
+    """The in-project OpenAI-compatible server serves the old base and the fine-tune; a new base
+    appears in its model list, and the daemon's watcher evaluates it through the openai backend."""
+    from monitor.openai_server import OpenAIServer, load_served_model
+
+    served = {
+        "acme-base-v1": load_served_model("acme-base-v1", tiny_models.gpt2),
+        "router": load_served_model("router", tiny_models.gpt2, tiny_models.lora),
+    }
+    with OpenAIServer(served) as server:
+        es = make_evalset(tmp_path / "evals", 8)
+        endpoint = f"{{base_url: '{server.url}', mc_method: logprobs}}"
+        path = tmp_path / "monitor.yaml"
+        path.write_text(
+            f"""
+database: sqlite:///{tmp_path / "monitor.db"}
+models:
+  router: {{backend: openai, base: router, endpoint: {endpoint}}}
+  base-v1: {{backend: openai, base: acme-base-v1, endpoint: {endpoint}}}
+evalsets: {{routing: {es}}}
+jobs:
+  fine-tune: {{models: [router], evalsets: [routing]}}
+finetunes:
+  router: {{model: router, base_model: base-v1, family: acme, evalsets: [routing], strategies: [zero-shot]}}
+families:
+  acme:
+    versions: [base-v1]
+    watch:
+      openai: {{base_url: '{server.url}'}}
+      pattern: acme-base-*
+      every: 1s
+      model: {{endpoint: {{mc_method: logprobs, max_concurrency: 2}}}}
+"""
+        )
+        cfg = load_config(path)
+        store = Store.open(cfg.database_url())
+        daemon = Daemon(cfg, store, manual_timer=True)
+        daemon.start()
+        try:
+            assert daemon.scan_releases() == []  # the old base is configured: not a challenger
+            (old_base,) = store.releases()  # stored, nothing to evaluate (no ReleaseNotEvaluated alert)
+            assert old_base.name == "acme-base-v1" and old_base.evaluated_at is not None
+            server.models["acme-base-v2"] = load_served_model("acme-base-v2", tiny_models.gpt2_other)
+            time.sleep(1.1)
+            assert daemon.scan_releases() == ["challengers-acme-base-v2"]
+            entry = daemon.config.models["acme-base-v2"]
+            assert (entry.backend, entry.base) == ("openai", "acme-base-v2")
+            assert entry.endpoint is not None and entry.endpoint.base_url == server.url
+            assert (entry.endpoint.mc_method, entry.endpoint.max_concurrency) == ("logprobs", 2)
+            assert daemon.wait_idle(120)
+            runs = {(name, run.status) for run, name in store.runs()}
+            assert runs == {("acme-base-v2", "succeeded"), ("base-v1", "succeeded")}, store.runs()
+        finally:
+            daemon.shutdown()
+            store.close()

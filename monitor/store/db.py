@@ -537,14 +537,18 @@ class Store:
 
     # --- base-model releases ---------------------------------------------------------------------------
 
-    def add_release(self, release: Any, on_new: Any = None) -> ReleaseRecord | None:
+    def add_release(
+        self, release: Any, on_new: Any = None, *, evaluated: bool = False
+    ) -> ReleaseRecord | None:
         """Store a release (anything with family, name, source, location, revision, details) unless known.
 
         Returns the new record, or None when a release of that name is already
         stored.  ``on_new(session, record)`` runs in the same transaction (the
-        webhook outbox writes its event there).
+        webhook outbox writes its event there).  ``evaluated``: there is nothing
+        to evaluate (the release is a fine-tune's own base).
         """
         with self.session() as s:
+            now = utcnow()
             known = s.execute(select(ReleaseRecord.id).where(ReleaseRecord.name == release.name)).first()
             if known is not None:
                 return None
@@ -555,7 +559,8 @@ class Store:
                 location=release.location,
                 revision=release.revision,
                 details=dict(release.details),
-                discovered_at=utcnow(),
+                discovered_at=now,
+                evaluated_at=now if evaluated else None,
             )
             s.add(record)
             s.flush()
