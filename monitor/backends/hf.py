@@ -85,6 +85,9 @@ _TOKENIZER_INFINITY = 1000000000000000019884624838656
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _MIN_ROW_TOKENS = 128
 _MAX_ROW_TOKENS = 512
+_MIN_CPU_BATCH_TOKENS = 2048
+_MAX_CPU_BATCH_TOKENS = 8192
+_CPU_PASS_BYTES = 512 * 2**20
 #: Shared prefixes whose keys and values are kept; the least recently used goes first.
 _PREFIX_CACHE_ENTRIES = 4
 
@@ -206,8 +209,8 @@ class HFBackend:
         """Load ``base`` (a local folder or a hub id in the local cache) and optionally a LoRA ``adapter``.
 
         ``batch_tokens`` bounds the token positions of one forward pass, each
-        row's copy of the cached shared prefix included (default 2048 on CPU,
-        16384 on GPU).  ``packed=False`` scores every continuation as its
+        row's copy of the cached shared prefix included (default 16384 on GPU;
+        on CPU 2048, up to 8192 for small models, see :func:`_default_batch_tokens`).  ``packed=False`` scores every continuation as its
         own sequence, exactly as lm-eval does (slow; for comparisons).
         ``merge_adapter`` folds LoRA weights into the base weights; by default
         only in float32, where merging is exact to rounding: in half precision
@@ -220,9 +223,7 @@ class HFBackend:
         torch_dtype = resolve_dtype(dtype, torch_device)
         base_dir = _local_source(base, "base model", "config.json")
         adapter_dir = _local_source(adapter, "adapter", "adapter_config.json") if adapter else None
-        if batch_tokens is None:
-            batch_tokens = 16384 if torch_device.type == "cuda" else 2048
-        if batch_tokens < 1:
+        if batch_tokens is not None and batch_tokens < 1:
             raise ModelLoadError(f"batch_tokens must be positive, got {batch_tokens}")
         model, tokenizer = _load_base(base, revision, torch_dtype)
         merged = False
@@ -235,6 +236,8 @@ class HFBackend:
         model.to(torch_device)
         model.eval()
         _fuse_gelu(model)
+        if batch_tokens is None:
+            batch_tokens = _default_batch_tokens(torch_device, model.config, tokenizer)
         return cls(
             model=model,
             tokenizer=tokenizer,
@@ -823,6 +826,29 @@ def _max_length(config: Any, tokenizer: Any) -> int:
     if limit is not None and limit != _TOKENIZER_INFINITY:
         return int(limit)
     return _DEFAULT_MAX_LENGTH
+
+
+def _default_batch_tokens(device: torch.device, config: Any, tokenizer: Any) -> int:
+    """Token positions of one forward pass when the caller names none.
+
+    On CPU, few large passes beat many small ones: every operation ends at a
+    barrier of the thread pool, and on a busy machine each barrier waits for a
+    descheduled thread (measured with 2 threads beside one other busy process:
+    2048-token passes took 2-5x as long as 8192-token ones, and as long on an
+    idle machine).  A pass holds the float32 logits of each scored position and
+    every layer's keys and values, so only models small enough to keep that
+    under ~512 MiB get more than 2048 positions; GPT-2 small already does not.
+    """
+    if device.type == "cuda":
+        return 16384
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab = int(getattr(text_config, "vocab_size", None) or len(tokenizer))
+    layers = int(getattr(text_config, "num_hidden_layers", None) or getattr(text_config, "n_layer", 0) or 0)
+    hidden = int(getattr(text_config, "hidden_size", None) or getattr(text_config, "n_embd", 0) or 0)
+    if not layers or not hidden:
+        return _MIN_CPU_BATCH_TOKENS
+    per_position = 4 * vocab + 2 * layers * hidden * 4
+    return max(_MIN_CPU_BATCH_TOKENS, min(_MAX_CPU_BATCH_TOKENS, _CPU_PASS_BYTES // per_position))
 
 
 def _cache_from_kv(kv: KV, batch: int) -> Any:
