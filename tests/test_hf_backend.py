@@ -169,6 +169,37 @@ def test_matches_a_hand_computed_forward_pass(tiny_models: TinyModels, gpt2: HFB
     assert result.continuation_tokens == (len(whole) - len(ctx),)
 
 
+def test_gelu_new_runs_as_the_fused_kernel(gpt2: HFBackend) -> None:
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    kinds = {type(m) for m in gpt2._model.modules()}
+    assert GELUTanh in kinds and NewGELUActivation not in kinds
+    # The scores still match the model as transformers builds it: test_matches_a_hand_computed_forward_pass.
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_tokenisation_matches_the_tokenizer_call(tiny_models: TinyModels, arch: str) -> None:
+    backend = HFBackend.load(str(getattr(tiny_models, arch)), device="cpu")
+    texts = [FEWSHOT + q + c for q in QUESTIONS for c in CHOICES]
+    texts += [
+        "",
+        " ",
+        "Ticket:  two  spaces \n\n",
+        "<|endoftext|>Ticket",
+        "caf\u00e9 \U0001f600",
+        "billing " * 300,
+    ]
+    try:
+        for special in (True, False):
+            expected = [
+                list(ids) for ids in backend._tokenizer(texts, add_special_tokens=special)["input_ids"]
+            ]
+            assert backend._tokenize(texts, special) == expected
+            assert backend._tokenize(texts[:1], special) == expected[:1]
+    finally:
+        backend.close()
+
+
 def test_packed_and_unpacked_paths_agree(tiny_models: TinyModels, gpt2: HFBackend) -> None:
     requests = mc_requests(FEWSHOT) + mc_requests() + edge_requests()
     plain = HFBackend.load(str(tiny_models.gpt2), device="cpu", packed=False)
@@ -448,6 +479,20 @@ def test_bfloat16_override(tiny_models: TinyModels, gpt2: HFBackend) -> None:
 
 
 # ---------------------------------------------------------------------- the rest of the protocol
+
+
+def test_default_batch_tokens_grow_only_for_small_models_on_cpu() -> None:
+    from transformers import GPT2Config, LlamaConfig
+
+    from monitor.backends.hf import _default_batch_tokens
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    tiny = GPT2Config(vocab_size=2000, n_layer=4, n_embd=256)
+    assert _default_batch_tokens(cpu, tiny, None) == 8192
+    assert _default_batch_tokens(cpu, GPT2Config(), None) == 2048  # GPT-2 small: 50k vocabulary
+    assert _default_batch_tokens(cpu, LlamaConfig(vocab_size=128256), None) == 2048
+    assert 2048 < _default_batch_tokens(cpu, GPT2Config(vocab_size=20000, n_layer=4, n_embd=256), None) < 8192
+    assert _default_batch_tokens(cuda, tiny, None) == 16384
 
 
 def test_describe_count_fingerprint_close(
