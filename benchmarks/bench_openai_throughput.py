@@ -16,10 +16,12 @@ served predictions and log-likelihoods with the same weights in process.
 
 Throughput is measured with the whole eval set handed to the backend at once
 (the bound is then only the concurrency's) and with the runner's chunks of
-``--chunk-size`` items, where every chunk boundary lets the slots drain.  It
-prints one row per setting and writes them to ``--report`` as JSON; it exits
-1 when a prediction differs, a log-likelihood differs by more than 1e-4, or
-the whole-set throughput stays under ``--min-ratio`` of the bound.
+``--chunk-size`` items, as the daemon commits them (the runner hands a remote
+backend the next chunk while the last one's stragglers are in flight, so the
+slots do not drain at chunk boundaries).  It prints one row per setting and
+writes them to ``--report`` as JSON; it exits 1 when a prediction differs, a
+log-likelihood differs by more than 1e-4, or either throughput stays under
+``--min-ratio`` of the bound.
 
 Usage::
 
@@ -165,7 +167,6 @@ def run(args: argparse.Namespace) -> int:
         finally:
             process.terminate()
             process.wait(timeout=10)
-    ratio = rows[0]["ratio"]
     agree = same == len(in_process) and worst <= 1e-4 and errors == 0
     report: dict[str, Any] = {
         "format_version": REPORT_VERSION,
@@ -202,10 +203,11 @@ def run(args: argparse.Namespace) -> int:
         f"in process vs served: {same}/{len(in_process)} same predictions, "
         f"max |Δ log-likelihood| {worst:.2e}, {errors} failed items"
     )
-    print(f"needs >= {args.min_ratio:.0%} of the bound with the whole eval set in one chunk")
+    print(f"needs >= {args.min_ratio:.0%} of the bound, in one chunk and in the runner's chunks")
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if agree and ratio >= args.min_ratio else EXIT_FAILED
+    slowest = min(row["ratio"] for row in rows)
+    return 0 if agree and slowest >= args.min_ratio else EXIT_FAILED
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

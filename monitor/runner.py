@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,18 +73,66 @@ def evaluate(
     """
     evalset.render_fewshot_prefix(fewshot_k)  # fail early on an impossible strategy
     todo = [item for item in evalset.items if item.id not in skip]
+    chunks = [todo[start : start + chunk_size] for start in range(0, len(todo), max(1, chunk_size))]
     outcome = EvalOutcome()
     started = time.perf_counter()
-    for start in range(0, len(todo), max(1, chunk_size)):
-        if should_stop is not None and should_stop():
-            break
-        chunk = todo[start : start + chunk_size]
-        results = _evaluate_chunk(backend, evalset, chunk, fewshot_k, progress)
-        if sink is not None:
-            sink(results)
-        outcome.results.extend(results)
+    overlap = max(1, int(getattr(backend, "overlapping_calls", 1)))
+    if overlap == 1:
+        for chunk in chunks:
+            if should_stop is not None and should_stop():
+                break
+            results = _evaluate_chunk(backend, evalset, chunk, fewshot_k, progress)
+            if sink is not None:
+                sink(results)
+            outcome.results.extend(results)
+    else:
+        _evaluate_overlapped(
+            backend, evalset, chunks, fewshot_k, overlap, outcome, sink, progress, should_stop
+        )
     outcome.eval_s = time.perf_counter() - started
     return outcome
+
+
+def _evaluate_overlapped(
+    backend: Backend,
+    evalset: EvalSet,
+    chunks: list[list[EvalItem]],
+    fewshot_k: int,
+    overlap: int,
+    outcome: EvalOutcome,
+    sink: ChunkSink | None,
+    progress: ProgressCallback | None,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """Chunks in flight ``overlap`` at a time (a remote backend), committed in order as each finishes.
+
+    A remote backend bounds its requests in flight across calls, so handing over the next chunk
+    before the last one's stragglers are answered keeps every slot busy; a stop waits for the
+    chunks in flight, which are committed too.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    pending: deque[Future[list[ItemResult]]] = deque()
+    queue = iter(chunks)
+    with ThreadPoolExecutor(max_workers=overlap, thread_name_prefix="monitor-chunk") as pool:
+
+        def submit() -> bool:
+            if should_stop is not None and should_stop():
+                return False
+            chunk = next(queue, None)
+            if chunk is None:
+                return False
+            pending.append(pool.submit(_evaluate_chunk, backend, evalset, chunk, fewshot_k, progress))
+            return True
+
+        while len(pending) < overlap and submit():
+            pass
+        while pending:
+            results = pending.popleft().result()
+            if sink is not None:
+                sink(results)
+            outcome.results.extend(results)
+            submit()
 
 
 def _evaluate_chunk(

@@ -184,6 +184,24 @@ def test_served_and_in_process_runs_give_the_same_predictions(
         assert s.prompt_tokens == x.prompt_tokens > 0
 
 
+def test_overlapped_chunks_keep_the_bound_the_order_and_the_answers(
+    served: dict[str, ServedModel], tmp_path: Path
+) -> None:
+    """The runner hands a remote backend the next chunk while the last one's stragglers are in flight;
+    the backend's concurrency bound holds across the two calls, and results come back in item order."""
+    routing, _ = make_evalsets(tmp_path)
+    es = load_evalset(routing)
+    with OpenAIServer(served, faults=FaultPlan(latency_s=0.05)) as slow:
+        backend = connect(slow, "tiny-lora", max_concurrency=3)
+        chunked = evaluate(backend, es, fewshot_k=2, chunk_size=2).results
+        assert slow.max_in_flight == 3
+        whole = evaluate(backend, es, fewshot_k=2, chunk_size=len(es.items)).results
+    assert [r.item_id for r in chunked] == [item.id for item in es.items]
+    assert [(r.prediction, r.loglikelihoods) for r in chunked] == [
+        (r.prediction, r.loglikelihoods) for r in whole
+    ]
+
+
 def test_count_tokens_fingerprint_and_describe(
     server: OpenAIServer, in_process: dict[str, HFBackend]
 ) -> None:

@@ -186,6 +186,10 @@ class OpenAIBackend:
     ``timeout``, ``connection``, ``malformed``) since the backend was loaded.
     """
 
+    #: Calls may overlap (they share one concurrency gate): the runner hands over the next chunk
+    #: while the last requests of the previous one are still in flight, so the slots never drain.
+    overlapping_calls = 2
+
     def __init__(
         self,
         model: str,
@@ -217,6 +221,7 @@ class OpenAIBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._http: httpx.AsyncClient | None = None
+        self._gate: asyncio.Semaphore | None = None
 
     # ------------------------------------------------------------------ loading
 
@@ -348,7 +353,7 @@ class OpenAIBackend:
         loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
         if loop is None:
             return
-        http, self._http = self._http, None
+        http, self._http, self._gate = self._http, None, None
         if http is not None:
             asyncio.run_coroutine_threadsafe(http.aclose(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
@@ -373,8 +378,13 @@ class OpenAIBackend:
         failed: Callable[[Any, str], T],
         progress: ProgressCallback | None,
     ) -> list[T]:
-        """Run ``one`` for every request, at most ``max_concurrency`` at a time; failures become results."""
-        gate = asyncio.Semaphore(self.endpoint.max_concurrency)
+        """Run ``one`` for every request, at most ``max_concurrency`` at a time; failures become results.
+
+        The bound holds across overlapping calls too (the runner overlaps chunks): they share one gate.
+        """
+        if self._gate is None:  # made on the loop's thread, where every call runs
+            self._gate = asyncio.Semaphore(self.endpoint.max_concurrency)
+        gate = self._gate
 
         async def guarded(client: httpx.AsyncClient, request: Any) -> T:
             async with gate:
