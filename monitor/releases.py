@@ -156,17 +156,8 @@ class OpenAIModelsSource:
         self._api_key, self.timeout_s, self.transport = api_key, timeout_s, transport
 
     def scan(self) -> list[Release]:
-        import httpx
-
         url = f"{self.base_url}/models"
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        try:
-            with httpx.Client(timeout=self.timeout_s, transport=self.transport) as client:
-                response = client.get(url, headers=headers)
-        except httpx.HTTPError as exc:
-            raise WatchError(f"GET {url}: {type(exc).__name__}: {exc}") from None
-        if response.status_code != 200:
-            raise WatchError(f"GET {url}: HTTP {response.status_code}")
+        response = _get(url, self._api_key, self.timeout_s, self.transport)
         try:
             models = response.json()["data"]
             ids = [(str(m["id"]), m) for m in models]
@@ -209,8 +200,6 @@ class HubSource:
         self.timeout_s, self.transport = timeout_s, transport
 
     def scan(self) -> list[Release]:
-        import httpx
-
         endpoint = self.endpoint
         if endpoint is None:
             from huggingface_hub import constants
@@ -219,14 +208,7 @@ class HubSource:
                 raise WatchError(f"hub repository {self.repo}: the hub is offline (HF_HUB_OFFLINE is set)")
             endpoint = constants.ENDPOINT
         url = f"{endpoint.rstrip('/')}/api/models/{self.repo}/revision/{self.ref}"
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
-        try:
-            with httpx.Client(timeout=self.timeout_s, transport=self.transport) as client:
-                response = client.get(url, headers=headers)
-        except httpx.HTTPError as exc:
-            raise WatchError(f"GET {url}: {type(exc).__name__}: {exc}") from None
-        if response.status_code != 200:
-            raise WatchError(f"GET {url}: HTTP {response.status_code}")
+        response = _get(url, self._token, self.timeout_s, self.transport)
         try:
             info = response.json()
             sha = str(info["sha"])
@@ -238,6 +220,21 @@ class HubSource:
             **({"last_modified": info["lastModified"]} if info.get("lastModified") else {}),
         }
         return [Release(self.family, release_name(f"{short}-{sha[:10]}"), "hub", self.repo, sha, details)]
+
+
+def _get(url: str, token: str | None, timeout_s: float, transport: Any) -> Any:
+    """``GET url`` with a bearer token; anything but a 200 is a :class:`WatchError` (never with the token)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with httpx.Client(timeout=timeout_s, transport=transport) as client:
+            response = client.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        raise WatchError(f"GET {url}: {type(exc).__name__}: {exc}") from None
+    if response.status_code != 200:
+        raise WatchError(f"GET {url}: HTTP {response.status_code}")
+    return response
 
 
 def source_for(
