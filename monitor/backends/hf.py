@@ -210,8 +210,9 @@ class HFBackend:
 
         ``batch_tokens`` bounds the token positions of one forward pass, each
         row's copy of the cached shared prefix included (default 16384 on GPU;
-        on CPU 2048, up to 8192 for small models, see :func:`_default_batch_tokens`).  ``packed=False`` scores every continuation as its
-        own sequence, exactly as lm-eval does (slow; for comparisons).
+        on CPU 2048, up to 8192 for small models: :func:`_default_batch_tokens`).
+        ``packed=False`` scores every continuation as its own sequence, exactly
+        as lm-eval does (slow; for comparisons).
         ``merge_adapter`` folds LoRA weights into the base weights; by default
         only in float32, where merging is exact to rounding: in half precision
         the small LoRA delta would be rounded into the base weights.
@@ -834,8 +835,8 @@ def _default_batch_tokens(device: torch.device, config: Any, tokenizer: Any) -> 
     On CPU, few large passes beat many small ones: every operation ends at a
     barrier of the thread pool, and on a busy machine each barrier waits for a
     descheduled thread (measured with 2 threads beside one other busy process:
-    2048-token passes took 2-5x as long as 8192-token ones, and as long on an
-    idle machine).  A pass holds the float32 logits of each scored position and
+    2048-token passes took 2x as long as 8192-token ones and often much more,
+    and as long on an idle machine).  A pass holds the float32 logits of each scored position and
     every layer's keys and values, so only models small enough to keep that
     under ~512 MiB get more than 2048 positions; GPT-2 small already does not.
     """
