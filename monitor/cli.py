@@ -330,6 +330,37 @@ def config_problems(cfg: Any, config_path: Path) -> list[Problem]:
             problems.append(Problem(f"{config_path}", f"models.{name}.base: {base} does not exist"))
         if adapter is not None and not Path(adapter).exists():
             problems.append(Problem(f"{config_path}", f"models.{name}.adapter: {adapter} does not exist"))
+    for family_name, family in cfg.families.items():
+        watch = family.watch
+        where = f"families.{family_name}.watch"
+        if watch is not None and watch.directory is not None and not cfg.resolve(watch.directory).is_dir():
+            problems.append(
+                Problem(
+                    str(config_path), f"{where}.directory: {cfg.resolve(watch.directory)} is not a directory"
+                )
+            )
+        key_env = watch.openai.api_key_env if watch is not None and watch.openai is not None else None
+        if key_env and not os.environ.get(key_env):
+            problems.append(
+                Problem(
+                    str(config_path), f"{where}.openai.api_key_env: environment variable {key_env} is not set"
+                )
+            )
+    for ft_name, ft in cfg.finetunes.items():  # the strategies its challengers and old base are run with
+        for es_name in ft.evalsets:
+            found = loaded.get(es_name)
+            if found is None:
+                continue
+            for strategy in ft.strategies:
+                try:
+                    found.render_fewshot_prefix(parse_strategy(strategy, found))
+                except EvalSetError as exc:
+                    problems.append(
+                        Problem(
+                            str(config_path),
+                            f"finetunes.{ft_name}.strategies: {strategy} on {es_name}: {exc.problems[0].message}",
+                        )
+                    )
     for job_name, job in cfg.jobs.items():
         for model_name in job.models:
             strategies = job.strategies or (cfg.models[model_name].strategy,)

@@ -466,3 +466,17 @@ families:
         finally:
             daemon.shutdown()
             store.close()
+
+
+def test_check_config_reports_a_missing_watched_folder_and_an_impossible_strategy(tmp_path: Path) -> None:
+    path = write_family_config(tmp_path, watch=f"\n    watch: {{directory: {tmp_path / 'nowhere'}}}")
+    path.write_text(
+        path.read_text().replace("strategies: [zero-shot, 2-shot]", "strategies: [zero-shot, 9-shot]")
+    )
+    result = CliRunner().invoke(app, ["check-config", "--config", str(path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert any(
+        f"families.acme.watch.directory: {tmp_path / 'nowhere'} is not a directory" in x for x in lines
+    )
+    assert any("finetunes.router.strategies: 9-shot on routing" in x for x in lines), lines
