@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
+
+from monitor.backends._imports import long_lived_imports
 
 HEAVY = ("torch", "transformers", "sqlalchemy", "sqlmodel", "evidently", "apscheduler")
 
@@ -31,3 +34,13 @@ def test_heavy_imports_leave_the_collector_as_they_found_it() -> None:
             [sys.executable, "-c", code.format(setup)], capture_output=True, text=True, check=True
         )
         assert out.stdout.split() == [enabled, "True"]
+
+
+def test_a_block_that_imports_nothing_new_freezes_nothing() -> None:
+    frozen = gc.get_freeze_count()
+    garbage = [[n] for n in range(100)]
+    with long_lived_imports():
+        import json  # already imported
+
+        json.dumps(garbage)
+    assert gc.get_freeze_count() == frozen
