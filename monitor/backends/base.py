@@ -114,3 +114,18 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release memory held by the model."""
         ...
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """``text`` before the earliest stop sequence (the whole text when none occurs)."""
+    cut = len(text)
+    for stop in stops:
+        if stop and (found := text.find(stop)) >= 0:
+            cut = min(cut, found)
+    return text[:cut]
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type), for one-line error reports."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:limit]

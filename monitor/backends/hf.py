@@ -61,6 +61,8 @@ from monitor.backends.base import (
     LoglikelihoodResult,
     ModelFingerprint,
     ProgressCallback,
+    cut_at_stop,
+    one_line,
 )
 from monitor.errors import AdapterMismatchError, BackendError, ModelLoadError
 from monitor.fingerprint import fingerprint_model
@@ -188,7 +190,8 @@ class HFBackend:
         pad = tokenizer.pad_token_id
         self._pad_id: int = pad if pad is not None else (eos if eos is not None else 0)
         if self._packed:
-            self._check_packing()
+            with _transformers_silenced():
+                self._check_packing()
             self.tokens_run = 0
 
     # ------------------------------------------------------------------ loading
@@ -662,7 +665,7 @@ class HFBackend:
             plain, _ = self._score(probe, packed=False)
         except Exception as exc:  # a model that rejects 4D masks or position_ids
             self._packed = False
-            self._packing_note = f"disabled: this model rejects tree inputs ({_one_line(exc)})"
+            self._packing_note = f"disabled: this model rejects tree inputs ({one_line(exc)})"
             return
         finally:
             self._prefix_cache.clear()
@@ -758,7 +761,7 @@ class HFBackend:
                 positions = positions[:, -1:] + 1
         return [
             GenerationResult(
-                text=_cut(texts[b], requests[b].stop),
+                text=cut_at_stop(texts[b], requests[b].stop),
                 prompt_tokens=len(prompts[b]),
                 completion_tokens=len(generated[b]),
             )
@@ -769,11 +772,12 @@ class HFBackend:
     def _inference_errors(self) -> Iterator[None]:
         """Report torch failures (out of memory, device errors) as :class:`BackendError`."""
         try:
-            yield
+            with _transformers_silenced():
+                yield
         except RuntimeError as exc:  # torch.OutOfMemoryError is one
             if self._device.type == "cuda":
                 torch.cuda.empty_cache()
-            raise BackendError(f"inference on {self._base} failed: {_one_line(exc)}") from exc
+            raise BackendError(f"inference on {self._base} failed: {one_line(exc)}") from exc
 
     def _require_model(self) -> None:
         if self._model is None:
@@ -805,15 +809,6 @@ class _Progress:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _cut(text: str, stops: Sequence[str]) -> str:
-    """``text`` before the earliest stop sequence."""
-    cut = len(text)
-    for stop in stops:
-        if stop and (found := text.find(stop)) >= 0:
-            cut = min(cut, found)
-    return text[:cut]
 
 
 def _max_length(config: Any, tokenizer: Any) -> int:
@@ -877,12 +872,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _one_line(exc: BaseException) -> str:
-    """The first line of an exception's message, for one-line error reports."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
 def _local_source(spec: str, what: str, marker: str) -> Path | None:
     """The folder ``spec`` names, checked to contain ``marker``; None for a hub id."""
     path = Path(spec).expanduser()
@@ -899,10 +888,32 @@ def _local_source(spec: str, what: str, marker: str) -> Path | None:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence library warnings while loading (deprecation notices we cannot act on)."""
-    with warnings.catch_warnings():
+    """Silence library warnings while loading (deprecation notices we cannot act on), and
+    transformers' own chatter (progress bars, notices logged once)."""
+    with warnings.catch_warnings(), _transformers_silenced():
         warnings.simplefilter("ignore")
         yield
+
+
+@contextlib.contextmanager
+def _transformers_silenced() -> Iterator[None]:
+    """transformers' "Loading weights" progress bars and its logged notices, off for the block.
+
+    A run's output is the monitor's: a notice such as "passing an attention_mask is recommended"
+    (our prefix pass starts with a token that doubles as padding, on purpose) is noise there.
+    """
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _load_base(base: str, revision: str | None, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -916,11 +927,11 @@ def _load_base(base: str, revision: str | None, dtype: torch.dtype) -> tuple[Any
         try:
             config = AutoConfig.from_pretrained(base, **kwargs)
         except Exception as exc:
-            raise ModelLoadError(f"cannot load the config of base model {base}: {_one_line(exc)}") from exc
+            raise ModelLoadError(f"cannot load the config of base model {base}: {one_line(exc)}") from exc
         try:
             tokenizer = AutoTokenizer.from_pretrained(base, **kwargs)
         except Exception as exc:
-            raise ModelLoadError(f"cannot load the tokenizer of base model {base}: {_one_line(exc)}") from exc
+            raise ModelLoadError(f"cannot load the tokenizer of base model {base}: {one_line(exc)}") from exc
         # Remote-code and unknown architectures are imported while loading instead.
         with contextlib.suppress(Exception):
             MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
@@ -936,9 +947,9 @@ def _load_base(base: str, revision: str | None, dtype: torch.dtype) -> tuple[Any
             except ValueError as exc:
                 if implementation == "sdpa" and "sdpa" in str(exc).lower():
                     continue
-                raise ModelLoadError(f"cannot load base model {base}: {_one_line(exc)}") from exc
+                raise ModelLoadError(f"cannot load base model {base}: {one_line(exc)}") from exc
             except Exception as exc:
-                raise ModelLoadError(f"cannot load base model {base}: {_one_line(exc)}") from exc
+                raise ModelLoadError(f"cannot load base model {base}: {one_line(exc)}") from exc
     return model, tokenizer
 
 
@@ -989,7 +1000,7 @@ def _attach_adapter(model: Any, tokenizer: Any, adapter: str, base: str, revisio
         try:
             config = PeftConfig.from_pretrained(adapter, **kwargs)
         except Exception as exc:
-            raise ModelLoadError(f"cannot read the adapter config of {adapter}: {_one_line(exc)}") from exc
+            raise ModelLoadError(f"cannot read the adapter config of {adapter}: {one_line(exc)}") from exc
         config.inference_mode = True
         # As lm-eval does: an adapter trained with added tokens needs the tokenizer's vocabulary.
         if getattr(model.config, "vocab_size", len(tokenizer)) != len(tokenizer):
@@ -999,12 +1010,12 @@ def _attach_adapter(model: Any, tokenizer: Any, adapter: str, base: str, revisio
             peft_model = PeftModel(model, config)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise AdapterMismatchError(
-                f"adapter {adapter} does not fit base {base}: {_one_line(exc)}"
+                f"adapter {adapter} does not fit base {base}: {one_line(exc)}"
             ) from exc
         try:
             weights = load_peft_weights(adapter, device="cpu", **kwargs)
         except Exception as exc:
-            raise ModelLoadError(f"cannot read the adapter weights of {adapter}: {_one_line(exc)}") from exc
+            raise ModelLoadError(f"cannot read the adapter weights of {adapter}: {one_line(exc)}") from exc
         expected = {
             k: tuple(v.shape)
             for k, v in get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()
@@ -1016,7 +1027,7 @@ def _attach_adapter(model: Any, tokenizer: Any, adapter: str, base: str, revisio
             set_peft_model_state_dict(peft_model, weights)
         except Exception as exc:
             raise AdapterMismatchError(
-                f"adapter {adapter} does not fit base {base}: {_one_line(exc)}"
+                f"adapter {adapter} does not fit base {base}: {one_line(exc)}"
             ) from exc
     return peft_model
 

@@ -79,6 +79,8 @@ from monitor.backends.base import (
     LoglikelihoodResult,
     ModelFingerprint,
     ProgressCallback,
+    cut_at_stop,
+    one_line,
 )
 from monitor.errors import BackendError, EndpointError, ModelLoadError
 
@@ -434,7 +436,7 @@ class OpenAIBackend:
         prompt = choices_prompt(request.context, choices)
         max_tokens = 16 + max(len(c) for c in choices) // 2
         text, prompt_tokens, _ = await self._complete(client, prompt, max_tokens, ("\n",))
-        text = _cut(text.strip(), ("\n",)).strip()  # the first line: servers may ignore stop
+        text = cut_at_stop(text.strip(), ("\n",)).strip()  # the first line: servers may ignore stop
         chosen = match_choice(text, choices)
         lls = tuple(0.0 if i == chosen else -math.inf for i in range(len(choices)))
         return LoglikelihoodResult(
@@ -451,7 +453,7 @@ class OpenAIBackend:
         text, prompt_tokens, completion_tokens = await self._complete(
             client, request.prompt, request.max_new_tokens, request.stop
         )
-        return GenerationResult(_cut(text, request.stop), prompt_tokens, completion_tokens)
+        return GenerationResult(cut_at_stop(text, request.stop), prompt_tokens, completion_tokens)
 
     async def _complete(
         self, client: httpx.AsyncClient, prompt: str, max_tokens: int, stop: Sequence[str]
@@ -578,7 +580,7 @@ class OpenAIBackend:
                 problem = f"no answer within {self.endpoint.timeout_s:g}s"
             except httpx.TransportError as exc:
                 self.stats["connection"] += 1
-                problem = f"connection failed ({type(exc).__name__}: {_one_line(exc)})"
+                problem = f"connection failed ({type(exc).__name__}: {one_line(exc)})"
             else:
                 status = response.status_code
                 if status < 400:
@@ -712,22 +714,8 @@ def _continuation_logprob(choice: dict[str, Any], prompt: str, boundary: int) ->
     return total, greedy, context_tokens, continuation_tokens
 
 
-def _cut(text: str, stops: Sequence[str]) -> str:
-    """``text`` before the earliest stop sequence."""
-    cut = len(text)
-    for stop in stops:
-        if stop and (found := text.find(stop)) >= 0:
-            cut = min(cut, found)
-    return text[:cut]
-
-
 def _int(value: Any, default: int) -> int:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 def _error_message(response: httpx.Response) -> str:
