@@ -235,6 +235,9 @@ class FamilyConfig(_Strict):
     #: ``models:`` entries of the family's releases registered by hand, oldest first.
     versions: tuple[Name, ...] = ()
     watch: WatchConfig | None = None
+    #: Evaluate every release again with the old base on this schedule (golden sets are refreshed,
+    #: releases are not); unset, each release is evaluated once, when it is found.
+    reevaluate: ScheduleConfig | None = None
 
 
 class FinetuneConfig(_Strict):

@@ -269,8 +269,17 @@ class Daemon:
     # --- releases ------------------------------------------------------------------------------------
 
     def refresh_releases(self) -> None:
-        """Fold the stored releases into the effective configuration."""
+        """Fold the stored releases into the effective configuration (and schedule new challenger jobs)."""
+        known = set(self.config.jobs)
         self.config = effective_config(self.declared_config, self.store.releases())
+        if self.started_at is None or not self.timer.running:
+            return  # at start, register_jobs() schedules them all
+        now = self.clock()
+        for name, job in self.config.jobs.items():
+            if name not in known and job.schedule is not None:
+                trigger = self._trigger(name, job)
+                self.timer.add(name, trigger, grace=parse_interval(job.schedule.grace))
+                self.job_intervals[name] = typical_interval(trigger, now)
 
     def queue_release_evaluations(self) -> list[str]:
         """Queue the challenger job of every release not evaluated yet."""

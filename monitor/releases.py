@@ -324,7 +324,7 @@ def effective_config(cfg: MonitorConfig, releases: Iterable[Any]) -> MonitorConf
 
     Each release of a configured family becomes a model (unless a configured
     model already is that release), a challenger of the family's fine-tunes,
-    and a challenger job without a schedule.  Releases of families no longer
+    and a challenger job, scheduled by the family's ``reevaluate`` (or not at all).  Releases of families no longer
     configured stay in the history and are left out.
     """
     models = dict(cfg.models)
@@ -370,7 +370,10 @@ def effective_config(cfg: MonitorConfig, releases: Iterable[Any]) -> MonitorConf
             if job in jobs:
                 continue
             jobs[job] = JobConfig(
-                models=(name, *(b for b in old_bases if b != name)), evalsets=evalsets, strategies=strategies
+                models=(name, *(b for b in old_bases if b != name)),
+                evalsets=evalsets,
+                strategies=strategies,
+                schedule=cfg.families[family_name].reevaluate,
             )
     return cfg.model_copy(update={"models": models, "finetunes": finetunes, "jobs": jobs})
 

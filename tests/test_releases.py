@@ -480,3 +480,36 @@ def test_check_config_reports_a_missing_watched_folder_and_an_impossible_strateg
         f"families.acme.watch.directory: {tmp_path / 'nowhere'} is not a directory" in x for x in lines
     )
     assert any("finetunes.router.strategies: 9-shot on routing" in x for x in lines), lines
+
+
+def test_releases_are_reevaluated_on_the_family_schedule(tmp_path: Path) -> None:
+    path = write_family_config(tmp_path)
+    path.write_text(
+        path.read_text().replace(
+            "    versions: [base-v1]", "    versions: [base-v1]\n    reevaluate: {every: 7d}"
+        )
+    )
+    cfg = load_config(path)
+    store = Store.open(cfg.database_url())
+    daemon = Daemon(cfg, store, pool=pool_for(ScriptedBackend()), manual_timer=True)
+    daemon.start()
+    try:
+        make_model_folder(tmp_path / "releases", "base-v2")
+        assert daemon.scan_releases() == ["challengers-base-v2"]
+        assert daemon.wait_idle(60)
+        job = daemon.config.jobs["challengers-base-v2"]
+        assert job.schedule is not None and job.schedule.every == "7d"
+        assert "challengers-base-v2" in daemon.timer.jobs()  # found while running: scheduled at once
+        assert daemon.job_intervals["challengers-base-v2"] == 7 * 86400
+    finally:
+        daemon.shutdown()
+        store.close()
+    # The next start schedules it from the configuration and the stored release.
+    store = Store.open(cfg.database_url())
+    again = Daemon(cfg, store, pool=pool_for(ScriptedBackend()), manual_timer=True)
+    again.start()
+    try:
+        assert "challengers-base-v2" in again.timer.jobs()
+    finally:
+        again.shutdown()
+        store.close()
