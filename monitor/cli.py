@@ -617,7 +617,10 @@ def serve_daemon(
     baselines = BaselineFiles(cfg.resolve(cfg.baselines))
     registry.register(
         StoreCollector(
-            store, job_intervals=daemon.job_intervals, baselines=lambda: baseline_values(baselines.current())
+            store,
+            job_intervals=daemon.job_intervals,
+            baselines=lambda: baseline_values(baselines.current()),
+            models=lambda: daemon.config.models.keys(),
         )
     )
     registry.register(DaemonCollector(daemon))

@@ -111,6 +111,23 @@ def test_a_restarted_exporter_reports_the_same_values(
         assert fresh.get_sample_value(name, labels) == registry.get_sample_value(name, labels)
 
 
+def test_a_model_removed_from_the_config_stops_exporting_its_state_but_keeps_its_counters(
+    running: tuple[Daemon, Store, CollectorRegistry],
+) -> None:
+    _, store, _ = running
+    configured: set[str] = {"router"}
+    baselines = [BaselineValue("router", "routing", "zero-shot", "acc", 0.5, 0.1)]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store, baselines=lambda: baselines, models=lambda: configured))
+    series = {"model": "router", "evalset": "routing", "strategy": "zero-shot", "metric": "acc"}
+    runs = {"model": "router", "evalset": "routing", "job": "nightly", "status": "succeeded"}
+    assert registry.get_sample_value("monitor_score", series) == pytest.approx(0.25)
+    configured.clear()  # router is taken out of monitor.yaml (read at every scrape)
+    assert registry.get_sample_value("monitor_score", series) is None
+    assert registry.get_sample_value("monitor_baseline_score", series) is None
+    assert registry.get_sample_value("monitor_runs_total", runs) == 2
+
+
 def test_labels_are_bounded(running: tuple[Daemon, Store, CollectorRegistry]) -> None:
     _, _, registry = running
     allowed = {"model", "evalset", "strategy", "metric", "job", "status", "kind", "version", "le"}

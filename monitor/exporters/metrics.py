@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,12 +77,20 @@ class StoreCollector(Collector):
         job_intervals: Mapping[str, float] | None = None,
         baselines: BaselineSource | None = None,
         clock: Callable[[], float] = time.time,
+        models: Callable[[], Collection[str]] | None = None,
     ) -> None:
+        """``models`` (the daemon's configured models, read at every scrape) limits the state series
+        (scores, baselines, verdicts, findings, recommendations) to models still configured, so that a
+        removed model stops alerting; counters keep the whole history.  Unset: every stored model."""
         self._store = store
+        self._models = models
         # Kept by reference: the daemon fills it in when it registers its schedules.
         self._job_intervals = job_intervals if job_intervals is not None else {}
         self._baselines = baselines
         self._clock = clock
+
+    def _shown(self, model: str | None) -> bool:
+        return self._models is None or model in self._models()
 
     def describe(self) -> list[Metric]:
         # Returning nothing keeps registration from running a scrape (and a query) at import time.
@@ -210,6 +218,8 @@ class StoreCollector(Collector):
         )
         for run in sorted(runs, key=lambda r: (names.get(r.model_id, ""), r.evalset_name, r.strategy)):
             model = names.get(run.model_id, "?")
+            if not self._shown(model):
+                continue
             for metric, value in sorted(run.metrics.items()):
                 key = [model, run.evalset_name, run.strategy, metric]
                 if _finite(value.get("value")):
@@ -234,7 +244,7 @@ class StoreCollector(Collector):
             "When the current recommendation was made.",
             labels=["model"],
         )
-        records = latest_recommendations(self._store)
+        records = [(r, m) for r, m in latest_recommendations(self._store) if self._shown(m)]
         for record, model in records:
             for action in ACTIONS:
                 current.add_metric([model, action], 1.0 if record.action == action else 0.0)
@@ -297,6 +307,8 @@ class StoreCollector(Collector):
             latest_verdicts(self._store), key=lambda v: (v.model_id, v.evalset_name, v.strategy, v.metric)
         ):
             key = [names.get(v.model_id, "?"), v.evalset_name, v.strategy, v.metric]
+            if not self._shown(key[0]):
+                continue
             for family, value in (
                 (delta, v.delta),
                 (low, v.ci_low),
@@ -329,6 +341,8 @@ class StoreCollector(Collector):
             labels=labels,
         )
         for record, model in latest_findings(self._store):
+            if not self._shown(model):
+                continue
             key = [model, record.kind, record.source]
             if _finite(record.score):
                 score.add_metric(key, float(record.score))  # type: ignore[arg-type]
@@ -347,6 +361,8 @@ class StoreCollector(Collector):
         )
         if self._baselines is not None:
             for b in self._baselines():
+                if not self._shown(b.model):
+                    continue
                 key = [b.model, b.evalset, b.strategy, b.metric]
                 value.add_metric(key, b.value)
                 if b.stderr is not None and _finite(b.stderr):
