@@ -49,6 +49,9 @@ class RegressionEvidence:
     delta: float | None
     ci_low: float | None
     ci_high: float | None
+    #: The run the verdict is about, and the pinned baseline's run.
+    run_id: int | None = None
+    baseline_run_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class ChallengerEvidence:
     vs_finetune: Interval | None
     #: challenger minus the old base under the same strategy, paired
     vs_old_base: Interval | None
+    #: The runs compared: ``challenger``, ``finetune`` and (when comparable) ``old_base``.
+    runs: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -251,7 +256,9 @@ def gather_evidence(store: Any, cfg: Any, finetune: str) -> Evidence:
     except Exception:
         return Evidence(finetune, tuple(ft.evalsets))
     regressions = tuple(
-        RegressionEvidence(v.evalset_name, v.metric, v.state, v.delta, v.ci_low, v.ci_high)
+        RegressionEvidence(
+            v.evalset_name, v.metric, v.state, v.delta, v.ci_low, v.ci_high, v.run_id, v.baseline_run_id
+        )
         for v in latest_verdicts(store, model_id)
         if v.evalset_name in ft.evalsets
     )
@@ -285,6 +292,11 @@ def gather_evidence(store: Any, cfg: Any, finetune: str) -> Evidence:
                         finetune_score=ft_score[1],
                         vs_finetune=paired_interval(store, ft_run, run, metric),
                         vs_old_base=paired_interval(store, base_run, run, metric) if same_settings else None,
+                        runs={
+                            "challenger": run.id,
+                            "finetune": ft_run.id,
+                            **({"old_base": base_run.id} if same_settings and base_run is not None else {}),
+                        },
                     )
                 )
     return Evidence(finetune, tuple(ft.evalsets), regressions, drift, tuple(challengers))
@@ -402,11 +414,15 @@ def render_memo(
         lines.append(f"- {reason}")
     lines += ["", "## Diagnosis", ""]
     if evidence.regressions:
-        lines += ["| eval set | metric | state | vs baseline | 95% CI |", "|---|---|---|---|---|"]
+        lines += [
+            "| eval set | metric | state | vs baseline | 95% CI | runs (latest vs baseline) |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in evidence.regressions:
             delta = "-" if r.delta is None else f"{r.delta:+.3f}"
             ci = "-" if r.ci_low is None or r.ci_high is None else f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
-            lines.append(f"| {r.evalset} | {r.metric} | {r.state} | {delta} | {ci} |")
+            runs = f"#{r.run_id} vs #{r.baseline_run_id}" if r.run_id and r.baseline_run_id else "-"
+            lines.append(f"| {r.evalset} | {r.metric} | {r.state} | {delta} | {ci} | {runs} |")
     else:
         lines.append("No verdict against a baseline yet (pin one with `monitor baseline pin`).")
     lines.append("")
@@ -419,13 +435,17 @@ def render_memo(
     lines += ["## Options", ""]
     if evidence.challengers:
         lines += [
-            "| release | prompt | eval set | score | fine-tune | vs fine-tune (95% CI) | vs old base (95% CI) |",
-            "|---|---|---|---|---|---|---|",
+            "| release | prompt | eval set | score | fine-tune | vs fine-tune (95% CI) | vs old base (95% CI) "
+            "| runs (release, fine-tune, old base) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for c in evidence.challengers:
+            runs = ", ".join(
+                f"#{c.runs[k]}" if k in c.runs else "-" for k in ("challenger", "finetune", "old_base")
+            )
             lines.append(
                 f"| {c.release} | {c.strategy} | {c.evalset} | {c.challenger_score:.3f} | {c.finetune_score:.3f} | "
-                f"{_fmt_interval(c.vs_finetune)} | {_fmt_interval(c.vs_old_base)} |"
+                f"{_fmt_interval(c.vs_finetune)} | {_fmt_interval(c.vs_old_base)} | {runs} |"
             )
     else:
         lines.append("No challenger has been evaluated yet.")
