@@ -346,38 +346,26 @@ def config_problems(cfg: Any, config_path: Path) -> list[Problem]:
                     str(config_path), f"{where}.openai.api_key_env: environment variable {key_env} is not set"
                 )
             )
-    for ft_name, ft in cfg.finetunes.items():  # the strategies its challengers and old base are run with
-        for es_name in ft.evalsets:
-            found = loaded.get(es_name)
-            if found is None:
-                continue
-            for strategy in ft.strategies:
-                try:
-                    found.render_fewshot_prefix(parse_strategy(strategy, found))
-                except EvalSetError as exc:
-                    problems.append(
-                        Problem(
-                            str(config_path),
-                            f"finetunes.{ft_name}.strategies: {strategy} on {es_name}: {exc.problems[0].message}",
-                        )
-                    )
-    for job_name, job in cfg.jobs.items():
-        for model_name in job.models:
-            strategies = job.strategies or (cfg.models[model_name].strategy,)
-            for es_name in job.evalsets:
-                found = loaded.get(es_name)
-                if found is None:
-                    continue
-                for strategy in strategies:
-                    try:
-                        found.render_fewshot_prefix(parse_strategy(strategy, found))
-                    except EvalSetError as exc:
-                        problems.append(
-                            Problem(
-                                str(config_path),
-                                f"jobs.{job_name}: {strategy} on {es_name}: {exc.problems[0].message}",
-                            )
-                        )
+    checks = [  # (where, strategies, eval set): every prompt a job or a challenger evaluation renders
+        (f"finetunes.{n}.strategies", ft.strategies, e)
+        for n, ft in cfg.finetunes.items()
+        for e in ft.evalsets
+    ]
+    checks += [
+        (f"jobs.{n}", job.strategies or (cfg.models[m].strategy,), e)
+        for n, job in cfg.jobs.items()
+        for m in job.models
+        for e in job.evalsets
+    ]
+    for where, strategies, es_name in checks:
+        found = loaded.get(es_name)
+        for strategy in strategies if found is not None else ():
+            try:
+                found.render_fewshot_prefix(parse_strategy(strategy, found))  # type: ignore[arg-type,union-attr]
+            except EvalSetError as exc:
+                problems.append(
+                    Problem(str(config_path), f"{where}: {strategy} on {es_name}: {exc.problems[0].message}")
+                )
     return problems
 
 
