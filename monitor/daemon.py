@@ -50,6 +50,7 @@ from .releases import (
     effective_config,
     mark_evaluated,
     pending_challenger_jobs,
+    stale_challenger_jobs,
 )
 from .schedule import JobTimer, latest_missed_fire, make_trigger, parse_interval, typical_interval
 from .store import RunRecord, Store, as_utc, utcnow
@@ -424,6 +425,9 @@ class Daemon:
             after_job(self.store, self.config, list(self.config.jobs[item.job].models), self.notify)
             mark_evaluated(self.store, self.config, item.job, self.clock())
             self._wake_sender()
+            for job in stale_challenger_jobs(self.store, self.config):
+                if self.enqueue(WorkItem(job, "evalset-changed", self.clock())):
+                    log.info("a golden set changed since %s last ran: queued again", job)
 
     def _finished(self, run: RunRecord) -> None:
         log.info(

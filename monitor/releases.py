@@ -383,6 +383,30 @@ def release_of_job(job: str) -> str | None:
     return job[len(CHALLENGER_JOB_PREFIX) :] if job.startswith(CHALLENGER_JOB_PREFIX) else None
 
 
+def stale_challenger_jobs(store: Any, cfg: MonitorConfig) -> list[str]:
+    """Challenger jobs whose release was last run on another version of a golden set than the fine-tune.
+
+    A refreshed golden set makes the challenger comparison unpaired (the items differ); running the
+    release and the old base again on the new version restores it.  A release that was already run
+    on the new version (even if that run failed) is not stale, so nothing is queued over and over.
+    """
+    stale = []
+    for ft in cfg.finetunes.values():
+        for evalset in ft.evalsets:
+            latest = store.runs(model=ft.model, evalset=evalset, status="succeeded", limit=1)
+            if not latest:
+                continue
+            version = latest[0][0].evalset_version
+            for name in ft.challengers:
+                job = challenger_job(name)
+                if job not in cfg.jobs or job in stale:
+                    continue
+                tried = store.runs(model=name, evalset=evalset, limit=1)
+                if tried and tried[0][0].evalset_version != version:
+                    stale.append(job)
+    return stale
+
+
 def mark_evaluated(store: Any, cfg: MonitorConfig, job: str, when: datetime | None = None) -> list[str]:
     """After a challenger job has run: mark its release evaluated (``cfg`` as declared or effective)."""
     name = release_of_job(job)

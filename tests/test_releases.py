@@ -513,3 +513,34 @@ def test_releases_are_reevaluated_on_the_family_schedule(tmp_path: Path) -> None
     finally:
         again.shutdown()
         store.close()
+
+
+def test_a_refreshed_golden_set_queues_the_challenger_jobs_again(tmp_path: Path) -> None:
+    from monitor.daemon import WorkItem
+
+    cfg = load_config(write_family_config(tmp_path))
+    store = Store.open(cfg.database_url())
+    daemon = Daemon(cfg, store, pool=pool_for(ScriptedBackend()), manual_timer=True)
+    daemon.start()
+    try:
+        daemon.enqueue(WorkItem("fine-tune", "manual"))
+        make_model_folder(tmp_path / "releases", "base-v2")
+        assert daemon.scan_releases() == ["challengers-base-v2"]
+        assert daemon.wait_idle(60)
+        assert len(store.runs(model="base-v2")) == 2  # zero-shot and 2-shot
+        # The fine-tune runs again on the same golden set: nothing to redo.
+        daemon.enqueue(WorkItem("fine-tune", "manual"))
+        assert daemon.wait_idle(60)
+        assert len(store.runs(model="base-v2")) == 2
+        # The golden set is refreshed: after the fine-tune's next run, the challengers run again.
+        data = tmp_path / "evals" / "routing" / "data.jsonl"
+        data.write_text(data.read_text() + json.dumps({"id": "new", "target": "billing"}) + "\n")
+        daemon.enqueue(WorkItem("fine-tune", "manual"))
+        assert daemon.wait_idle(60)
+        again = store.runs(model="base-v2")
+        assert len(again) == 4 and {r.trigger for r, _ in again[:2]} == {"evalset-changed"}
+        versions = {r.evalset_version for r, _ in store.runs(evalset="routing", limit=3)}
+        assert len(versions) == 1  # fine-tune, release and old base on the same version: paired again
+    finally:
+        daemon.shutdown()
+        store.close()
