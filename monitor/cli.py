@@ -1252,6 +1252,29 @@ def releases_list_command(
         print("no releases found yet (families: with versions or a watch in the config)")
 
 
+@releases_app.command("forget")
+@handle_errors
+def releases_forget_command(
+    release: Annotated[str, typer.Argument(help="The release's name, as `monitor releases list` shows it.")],
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+) -> None:
+    """Forget a release (a folder dropped by mistake): no longer a challenger; its runs stay in the history.
+
+    A watcher that still sees it finds it again: remove it from the source first.
+    """
+    from .store import Store
+
+    cfg = _load_config(config)
+    store = Store.open(cfg.database_url())
+    try:
+        if not store.forget_release(release):
+            known = ", ".join(r.name for r in store.releases()) or "none"
+            raise NotFoundError(f"no release named {release!r}; stored releases: {known}")
+    finally:
+        store.close()
+    _err(f"release {release} forgotten; its runs stay in the history")
+
+
 @releases_app.command("scan")
 @handle_errors
 def releases_scan_command(

@@ -544,3 +544,18 @@ def test_a_refreshed_golden_set_queues_the_challenger_jobs_again(tmp_path: Path)
     finally:
         daemon.shutdown()
         store.close()
+
+
+def test_forget_a_release(tmp_path: Path) -> None:
+    path = write_family_config(tmp_path)
+    cfg = load_config(path)
+    store = Store.open(cfg.database_url())
+    store.add_release(Release("acme", "base-v2", "directory", str(tmp_path / "releases" / "base-v2")))
+    store.close()
+    runner = CliRunner()
+    done = runner.invoke(app, ["releases", "forget", "base-v2", "--config", str(path)])
+    assert done.exit_code == 0 and "forgotten" in done.output
+    missing = runner.invoke(app, ["releases", "forget", "base-v2", "--config", str(path)])
+    assert missing.exit_code == 2 and "no release named 'base-v2'" in missing.output
+    listed = runner.invoke(app, ["releases", "list", "--config", str(path), "--json"])
+    assert json.loads(listed.stdout) == []

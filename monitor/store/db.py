@@ -577,6 +577,11 @@ class Store:
         with self.session() as s:
             return list(s.execute(query).scalars())
 
+    def forget_release(self, name: str) -> bool:
+        """Delete a release's row (its runs stay in the history); False when no such release."""
+        with self.session() as s:
+            return bool(s.execute(delete(ReleaseRecord).where(ReleaseRecord.name == name)).rowcount)
+
     def mark_release_evaluated(self, release_id: int, when: datetime | None = None) -> None:
         with self.session() as s:
             s.execute(
