@@ -140,7 +140,11 @@ class DirectorySource:
 
 
 class OpenAIModelsSource:
-    """The model list of an OpenAI-compatible server (``GET {base_url}/models``)."""
+    """The model list of an OpenAI-compatible server (``GET {base_url}/models``).
+
+    Entries with a ``parent`` (vLLM's LoRA adapters, served on top of a base) are not base releases
+    and are left out.
+    """
 
     def __init__(
         self,
@@ -172,7 +176,8 @@ class OpenAIModelsSource:
                 details={k: m[k] for k in ("owned_by", "root", "parent", "created") if m.get(k) is not None},
             )
             for model_id, m in ids
-            if fnmatch.fnmatch(model_id, self.pattern)
+            # vLLM lists each LoRA adapter it serves with its base as ``parent``: an adapter is not a base release.
+            if fnmatch.fnmatch(model_id, self.pattern) and not (isinstance(m, dict) and m.get("parent"))
         ]
 
 

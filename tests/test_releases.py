@@ -124,6 +124,10 @@ def test_openai_model_list_source_over_http(http_server: Any) -> None:
     assert found[0].details == {"owned_by": "vllm", "root": "/models/v2"}
     assert http_server.seen[-1] == ("/v1/models", "Bearer sk-secret")
 
+    # Every model, but never a LoRA adapter (vLLM lists those with their base as "parent").
+    everything = OpenAIModelsSource("acme", f"{http_server.url}/v1").scan()
+    assert [r.location for r in everything] == ["acme/base-v2", "acme/base-v3"]
+
     http_server.routes["/v1/models"] = (500, {"error": "boom"})
     with pytest.raises(WatchError, match="HTTP 500") as err:
         source.scan()
