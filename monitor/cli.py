@@ -1204,7 +1204,7 @@ app.add_typer(releases_app, name="releases")
 
 
 def _release_rows(releases: Sequence[Any], cfg: Any) -> list[list[str]]:
-    from .releases import challenger_job, configured_model_for
+    from .releases import challenger_job, model_name
     from .store import as_utc
 
     return [
@@ -1215,7 +1215,7 @@ def _release_rows(releases: Sequence[Any], cfg: Any) -> list[list[str]]:
             r.location if r.revision is None else f"{r.location}@{r.revision[:12]}",
             f"{as_utc(r.discovered_at):%Y-%m-%d %H:%M}",
             "pending" if r.evaluated_at is None else f"{as_utc(r.evaluated_at):%Y-%m-%d %H:%M}",
-            challenger_job(configured_model_for(cfg, r) or r.name),
+            challenger_job(model_name(cfg, r)),
         ]
         for r in releases
     ]

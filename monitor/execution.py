@@ -6,6 +6,7 @@ stored with its reason, because history keeps failures.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections import OrderedDict
@@ -405,8 +406,6 @@ def run_jobs(
     evaluated.  ``progress_for(plan)`` may return a context manager that yields
     a progress callback; ``on_run(plan, run)`` hears of every finished run.
     """
-    import contextlib
-
     from .releases import mark_evaluated
 
     plans = plan_runs(cfg, jobs, trigger=trigger)

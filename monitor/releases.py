@@ -302,6 +302,11 @@ def _same_path(a: str, b: str) -> bool:
         return a == b
 
 
+def model_name(cfg: MonitorConfig, release: Any) -> str:
+    """The ``models:`` name a release goes by: the configured model it is, or its own name."""
+    return configured_model_for(cfg, release) or release.name
+
+
 def challenger_job(release: str) -> str:
     """The name of the job that evaluates ``release`` against the old bases of its family's fine-tunes."""
     return f"{CHALLENGER_JOB_PREFIX}{release}"
@@ -329,8 +334,9 @@ def effective_config(cfg: MonitorConfig, releases: Iterable[Any]) -> MonitorConf
 
     Each release of a configured family becomes a model (unless a configured
     model already is that release), a challenger of the family's fine-tunes,
-    and a challenger job, scheduled by the family's ``reevaluate`` (or not at all).  Releases of families no longer
-    configured stay in the history and are left out.
+    and a challenger job, scheduled by the family's ``reevaluate`` (or not at
+    all).  Releases of families no longer configured stay in the history and
+    are left out.
     """
     models = dict(cfg.models)
     by_family: dict[str, list[str]] = {}
@@ -338,17 +344,17 @@ def effective_config(cfg: MonitorConfig, releases: Iterable[Any]) -> MonitorConf
         family = cfg.families.get(release.family)
         if family is None:
             continue
-        name = configured_model_for(cfg, release) or release.name
-        if name not in models:
+        configured = configured_model_for(cfg, release)
+        if configured is None:
+            if release.name in models:
+                log.warning("release %s has the name of a configured model; it is left out", release.name)
+                continue
             try:
-                models[name] = model_entry(family.watch, release)
+                models[release.name] = model_entry(family.watch, release)
             except Exception as exc:  # a watch template changed under a stored release
                 log.warning("release %s cannot be made a model: %s", release.name, exc)
                 continue
-        elif name == release.name and configured_model_for(cfg, release) is None:
-            log.warning("release %s has the name of a configured model; it is left out", release.name)
-            continue
-        by_family.setdefault(release.family, []).append(name)
+        by_family.setdefault(release.family, []).append(configured or release.name)
     for family_name, family in cfg.families.items():
         listed = by_family.setdefault(family_name, [])
         for version in _newer_versions(cfg, family_name, family):
@@ -419,7 +425,7 @@ def mark_evaluated(store: Any, cfg: MonitorConfig, job: str, when: datetime | No
         return []
     marked = []
     for release in store.releases():
-        if release.evaluated_at is None and (configured_model_for(cfg, release) or release.name) == name:
+        if release.evaluated_at is None and model_name(cfg, release) == name:
             store.mark_release_evaluated(release.id, when)
             marked.append(release.name)
     return marked
@@ -514,7 +520,7 @@ class ReleaseWatcher:
                 )
 
         # The old base itself (or a family without fine-tunes): stored, with nothing to evaluate.
-        name = configured_model_for(self.config, release) or release.name
+        name = model_name(self.config, release)
         members = [ft for ft in self.config.finetunes.values() if ft.family == release.family]
         nothing_to_do = not members or any(name in (ft.base_model, ft.model) for ft in members)
         record = self.store.add_release(
@@ -533,7 +539,7 @@ def pending_challenger_jobs(cfg: MonitorConfig, releases: Sequence[Any]) -> list
     for release in releases:
         if release.evaluated_at is not None:
             continue
-        name = configured_model_for(cfg, release) or release.name
+        name = model_name(cfg, release)
         job = challenger_job(name)
         if job in cfg.jobs:
             jobs.append(job)
