@@ -8,19 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import (
-    AdapterMismatchError,
-    BackendError,
-    ConfigError,
-    EvalSetError,
-    InputError,
-    ModelLoadError,
-    MonitorError,
-    NotFoundError,
-    Problem,
-    StoreError,
-)
-from .evalsets import EvalItem, EvalSet, load_evalset
+from monitor.errors import AdapterMismatchError, BackendError, ConfigError, EvalSetError, InputError, ModelLoadError, MonitorError, NotFoundError, Problem, StoreError
+from monitor.evalsets import EvalItem, EvalSet, load_evalset
 
 __all__ = [
     "AdapterMismatchError",

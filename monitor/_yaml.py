@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from .errors import Problem
+from monitor.errors import Problem
 
 
 class LocatedYaml:

@@ -19,11 +19,11 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from . import __version__
-from .backends import ModelSpec
-from .errors import ConfigError, EvalSetError, MonitorError, NotFoundError, Problem
-from .evalsets import EvalSet, load_evalset, parse_strategy, strategy_name
-from .views import clean, json_default, primary_metric, run_to_dict, status_entries
+from monitor import __version__
+from monitor.backends import ModelSpec
+from monitor.errors import ConfigError, EvalSetError, MonitorError, NotFoundError, Problem
+from monitor.evalsets import EvalSet, load_evalset, parse_strategy, strategy_name
+from monitor.views import clean, json_default, primary_metric, run_to_dict, status_entries
 
 RESULTS_FORMAT_VERSION = 1
 SUMMARY_FORMAT_VERSION = 1
@@ -149,8 +149,8 @@ def eval_command(
     ] = None,
 ) -> None:
     """Evaluate one model on one eval set, once, without a configuration file."""
-    from .backends import load_backend
-    from .runner import evaluate, summarize
+    from monitor.backends import load_backend
+    from monitor.runner import evaluate, summarize
 
     started = time.perf_counter()
     es = load_evalset(evalset)
@@ -244,8 +244,8 @@ def _write_results(path: Path, es: EvalSet, results: Sequence[Any]) -> None:
 def _eval_recorded(
     db: str, name: str, spec: ModelSpec, es: EvalSet, k: int, chunk: int, as_json: bool
 ) -> None:
-    from .execution import ModelPool, RunPlan, execute_run
-    from .store import Store
+    from monitor.execution import ModelPool, RunPlan, execute_run
+    from monitor.store import Store
 
     store = Store.open(db)
     pool = ModelPool()
@@ -266,13 +266,13 @@ def _eval_recorded(
 
 
 def _load_config(path: Path) -> Any:
-    from .config import load_config
+    from monitor.config import load_config
 
     return load_config(path)
 
 
 def _store_for(config_path: Path, db: str | None) -> Any:
-    from .store import Store
+    from monitor.store import Store
 
     if db is None:
         db = os.environ.get("MONITOR_DATABASE_URL")
@@ -300,7 +300,7 @@ def check_config_command(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
 
 def config_problems(cfg: Any, config_path: Path) -> list[Problem]:
     """Problems a valid schema can still hide: missing eval sets, missing model folders, bad strategies."""
-    from .exporters.webhooks import resolve_secrets
+    from monitor.exporters.webhooks import resolve_secrets
 
     problems: list[Problem] = []
     try:
@@ -377,8 +377,8 @@ def run_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
 ) -> None:
     """Run the configured jobs once and record every run (challenger jobs of found releases too)."""
-    from .releases import effective_config
-    from .store import Store
+    from monitor.releases import effective_config
+    from monitor.store import Store
 
     declared = _load_config(config)
     store = Store.open(declared.database_url())
@@ -393,7 +393,7 @@ def run_command(
 
 def _run_jobs(store: Any, cfg: Any, jobs: Sequence[str], *, as_json: bool) -> list[tuple[Any, str]]:
     """Run ``jobs`` (all when empty) in this process with progress bars, then print the runs."""
-    from .execution import run_jobs
+    from monitor.execution import run_jobs
 
     def label(plan: Any) -> str:
         return f"{plan.model_name} on {plan.evalset.name} ({strategy_name(plan.fewshot_k)})"
@@ -586,14 +586,14 @@ def serve_daemon(
 
     from prometheus_client import CollectorRegistry
 
-    from .analysis.baselines import BaselineFiles
-    from .daemon import Daemon
-    from .errors import MonitorError
-    from .exporters import DaemonCollector, StoreCollector
-    from .exporters.metrics import baseline_values
-    from .exporters.webhooks import WebhookCollector, WebhookSender
-    from .server import HttpServer, MonitorApp
-    from .store import Store
+    from monitor.analysis.baselines import BaselineFiles
+    from monitor.daemon import Daemon
+    from monitor.errors import MonitorError
+    from monitor.exporters import DaemonCollector, StoreCollector
+    from monitor.exporters.metrics import baseline_values
+    from monitor.exporters.webhooks import WebhookCollector, WebhookSender
+    from monitor.server import HttpServer, MonitorApp
+    from monitor.store import Store
 
     _setup_logging(log_level)
     cfg = _load_config(config)
@@ -687,9 +687,9 @@ def run_now_command(
     """Ask the running daemon to run a job now."""
     import socket
 
-    from .errors import MonitorError
-    from .execution import plan_runs
-    from .store import Store, as_utc, utcnow
+    from monitor.errors import MonitorError
+    from monitor.execution import plan_runs
+    from monitor.store import Store, as_utc, utcnow
 
     cfg = _load_config(config)
     if job not in cfg.jobs:
@@ -716,8 +716,8 @@ def run_now_command(
 
 
 def _wait_for_manual_runs(store: Any, job: str, since: Any, expected: int, timeout: float) -> list[Any]:
-    from .errors import MonitorError
-    from .store import as_utc
+    from monitor.errors import MonitorError
+    from monitor.store import as_utc
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -743,7 +743,7 @@ def diff_command(
     limit: Annotated[int, typer.Option(help="Item ids listed per group.")] = 20,
 ) -> None:
     """Item by item: what newly fails, what newly passes and which predictions changed from RUN_A to RUN_B."""
-    from .analysis.behaviour import ItemOutcome, diff_outcomes
+    from monitor.analysis.behaviour import ItemOutcome, diff_outcomes
 
     store = _store_for(config, db)
     try:
@@ -800,8 +800,8 @@ def regressions_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The newest verdict against the baseline per model, eval set, strategy and metric."""
-    from .analysis.assess import latest_findings
-    from .analysis.regression import latest_verdicts
+    from monitor.analysis.assess import latest_findings
+    from monitor.analysis.regression import latest_verdicts
 
     store = _store_for(config, db)
     try:
@@ -906,9 +906,9 @@ def recommend_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Keep, re-train, re-base or retire each fine-tune, with the evidence (and records the decision)."""
-    from .analysis.recommend import assess, record_recommendation
-    from .releases import effective_config
-    from .store import Store, utcnow
+    from monitor.analysis.recommend import assess, record_recommendation
+    from monitor.releases import effective_config
+    from monitor.store import Store, utcnow
 
     cfg = _load_config(config)
     names = [finetune] if finetune else list(cfg.finetunes)
@@ -984,9 +984,9 @@ def drift_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Check production inputs for drift against the reference, now, and record the result."""
-    from .analysis.assess import run_input_drift
-    from .execution import make_notifier
-    from .store import Store, utcnow
+    from monitor.analysis.assess import run_input_drift
+    from monitor.execution import make_notifier
+    from monitor.store import Store, utcnow
 
     cfg = _load_config(config)
     names = [model] if model else [n for n, m in cfg.models.items() if m.drift is not None]
@@ -1055,7 +1055,7 @@ def drift_command(
 def _models(store: Any) -> list[Any]:
     from sqlalchemy import select
 
-    from .store import ModelRecord
+    from monitor.store import ModelRecord
 
     with store.session() as s:
         return list(s.execute(select(ModelRecord)).scalars())
@@ -1075,8 +1075,8 @@ def report_drift_command(
     config: ConfigOption = Path(DEFAULT_CONFIG),
 ) -> None:
     """Write Evidently's HTML report of the model's production inputs against its reference."""
-    from .analysis.drift import check_input_drift
-    from .store import utcnow
+    from monitor.analysis.drift import check_input_drift
+    from monitor.store import utcnow
 
     cfg = _load_config(config)
     if model not in cfg.models or cfg.models[model].drift is None:
@@ -1107,7 +1107,7 @@ def baseline_pin_command(
     db: DbOption = None,
 ) -> None:
     """Pin a succeeded run as the baseline of a model on an eval set."""
-    from .analysis.baselines import baseline_path, pin_baseline
+    from monitor.analysis.baselines import baseline_path, pin_baseline
 
     store = _store_for(config, db)
     try:
@@ -1131,7 +1131,7 @@ def baseline_show_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Show a pinned baseline."""
-    from .analysis.baselines import baseline_path, load_baseline
+    from monitor.analysis.baselines import baseline_path, load_baseline
 
     path = baseline_path(_baselines_root(config), model, evalset)
     if not path.exists():
@@ -1154,7 +1154,7 @@ def baseline_show_command(
 @handle_errors
 def baseline_list_command(config: ConfigOption = Path(DEFAULT_CONFIG)) -> None:
     """List pinned baselines (and report corrupt files, exit 2)."""
-    from .analysis.baselines import BaselineError, iter_baselines
+    from monitor.analysis.baselines import BaselineError, iter_baselines
 
     rows, problems = [], []
     for _path, found in iter_baselines(_baselines_root(config)):
@@ -1193,7 +1193,7 @@ def baseline_unpin_command(
     config: ConfigOption = Path(DEFAULT_CONFIG),
 ) -> None:
     """Remove a pinned baseline."""
-    from .analysis.baselines import unpin_baseline
+    from monitor.analysis.baselines import unpin_baseline
 
     path = unpin_baseline(_baselines_root(config), model, evalset)
     print(f"unpinned {path}")
@@ -1204,8 +1204,8 @@ app.add_typer(releases_app, name="releases")
 
 
 def _release_rows(releases: Sequence[Any], cfg: Any) -> list[list[str]]:
-    from .releases import challenger_job, model_name
-    from .store import as_utc
+    from monitor.releases import challenger_job, model_name
+    from monitor.store import as_utc
 
     return [
         [
@@ -1236,7 +1236,7 @@ def releases_list_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The releases found so far, and whether their challenger evaluation has run."""
-    from .store import Store
+    from monitor.store import Store
 
     cfg = _load_config(config)
     store = Store.open(cfg.database_url())
@@ -1262,7 +1262,7 @@ def releases_forget_command(
 
     A watcher that still sees it finds it again: remove it from the source first.
     """
-    from .store import Store
+    from monitor.store import Store
 
     cfg = _load_config(config)
     store = Store.open(cfg.database_url())
@@ -1285,9 +1285,9 @@ def releases_scan_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Scan every watched family now; evaluate what is new against the old base (as the daemon would)."""
-    from .execution import make_notifier
-    from .releases import ReleaseWatcher, effective_config, pending_challenger_jobs
-    from .store import Store, utcnow
+    from monitor.execution import make_notifier
+    from monitor.releases import ReleaseWatcher, effective_config, pending_challenger_jobs
+    from monitor.store import Store, utcnow
 
     declared = _load_config(config)
     watched = [name for name, family in declared.families.items() if family.watch is not None]
@@ -1350,8 +1350,8 @@ def serve_openai_command(
     """Serve local HF models and LoRA adapters over an OpenAI-compatible API (tests, demos, benchmarks)."""
     import threading
 
-    from .errors import InputError
-    from .openai_server import FaultPlan, FaultRule, OpenAIServer, load_served_model
+    from monitor.errors import InputError
+    from monitor.openai_server import FaultPlan, FaultRule, OpenAIServer, load_served_model
 
     served = []
     for value in models:
@@ -1390,7 +1390,7 @@ def demo_command(
     port: Annotated[int, typer.Option(help="Port of the daemon's /metrics.")] = 9464,
 ) -> None:
     """Build the demo's small models (cached) and run the daemon on them with a fast schedule."""
-    from .demo.run import run_demo
+    from monitor.demo.run import run_demo
 
     run_demo(workdir, rebuild=rebuild, once=once, port=port)
 

@@ -23,12 +23,12 @@ from pydantic import (
     model_validator,
 )
 
-from ._yaml import LocatedYaml, load_yaml, pydantic_problems, read_text
-from .analysis.costs import CostsConfig
-from .analysis.production import DriftConfig
-from .errors import ConfigError, Problem
-from .exporters.webhooks import WebhooksConfig
-from .schedule import cron_trigger, parse_interval
+from monitor._yaml import LocatedYaml, load_yaml, pydantic_problems, read_text
+from monitor.analysis.costs import CostsConfig
+from monitor.analysis.production import DriftConfig
+from monitor.errors import ConfigError, Problem
+from monitor.exporters.webhooks import WebhooksConfig
+from monitor.schedule import cron_trigger, parse_interval
 
 CONFIG_VERSION = 1
 DEFAULT_DATABASE = "sqlite:///monitor.db"
@@ -360,8 +360,8 @@ class MonitorConfig(_Strict):
 
     def analysis_policy(self) -> Any:
         """The thresholds of :mod:`monitor.analysis.assess` from ``regression:``."""
-        from .analysis.assess import AnalysisPolicy
-        from .analysis.regression import RegressionPolicy
+        from monitor.analysis.assess import AnalysisPolicy
+        from monitor.analysis.regression import RegressionPolicy
 
         r = self.regression
         return AnalysisPolicy(

@@ -31,29 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .config import JobConfig, MonitorConfig
-from .errors import LeaseHeldError, MonitorError
-from .evalsets import load_evalset, parse_strategy
-from .execution import (
-    ModelPool,
-    RunPlan,
-    after_job,
-    analyze_safely,
-    continue_run,
-    execute_run,
-    make_notifier,
-    plan_runs,
-)
-from .releases import (
-    ReleaseSource,
-    ReleaseWatcher,
-    effective_config,
-    mark_evaluated,
-    pending_challenger_jobs,
-    stale_challenger_jobs,
-)
-from .schedule import JobTimer, latest_missed_fire, make_trigger, parse_interval, typical_interval
-from .store import RunRecord, Store, as_utc, utcnow
+from monitor.config import JobConfig, MonitorConfig
+from monitor.errors import LeaseHeldError, MonitorError
+from monitor.evalsets import load_evalset, parse_strategy
+from monitor.execution import ModelPool, RunPlan, after_job, analyze_safely, continue_run, execute_run, make_notifier, plan_runs
+from monitor.releases import ReleaseSource, ReleaseWatcher, effective_config, mark_evaluated, pending_challenger_jobs, stale_challenger_jobs
+from monitor.schedule import JobTimer, latest_missed_fire, make_trigger, parse_interval, typical_interval
+from monitor.store import RunRecord, Store, as_utc, utcnow
 
 log = logging.getLogger("monitor.daemon")
 Clock = Callable[[], datetime]

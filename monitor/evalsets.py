@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ._yaml import load_yaml, pydantic_problems, read_text
-from .errors import EvalSetError, Problem
+from monitor._yaml import load_yaml, pydantic_problems, read_text
+from monitor.errors import EvalSetError, Problem
 
 SPEC_FILE = "evalset.yaml"
 DATA_FILE = "data.jsonl"

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .backends import Backend, EndpointSpec, ModelSpec, load_backend
-from .backends.base import ProgressCallback
-from .config import EndpointConfig, MonitorConfig
-from .errors import EvalSetError, NotFoundError, Problem
-from .evalsets import EvalSet, load_evalset, parse_strategy, strategy_name
-from .runner import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ERROR_RATE, evaluate, run_verdict
-from .schedule import parse_interval
-from .scoring import aggregate
-from .store import RunRecord, Store
+from monitor.backends import Backend, EndpointSpec, ModelSpec, load_backend
+from monitor.backends.base import ProgressCallback
+from monitor.config import EndpointConfig, MonitorConfig
+from monitor.errors import EvalSetError, NotFoundError, Problem
+from monitor.evalsets import EvalSet, load_evalset, parse_strategy, strategy_name
+from monitor.runner import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ERROR_RATE, evaluate, run_verdict
+from monitor.schedule import parse_interval
+from monitor.scoring import aggregate
+from monitor.store import RunRecord, Store
 
 
 class ModelPool:
@@ -313,7 +313,7 @@ def make_notifier(cfg: MonitorConfig) -> Any:
     """``notify(session, type, payload)``: an outbox event in the caller's transaction, or None when no endpoint."""
     if not cfg.webhooks.endpoints:
         return None
-    from .exporters.webhooks import enqueue_event
+    from monitor.exporters.webhooks import enqueue_event
 
     def notify(session: Any, event_type: str, payload: dict[str, Any]) -> None:
         endpoints = cfg.webhooks.endpoints_for(event_type)
@@ -328,7 +328,7 @@ def analyze_safely(store: Store, run_id: int, cfg: MonitorConfig, notify: Any = 
     a failure is logged, never raised."""
     import logging
 
-    from .analysis.assess import analyze_run, check_repeated_failures
+    from monitor.analysis.assess import analyze_run, check_repeated_failures
 
     try:
         check_repeated_failures(store, store.get_run(run_id), notify)
@@ -343,9 +343,9 @@ def after_job(store: Store, cfg: MonitorConfig, models: Sequence[str], notify: A
     fine-tunes that involve them.  Failures are logged, never raised."""
     import logging
 
-    from .analysis.assess import run_input_drift
-    from .analysis.recommend import assess, record_recommendation
-    from .store import utcnow
+    from monitor.analysis.assess import run_input_drift
+    from monitor.analysis.recommend import assess, record_recommendation
+    from monitor.store import utcnow
 
     log = logging.getLogger("monitor.analysis")
     for name in models:
@@ -406,7 +406,7 @@ def run_jobs(
     evaluated.  ``progress_for(plan)`` may return a context manager that yields
     a progress callback; ``on_run(plan, run)`` hears of every finished run.
     """
-    from .releases import mark_evaluated
+    from monitor.releases import mark_evaluated
 
     plans = plan_runs(cfg, jobs, trigger=trigger)
     notify = make_notifier(cfg)

@@ -43,9 +43,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
-from .backends import Backend, ModelSpec, load_backend
-from .backends.base import GenerationRequest, LoglikelihoodRequest
-from .errors import ModelLoadError
+from monitor.backends import Backend, ModelSpec, load_backend
+from monitor.backends.base import GenerationRequest, LoglikelihoodRequest
+from monitor.errors import ModelLoadError
 
 log = logging.getLogger("monitor.openai_server")
 INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")

@@ -36,9 +36,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import FamilyConfig, JobConfig, ModelConfig, MonitorConfig, WatchConfig
-from .errors import WatchError
-from .schedule import parse_interval
+from monitor.config import FamilyConfig, JobConfig, ModelConfig, MonitorConfig, WatchConfig
+from monitor.errors import WatchError
+from monitor.schedule import parse_interval
 
 log = logging.getLogger("monitor.releases")
 
@@ -500,7 +500,7 @@ class ReleaseWatcher:
         return new
 
     def _store_release(self, release: Release) -> Any:
-        from .store.tables import ReleaseRecord
+        from monitor.store.tables import ReleaseRecord
 
         def event(session: Any, record: ReleaseRecord) -> None:
             if self.notify is not None:

@@ -16,16 +16,10 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends.base import Backend, GenerationRequest, LoglikelihoodRequest, ProgressCallback
-from .evalsets import EvalItem, EvalSet, strategy_name
-from .scoring import (
-    MetricValue,
-    aggregate,
-    score_generation,
-    score_multiple_choice,
-    score_picked_choice,
-)
-from .store import ItemResult
+from monitor.backends.base import Backend, GenerationRequest, LoglikelihoodRequest, ProgressCallback
+from monitor.evalsets import EvalItem, EvalSet, strategy_name
+from monitor.scoring import MetricValue, aggregate, score_generation, score_multiple_choice, score_picked_choice
+from monitor.store import ItemResult
 
 #: Items handed to the backend (and committed) at a time.
 DEFAULT_CHUNK_SIZE = 64

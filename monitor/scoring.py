@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .evalsets import EvalItem
+from monitor.evalsets import EvalItem
 
 
 @dataclass(frozen=True)

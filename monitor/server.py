@@ -21,7 +21,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .views import json_default, run_to_dict, status_entries
+from monitor.views import json_default, run_to_dict, status_entries
 
 log = logging.getLogger("monitor.server")
 StartResponse = Callable[..., Any]
@@ -118,7 +118,7 @@ class MonitorApp:
             job = match.group(1)
             if self.daemon is None or job not in self.daemon.config.jobs:
                 return _json(start_response, "404 Not Found", {"error": f"unknown job {job!r}"})
-            from .daemon import WorkItem
+            from monitor.daemon import WorkItem
 
             queued = self.daemon.enqueue(WorkItem(job, "manual", None))
             return _json(start_response, "202 Accepted", {"job": job, "queued": queued})

@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .store import RunRecord, Store
+    from monitor.store import RunRecord, Store
 
 
 def clean(value: Any) -> Any:
@@ -37,7 +37,7 @@ def primary_metric(run: RunRecord) -> tuple[str, dict[str, Any] | None]:
 
 def run_to_dict(run: RunRecord, model_name: str) -> dict[str, Any]:
     """A run as the CLI's ``--json`` and the API return it."""
-    from .store import as_utc
+    from monitor.store import as_utc
 
     return clean(
         {
@@ -69,9 +69,9 @@ def run_to_dict(run: RunRecord, model_name: str) -> dict[str, Any]:
 def status_entries(store: Store, *, flaky_window: int = 10) -> list[dict[str, Any]]:
     """The latest run per model, eval set and strategy, with the change from the previous succeeded run,
     the verdict against the baseline, the items newly broken since it and the flaky items."""
-    from .analysis.behaviour import flaky_items
-    from .analysis.regression import latest_verdicts
-    from .store import as_utc
+    from monitor.analysis.behaviour import flaky_items
+    from monitor.analysis.regression import latest_verdicts
+    from monitor.store import as_utc
 
     verdicts = {(v.model_id, v.evalset_name, v.strategy, v.metric): v for v in latest_verdicts(store)}
     out = []

@@ -12,11 +12,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..store import ItemResultRecord, ModelRecord, RunRecord, Store, utcnow
-from ..store.tables import DriftRecord, EvalSetVersionRecord, VerdictRecord
-from .baselines import Baseline, baseline_path, load_baseline
-from .behaviour import ItemOutcome, adapter_not_applied, behaviour_drift, fingerprint_changed
-from .regression import RegressionPolicy, assess_run, comparability
+from monitor.store import ItemResultRecord, ModelRecord, RunRecord, Store, utcnow
+from monitor.store.tables import DriftRecord, EvalSetVersionRecord, VerdictRecord
+from monitor.analysis.baselines import Baseline, baseline_path, load_baseline
+from monitor.analysis.behaviour import ItemOutcome, adapter_not_applied, behaviour_drift, fingerprint_changed
+from monitor.analysis.regression import RegressionPolicy, assess_run, comparability
 
 
 @dataclass(frozen=True)
@@ -275,8 +275,8 @@ def run_input_drift(
     report_path: Path | None = None,
 ) -> DriftRecord:
     """Check the model's production inputs for drift and store the finding (an error is stored as one too)."""
-    from ..errors import MonitorError
-    from .drift import check_input_drift
+    from monitor.errors import MonitorError
+    from monitor.analysis.drift import check_input_drift
 
     model_id = store.get_model(model_name).id
     assert model_id is not None

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, NotFoundError, Problem
-from ..store import RunRecord, Store, as_utc, utcnow
+from monitor.errors import InputError, NotFoundError, Problem
+from monitor.store import RunRecord, Store, as_utc, utcnow
 
 BASELINE_FORMAT_VERSION = 1
 

@@ -54,17 +54,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from .production import (
-    DEFAULT_DESCRIPTORS,
-    DriftConfig,
-    DriftError,
-    DriftThresholds,
-    InsufficientSamplesError,
-    ProductionSource,
-    Window,
-    build_source,
-    load_reference,
-)
+from monitor.analysis.production import DEFAULT_DESCRIPTORS, DriftConfig, DriftError, DriftThresholds, InsufficientSamplesError, ProductionSource, Window, build_source, load_reference
 
 with warnings.catch_warnings():
     # Importing Evidently warns about its own dependencies (numpy.core, litestar); none of it is ours to fix.

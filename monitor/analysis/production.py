@@ -34,8 +34,8 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ..errors import MonitorError, Problem
-from ..schedule import parse_interval
+from monitor.errors import MonitorError, Problem
+from monitor.schedule import parse_interval
 
 #: Problems listed in one error message at most; the rest are counted.
 MAX_PROBLEMS = 20
@@ -595,7 +595,7 @@ def read_evalset_inputs(path: str | Path, *, field: str = "input") -> ReferenceS
         EvalSetError: the eval set is invalid.
         DriftError: an item has no string ``field``.
     """
-    from ..evalsets import DATA_FILE, load_evalset
+    from monitor.evalsets import DATA_FILE, load_evalset
 
     evalset = load_evalset(path)
     problems: list[Problem] = []

@@ -213,7 +213,7 @@ def actions() -> Sequence[str]:
 
 def paired_interval(store: Any, run_a: Any, run_b: Any, metric: str, alpha: float = 0.05) -> Interval | None:
     """``run_b - run_a`` on ``metric``, paired item by item; None unless both ran the same eval set version."""
-    from .stats import mcnemar_exact, paired_bootstrap
+    from monitor.analysis.stats import mcnemar_exact, paired_bootstrap
 
     if run_a is None or run_b is None or run_a.evalset_version != run_b.evalset_version:
         return None
@@ -247,8 +247,8 @@ def _primary(run: Any) -> tuple[str, float] | None:
 
 def gather_evidence(store: Any, cfg: Any, finetune: str) -> Evidence:
     """Everything :func:`decide` needs about one configured fine-tune, read from the store."""
-    from .assess import latest_findings
-    from .regression import latest_verdicts
+    from monitor.analysis.assess import latest_findings
+    from monitor.analysis.regression import latest_verdicts
 
     ft = cfg.finetunes[finetune]
     try:
@@ -321,8 +321,8 @@ def record_recommendation(
     """
     from sqlalchemy import select
 
-    from ..store import utcnow
-    from ..store.tables import RecommendationRecord
+    from monitor.store import utcnow
+    from monitor.store.tables import RecommendationRecord
 
     model_id = store.get_model(model_name).id
     with store.session() as s:
@@ -356,8 +356,8 @@ def latest_recommendations(store: Any) -> list[tuple[Any, str]]:
     """The newest recommendation of every model, with the model's name."""
     from sqlalchemy import func, select
 
-    from ..store import ModelRecord
-    from ..store.tables import RecommendationRecord
+    from monitor.store import ModelRecord
+    from monitor.store.tables import RecommendationRecord
 
     with store.session() as s:
         newest = (
@@ -475,7 +475,7 @@ def _fmt_interval(interval: Interval | None) -> str:
 
 def token_profile(run: Any, label: str) -> Any:
     """Mean prompt and completion tokens per request in ``run``, measured, not assumed."""
-    from .costs import TokenProfile
+    from monitor.analysis.costs import TokenProfile
 
     if run is None or not run.items_done:
         return None
@@ -492,7 +492,7 @@ def token_profile(run: Any, label: str) -> Any:
 
 def cost_case_for(store: Any, cfg: Any, finetune: str, decision: Decision, evidence: Evidence) -> Any:
     """The cost case of every option, from the token counts of the fine-tune's and the challenger's runs."""
-    from .costs import cost_case
+    from monitor.analysis.costs import cost_case
 
     ft = cfg.finetunes[finetune]
     if ft.costs is None or not evidence.evalsets:

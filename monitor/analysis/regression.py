@@ -21,19 +21,10 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from ..store import RunRecord, Store, utcnow
-from ..store.tables import VerdictRecord
-from .baselines import Baseline
-from .stats import (
-    TestResult,
-    holm,
-    mcnemar_exact,
-    minimum_detectable_difference,
-    paired_bootstrap,
-    regression_decision,
-    unpaired_means,
-    unpaired_proportions,
-)
+from monitor.store import RunRecord, Store, utcnow
+from monitor.store.tables import VerdictRecord
+from monitor.analysis.baselines import Baseline
+from monitor.analysis.stats import TestResult, holm, mcnemar_exact, minimum_detectable_difference, paired_bootstrap, regression_decision, unpaired_means, unpaired_proportions
 
 #: Settings whose difference makes a comparison meaningless (``mc_method``: multiple choice
 #: picked by generation rather than by log-likelihoods, set only then).

@@ -9,15 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .base import (
-    Backend,
-    GenerationRequest,
-    GenerationResult,
-    LoglikelihoodRequest,
-    LoglikelihoodResult,
-    ModelFingerprint,
-    ProgressCallback,
-)
+from monitor.backends.base import Backend, GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult, ModelFingerprint, ProgressCallback
 
 
 @dataclass(frozen=True)
@@ -57,7 +49,7 @@ class ModelSpec:
 
 
 def _load_hf(spec: ModelSpec) -> Backend:
-    from .hf import HFBackend
+    from monitor.backends.hf import HFBackend
 
     return HFBackend.load(
         spec.base,
@@ -70,7 +62,7 @@ def _load_hf(spec: ModelSpec) -> Backend:
 
 
 def _load_openai(spec: ModelSpec) -> Backend:
-    from .openai import OpenAIBackend
+    from monitor.backends.openai import OpenAIBackend
 
     if spec.endpoint is None:
         raise ValueError("the openai backend needs an endpoint")

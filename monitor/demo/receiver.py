@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from ..exporters.webhooks import WebhookVerificationError, summarize_event, verify
+from monitor.exporters.webhooks import WebhookVerificationError, summarize_event, verify
 
 
 class DemoReceiver:

@@ -16,16 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-from .story import SECRET, SECRET_ENV, prepare_workdir, tell_story, write_demo_config
+from monitor.demo.story import SECRET, SECRET_ENV, prepare_workdir, tell_story, write_demo_config
 
 DEMO_PORT = 9464
 
 
 def run_demo(workdir: Path, *, rebuild: bool = False, once: bool = False, port: int = DEMO_PORT) -> Path:
     """Build (or load) the demo models, tell the story, then run the daemon unless ``once``."""
-    from ..cli import print_status, serve_daemon
-    from .build import build_demo_models
-    from .receiver import DemoReceiver
+    from monitor.cli import print_status, serve_daemon
+    from monitor.demo.build import build_demo_models
+    from monitor.demo.receiver import DemoReceiver
 
     workdir = workdir.resolve()
     started = time.perf_counter()

@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..errors import NotFoundError
-from . import data
+from monitor.errors import NotFoundError
+from monitor.demo import data
 
 if TYPE_CHECKING:
-    from .build import DemoModels
-    from .receiver import DemoReceiver
+    from monitor.demo.build import DemoModels
+    from monitor.demo.receiver import DemoReceiver
 
 #: The demo receiver's signing secret is read from this variable (the monitor never stores secrets).
 SECRET_ENV = "MONITOR_DEMO_WEBHOOK_SECRET"
@@ -204,13 +204,13 @@ def tell_story(
     show_table: Callable[[Any], None] | None = None,
 ) -> StoryOutcome:
     """Run the four chapters against the demo configuration; the history stays in ``workdir``."""
-    from ..analysis.baselines import pin_baseline
-    from ..analysis.recommend import assess
-    from ..config import load_config
-    from ..execution import ModelPool, make_notifier, run_jobs
-    from ..releases import ReleaseWatcher, effective_config, pending_challenger_jobs
-    from ..store import Store, utcnow
-    from ..views import status_entries
+    from monitor.analysis.baselines import pin_baseline
+    from monitor.analysis.recommend import assess
+    from monitor.config import load_config
+    from monitor.execution import ModelPool, make_notifier, run_jobs
+    from monitor.releases import ReleaseWatcher, effective_config, pending_challenger_jobs
+    from monitor.store import Store, utcnow
+    from monitor.views import status_entries
 
     outcome = StoryOutcome()
     declared = load_config(config_path)
@@ -307,7 +307,7 @@ def _score(run: Any) -> str:
 
 
 def _verdict(store: Any, cfg: Any) -> str:
-    from ..analysis.regression import latest_verdicts
+    from monitor.analysis.regression import latest_verdicts
 
     model_id = store.get_model(FINETUNE).id
     for v in latest_verdicts(store, model_id):
@@ -317,7 +317,7 @@ def _verdict(store: Any, cfg: Any) -> str:
 
 
 def _input_drift(store: Any) -> bool | None:
-    from ..analysis.assess import latest_findings
+    from monitor.analysis.assess import latest_findings
 
     for record, name in latest_findings(store):
         if name == FINETUNE and record.kind == "input":
@@ -326,7 +326,7 @@ def _input_drift(store: Any) -> bool | None:
 
 
 def _cost_sentences(store: Any) -> str:
-    from ..analysis.recommend import latest_recommendations
+    from monitor.analysis.recommend import latest_recommendations
 
     for record, name in latest_recommendations(store):
         if name == FINETUNE:
@@ -335,7 +335,7 @@ def _cost_sentences(store: Any) -> str:
 
 
 def _deliver(store: Any, cfg: Any, receiver: DemoReceiver | None) -> list[str]:
-    from ..exporters.webhooks import WebhookSender
+    from monitor.exporters.webhooks import WebhookSender
 
     if receiver is None or not cfg.webhooks.endpoints:
         return []

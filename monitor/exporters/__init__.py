@@ -1,5 +1,5 @@
 """Exporters: Prometheus metrics (and, later, webhooks)."""
 
-from .metrics import BaselineValue, DaemonCollector, StoreCollector
+from monitor.exporters.metrics import BaselineValue, DaemonCollector, StoreCollector
 
 __all__ = ["BaselineValue", "DaemonCollector", "StoreCollector"]

@@ -25,8 +25,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from .. import __version__
-from ..store import ModelRecord, RunRecord, Store, as_utc
+from monitor import __version__
+from monitor.store import ModelRecord, RunRecord, Store, as_utc
 
 #: Run duration buckets in seconds: from a tiny golden set to a long nightly suite.
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
@@ -232,7 +232,7 @@ class StoreCollector(Collector):
         yield from (score, stderr, items, when)
 
     def _recommendations(self) -> Iterator[Metric]:
-        from ..analysis.recommend import ACTIONS, latest_recommendations
+        from monitor.analysis.recommend import ACTIONS, latest_recommendations
 
         current = GaugeMetricFamily(
             "monitor_recommendation",
@@ -276,7 +276,7 @@ class StoreCollector(Collector):
         yield from (info, found, evaluated)
 
     def _verdicts(self, names: Mapping[int, str]) -> Iterator[Metric]:
-        from ..analysis.regression import latest_verdicts
+        from monitor.analysis.regression import latest_verdicts
 
         labels = ["model", "evalset", "strategy", "metric"]
         delta = GaugeMetricFamily(
@@ -323,7 +323,7 @@ class StoreCollector(Collector):
         yield from (delta, low, high, p_value, mdd, state)
 
     def _drift(self, names: Mapping[int, str]) -> Iterator[Metric]:
-        from ..analysis.assess import latest_findings
+        from monitor.analysis.assess import latest_findings
 
         labels = ["model", "kind", "source"]
         score = GaugeMetricFamily(

@@ -75,11 +75,11 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from .. import __version__
-from ..errors import ConfigError, MonitorError, Problem
-from ..schedule import parse_interval
-from ..store import Store, as_utc, utcnow
-from ..store.tables import WebhookDelivery, WebhookEndpointState, WebhookEvent
+from monitor import __version__
+from monitor.errors import ConfigError, MonitorError, Problem
+from monitor.schedule import parse_interval
+from monitor.store import Store, as_utc, utcnow
+from monitor.store.tables import WebhookDelivery, WebhookEndpointState, WebhookEvent
 
 log = logging.getLogger("monitor.webhooks")
 
