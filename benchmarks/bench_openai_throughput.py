@@ -3,7 +3,7 @@
 With at most ``C`` requests in flight and every request taking ``L`` seconds,
 no client can finish more than ``C / L`` requests a second (Little's law).
 This script serves a tiny seeded model with the project's OpenAI-compatible
-server (:mod:`monitor.openai_server`), adds a fixed latency ``L`` to every
+server (:mod:`monitor.testing.openai_server`), adds a fixed latency ``L`` to every
 inference request, and measures how close the backend gets to that bound
 when the runner evaluates an eval set through it (one request an item).
 
@@ -100,7 +100,7 @@ def serve(base: Path, adapter: Path, latency_s: float) -> tuple[subprocess.Popen
 
 
 def timed_passes(client: Any, es: Any, chunk_size: int, repeats: int) -> list[dict[str, Any]]:
-    from monitor.runner import evaluate
+    from monitor.evals.loop import evaluate
 
     passes = []
     for _ in range(repeats):
@@ -124,10 +124,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from monitor.backends import EndpointSpec
-    from monitor.backends.hf import HFBackend
+    from monitor.backends.hf.backend import HFBackend
     from monitor.backends.openai import OpenAIBackend
-    from monitor.evalsets import load_evalset
-    from monitor.runner import evaluate
+    from monitor.evals.evalset import load_evalset
+    from monitor.evals.loop import evaluate
 
     torch.set_num_threads(args.threads)
     latency = args.latency_ms / 1000

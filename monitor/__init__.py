@@ -8,8 +8,19 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from monitor.errors import AdapterMismatchError, BackendError, ConfigError, EvalSetError, InputError, ModelLoadError, MonitorError, NotFoundError, Problem, StoreError
-from monitor.evalsets import EvalItem, EvalSet, load_evalset
+from monitor.errors import (
+    AdapterMismatchError,
+    BackendError,
+    ConfigError,
+    EvalSetError,
+    InputError,
+    ModelLoadError,
+    MonitorError,
+    NotFoundError,
+    Problem,
+    StoreError,
+)
+from monitor.evals.evalset import EvalItem, EvalSet, load_evalset
 
 __all__ = [
     "AdapterMismatchError",

@@ -33,6 +33,44 @@ def parse_interval(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+class Duration(timedelta):
+    """A :class:`timedelta` that remembers how it was written (``24h`` stays ``24h``, not ``1 day``).
+
+    It compares, hashes and computes as a timedelta; ``str()`` gives the text back, so
+    messages and stored labels read as the configuration does.
+    """
+
+    text: str
+
+    def __new__(cls, text: str) -> Duration:
+        value = parse_interval(text)
+        self = super().__new__(cls, seconds=value.total_seconds())
+        self.text = text.strip()
+        return self
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Duration({self.text!r})"
+
+    def __reduce__(self) -> tuple[type[Duration], tuple[str]]:
+        return (Duration, (self.text,))
+
+
+def format_interval(value: timedelta) -> str:
+    """An interval as text :func:`parse_interval` reads back: as written for a :class:`Duration`."""
+    if isinstance(value, Duration):
+        return value.text
+    seconds = int(value.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
 def cron_trigger(expression: str, timezone: str = "UTC") -> Any:
     """An APScheduler cron trigger for a five-field crontab expression in ``timezone``.
 

@@ -43,171 +43,18 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from monitor.config.schema import MONTHS_PER_YEAR, CostsConfig, Option, PricingConfig
 
 #: Version of :meth:`CostCase.to_dict`'s layout; bump when it changes.
 COSTS_FORMAT_VERSION = 1
 #: Days in a month: 365.25 / 12, rounded the way it is usually quoted.
 DAYS_PER_MONTH = 30.44
-MONTHS_PER_YEAR = 12
 DAYS_PER_YEAR = round(DAYS_PER_MONTH * MONTHS_PER_YEAR, 2)  # 365.28
 HOURS_PER_DAY = 24
 
-Option = Literal["keep", "retrain", "rebase", "retire"]
 OPTIONS: tuple[Option, ...] = ("keep", "retrain", "rebase", "retire")
-
-#: An amount of money or a price: zero or more, finite.
-Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-#: An ISO 4217 currency code.
-Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-
-_PER_TOKEN_FIELDS = ("prompt_per_1k", "completion_per_1k")
-_PER_GPU_FIELDS = (
-    "gpu_hour",
-    "requests_per_hour",
-    "tokens_per_second",
-    "gpus",
-    "utilisation",
-    "min_replicas",
-)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PricingConfig(_Strict):
-    """What serving one option costs: per token, or per GPU-hour with a measured throughput.
-
-    Per token (a hosted API)::
-
-        {prompt_per_1k: 0.5, completion_per_1k: 1.5}
-
-    Per GPU-hour (your own deployment), with the throughput measured on this
-    workload::
-
-        {gpu_hour: 2.5, gpus: 1, requests_per_hour: 3600, utilisation: 0.6, min_replicas: 1}
-    """
-
-    prompt_per_1k: Price | None = None
-    completion_per_1k: Price | None = None
-    #: Price of one GPU for one hour.
-    gpu_hour: Price | None = None
-    #: Throughput of one replica at full load, measured on this workload: requests an hour ...
-    requests_per_hour: PositiveNumber | None = None
-    #: ... or prompt plus completion tokens a second (turned into requests with the option's token profile).
-    tokens_per_second: PositiveNumber | None = None
-    #: GPUs in one replica (more than one when the model is split across GPUs).
-    gpus: Annotated[int, Field(ge=1, le=4096)] = 1
-    #: Average share of the paid GPU time spent serving; idle headroom is paid too.
-    utilisation: Annotated[float, Field(gt=0, le=1)] = 1.0
-    #: Replicas kept running around the clock whatever the traffic (0: the deployment scales to zero).
-    min_replicas: Annotated[int, Field(ge=0, le=4096)] = 0
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> PricingConfig:
-        given = {name for name in self.model_fields_set if getattr(self, name) is not None}
-        per_token = [name for name in _PER_TOKEN_FIELDS if name in given]
-        per_gpu = [name for name in _PER_GPU_FIELDS if name in given]
-        if per_token and per_gpu:
-            raise ValueError(
-                "give one kind of pricing, not both: per token "
-                f"({', '.join(per_token)}) or per GPU-hour ({', '.join(per_gpu)})"
-            )
-        if not per_token and not per_gpu:
-            raise ValueError(
-                "give a price: per token (prompt_per_1k and completion_per_1k) or per GPU-hour "
-                "(gpu_hour with requests_per_hour or tokens_per_second)"
-            )
-        if per_token and len(per_token) != len(_PER_TOKEN_FIELDS):
-            raise ValueError("per-token pricing needs both prompt_per_1k and completion_per_1k")
-        if per_gpu:
-            if self.gpu_hour is None:
-                raise ValueError("per-GPU-hour pricing needs gpu_hour, the price of one GPU for one hour")
-            if self.requests_per_hour is not None and self.tokens_per_second is not None:
-                raise ValueError(
-                    "per-GPU-hour pricing takes one measured throughput: "
-                    "requests_per_hour or tokens_per_second, not both"
-                )
-            if self.requests_per_hour is None and self.tokens_per_second is None:
-                raise ValueError(
-                    "per-GPU-hour pricing needs a measured throughput: requests_per_hour or tokens_per_second"
-                )
-        return self
-
-    @property
-    def kind(self) -> Literal["per_token", "per_gpu_hour"]:
-        return "per_token" if self.prompt_per_1k is not None else "per_gpu_hour"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The price block with its kind, only the fields of that kind (defaults included)."""
-        fields = _PER_TOKEN_FIELDS if self.kind == "per_token" else _PER_GPU_FIELDS
-        return {"kind": self.kind} | {
-            name: getattr(self, name) for name in fields if getattr(self, name) is not None
-        }
-
-    def describe(self, currency: str) -> str:
-        """The price in words, for the assumptions of a cost case."""
-        if self.prompt_per_1k is not None and self.completion_per_1k is not None:
-            return (
-                f"{format_money(self.prompt_per_1k, currency)} per 1k prompt tokens, "
-                f"{format_money(self.completion_per_1k, currency)} per 1k completion tokens"
-            )
-        assert self.gpu_hour is not None
-        throughput = (
-            f"{format_number(self.requests_per_hour)} requests an hour"
-            if self.requests_per_hour is not None
-            else f"{format_number(self.tokens_per_second or 0.0)} tokens a second (prompt and completion)"
-        )
-        text = (
-            f"{format_money(self.gpu_hour, currency)} a GPU-hour, {_count(self.gpus, 'GPU')} a replica "
-            f"serving {throughput} at {format_number(self.utilisation * 100)}% utilisation"
-        )
-        if self.min_replicas:
-            text += f", {_count(self.min_replicas, 'replica')} always on"
-        return text
-
-
-class CostsConfig(_Strict):
-    """``costs:`` of one fine-tune: its traffic, what each option's serving costs, what a re-train costs.
-
-    ``pricing`` prices the fine-tune's own deployment (keep, retrain).
-    ``challenger_pricing`` prices the newer base (retire, and rebase unless
-    ``rebase_pricing`` is given); both default to ``pricing``.
-    """
-
-    requests_per_day: PositiveNumber
-    currency: Currency = "USD"
-    pricing: PricingConfig
-    challenger_pricing: PricingConfig | None = None
-    rebase_pricing: PricingConfig | None = None
-    #: One-time cost of a re-train (compute, data, review).
-    retrain_cost: Price
-    #: Re-trains expected a year to keep the fine-tune fresh: its upkeep.
-    retrains_per_year: Annotated[float, Field(ge=0, le=366, allow_inf_nan=False)]
-    #: One-time cost of training the adapter again on the newer base (default: ``retrain_cost``).
-    rebase_cost: Price | None = None
-
-    def pricing_for(self, option: Option) -> PricingConfig:
-        """The price block that applies to an option."""
-        if option in ("keep", "retrain"):
-            return self.pricing
-        challenger = self.challenger_pricing or self.pricing
-        if option == "rebase":
-            return self.rebase_pricing or challenger
-        return challenger
-
-    @property
-    def rebase_one_time(self) -> float:
-        return self.retrain_cost if self.rebase_cost is None else self.rebase_cost
-
-    @property
-    def upkeep_per_month(self) -> float:
-        """``retrains_per_year * retrain_cost / 12``."""
-        return self.retrains_per_year * self.retrain_cost / MONTHS_PER_YEAR
 
 
 @dataclass(frozen=True)
@@ -550,7 +397,7 @@ def cost_case(
     ]
     for cost in options.values():
         assumptions.append(
-            f"{cost.option} ({cost.label}): {cost.pricing.describe(currency)}; "
+            f"{cost.option} ({cost.label}): {describe_pricing(cost.pricing, currency)}; "
             f"{format_number(cost.tokens.prompt_tokens)} prompt and "
             f"{format_number(cost.tokens.completion_tokens)} completion tokens a request "
             f"({cost.tokens.source})"
@@ -658,3 +505,25 @@ def _payback(days: float | None) -> str:
     if days < 1:
         return "it pays for itself in less than a day"
     return f"it pays for itself in {_count(_round(days), 'day')}"
+
+
+def describe_pricing(pricing: PricingConfig, currency: str) -> str:
+    """The price in words, for the assumptions of a cost case."""
+    if pricing.prompt_per_1k is not None and pricing.completion_per_1k is not None:
+        return (
+            f"{format_money(pricing.prompt_per_1k, currency)} per 1k prompt tokens, "
+            f"{format_money(pricing.completion_per_1k, currency)} per 1k completion tokens"
+        )
+    assert pricing.gpu_hour is not None
+    throughput = (
+        f"{format_number(pricing.requests_per_hour)} requests an hour"
+        if pricing.requests_per_hour is not None
+        else f"{format_number(pricing.tokens_per_second or 0.0)} tokens a second (prompt and completion)"
+    )
+    text = (
+        f"{format_money(pricing.gpu_hour, currency)} a GPU-hour, {_count(pricing.gpus, 'GPU')} a replica "
+        f"serving {throughput} at {format_number(pricing.utilisation * 100)}% utilisation"
+    )
+    if pricing.min_replicas:
+        text += f", {_count(pricing.min_replicas, 'replica')} always on"
+    return text

@@ -247,8 +247,8 @@ def _primary(run: Any) -> tuple[str, float] | None:
 
 def gather_evidence(store: Any, cfg: Any, finetune: str) -> Evidence:
     """Everything :func:`decide` needs about one configured fine-tune, read from the store."""
-    from monitor.analysis.assess import latest_findings
     from monitor.analysis.regression import latest_verdicts
+    from monitor.service.after_job import latest_findings
 
     ft = cfg.finetunes[finetune]
     try:

@@ -21,10 +21,21 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from monitor import events
+from monitor.analysis.baselines import Baseline
+from monitor.analysis.stats import (
+    TestResult,
+    holm,
+    mcnemar_exact,
+    minimum_detectable_difference,
+    paired_bootstrap,
+    regression_decision,
+    unpaired_means,
+    unpaired_proportions,
+)
+from monitor.events import Notify
 from monitor.store import RunRecord, Store, utcnow
 from monitor.store.tables import VerdictRecord
-from monitor.analysis.baselines import Baseline
-from monitor.analysis.stats import TestResult, holm, mcnemar_exact, minimum_detectable_difference, paired_bootstrap, regression_decision, unpaired_means, unpaired_proportions
 
 #: Settings whose difference makes a comparison meaningless (``mc_method``: multiple choice
 #: picked by generation rather than by log-likelihoods, set only then).
@@ -165,7 +176,7 @@ def _min_detectable(
 
 
 def assess_run(
-    store: Store, run_id: int, baseline: Baseline, policy: RegressionPolicy, notify: Any = None
+    store: Store, run_id: int, baseline: Baseline, policy: RegressionPolicy, notify: Notify | None = None
 ) -> list[VerdictRecord]:
     """Compare a succeeded run with its baseline, correct across the model's series, store the verdicts."""
     run = store.get_run(run_id)
@@ -209,20 +220,19 @@ def assess_run(
                 # the event is written in the verdict's transaction: both exist, or neither
                 notify(
                     s,
-                    "regression.confirmed",
-                    {
-                        "model": store.model_name(run.model_id),
-                        "evalset": run.evalset_name,
-                        "strategy": run.strategy,
-                        "metric": c.metric,
-                        "delta": record.delta,
-                        "ci_low": record.ci_low,
-                        "ci_high": record.ci_high,
-                        "p_value": record.adjusted_p,
-                        "run": run.id,
-                        "baseline_run": baseline.run_id,
-                        "consecutive": record.consecutive,
-                    },
+                    events.regression_confirmed(
+                        model=store.model_name(run.model_id),
+                        evalset=run.evalset_name,
+                        strategy=run.strategy,
+                        metric=c.metric,
+                        delta=record.delta,
+                        ci_low=record.ci_low,
+                        ci_high=record.ci_high,
+                        p_value=record.adjusted_p,
+                        run=run.id,
+                        baseline_run=baseline.run_id,
+                        consecutive=record.consecutive,
+                    ),
                 )
         s.flush()
         for record in records:

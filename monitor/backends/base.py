@@ -129,3 +129,39 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (or its type), for one-line error reports."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:limit]
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """How to reach a model behind an OpenAI-compatible server (the ``openai`` backend).
+
+    Holds the *name* of the API key's environment variable, never the key.
+    """
+
+    base_url: str
+    api_key_env: str | None = None
+    api: str = "completions"
+    headers: tuple[tuple[str, str], ...] = ()
+    timeout_s: float = 60.0
+    max_concurrency: int = 8
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_retries: int = 5
+    mc_method: str = "auto"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to load one model: where its weights are and how to run it.
+
+    For the ``openai`` backend ``base`` is the served model name and ``endpoint`` says where.
+    """
+
+    backend: str
+    base: str
+    adapter: str | None = None
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_tokens: int | None = None
+    endpoint: EndpointSpec | None = None

@@ -21,7 +21,7 @@ Multiple choice is answered one of two ways, recorded as ``mc_method`` in
     answer is generated greedily and matched to a choice (:func:`match_choice`);
     an answer that matches none is wrong.  This is another measurement, so runs
     made this way are never paired with scored runs (see
-    :func:`monitor.execution.record_mc_method`).
+    :func:`monitor.service.runs.record_mc_method`).
 
 ``auto`` (the default) probes the server at load and takes ``logprobs`` when
 an echoed completion comes back with per-token log-probabilities.
@@ -71,8 +71,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from monitor import __version__
-from monitor.backends import EndpointSpec
 from monitor.backends.base import (
+    EndpointSpec,
     GenerationRequest,
     GenerationResult,
     LoglikelihoodRequest,

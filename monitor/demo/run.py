@@ -23,7 +23,7 @@ DEMO_PORT = 9464
 
 def run_demo(workdir: Path, *, rebuild: bool = False, once: bool = False, port: int = DEMO_PORT) -> Path:
     """Build (or load) the demo models, tell the story, then run the daemon unless ``once``."""
-    from monitor.cli import print_status, serve_daemon
+    from monitor.cli.main import print_status, serve_daemon
     from monitor.demo.build import build_demo_models
     from monitor.demo.receiver import DemoReceiver
 

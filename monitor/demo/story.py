@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from monitor.errors import NotFoundError
 from monitor.demo import data
+from monitor.errors import NotFoundError
 
 if TYPE_CHECKING:
     from monitor.demo.build import DemoModels
@@ -206,11 +206,12 @@ def tell_story(
     """Run the four chapters against the demo configuration; the history stays in ``workdir``."""
     from monitor.analysis.baselines import pin_baseline
     from monitor.analysis.recommend import assess
+    from monitor.api.views import status_entries
     from monitor.config import load_config
-    from monitor.execution import ModelPool, make_notifier, run_jobs
-    from monitor.releases import ReleaseWatcher, effective_config, pending_challenger_jobs
+    from monitor.service.after_job import make_notifier
+    from monitor.service.releases.watch import ReleaseWatcher, effective_config, pending_challenger_jobs
+    from monitor.service.runs import ModelPool, run_jobs
     from monitor.store import Store, utcnow
-    from monitor.views import status_entries
 
     outcome = StoryOutcome()
     declared = load_config(config_path)
@@ -317,7 +318,7 @@ def _verdict(store: Any, cfg: Any) -> str:
 
 
 def _input_drift(store: Any) -> bool | None:
-    from monitor.analysis.assess import latest_findings
+    from monitor.service.after_job import latest_findings
 
     for record, name in latest_findings(store):
         if name == FINETUNE and record.kind == "input":

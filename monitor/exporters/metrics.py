@@ -323,7 +323,7 @@ class StoreCollector(Collector):
         yield from (delta, low, high, p_value, mdd, state)
 
     def _drift(self, names: Mapping[int, str]) -> Iterator[Metric]:
-        from monitor.analysis.assess import latest_findings
+        from monitor.service.after_job import latest_findings
 
         labels = ["model", "kind", "source"]
         score = GaugeMetricFamily(

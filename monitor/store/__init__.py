@@ -10,11 +10,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from monitor.store.results import ItemResult
+from monitor.evals.results import ItemResult
 
 if TYPE_CHECKING:
     from monitor.store.db import SeriesStatus, Store, as_utc, make_engine, migrate, redact_url
-    from monitor.store.tables import DaemonLease, EvalSetVersionRecord, ItemResultRecord, ModelRecord, RunRecord, RunRequest, utcnow
+    from monitor.store.tables import (
+        DaemonLease,
+        EvalSetVersionRecord,
+        ItemResultRecord,
+        ModelRecord,
+        RunRecord,
+        RunRequest,
+        utcnow,
+    )
 
 _LAZY = {
     **dict.fromkeys(("SeriesStatus", "Store", "as_utc", "make_engine", "migrate", "redact_url"), ".db"),

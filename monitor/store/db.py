@@ -18,8 +18,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine
 
 from monitor.errors import NotFoundError, StoreError
-from monitor.store.results import ItemResult
-from monitor.store.tables import DaemonLease, EvalSetVersionRecord, ItemResultRecord, ModelRecord, ReleaseRecord, RunRecord, RunRequest, utcnow
+from monitor.evals.results import ItemResult
+from monitor.store.tables import (
+    DaemonLease,
+    EvalSetVersionRecord,
+    ItemResultRecord,
+    ModelRecord,
+    ReleaseRecord,
+    RunRecord,
+    RunRequest,
+    utcnow,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000

@@ -1,0 +1,481 @@
+"""The daemon: scheduled runs, crash recovery, run-now requests and a graceful stop.
+
+Threads and their jobs:
+
+- APScheduler (behind :class:`~monitor.schedule.JobTimer`) only keeps time: a
+  fire puts the job on the work queue.
+- One worker executes the queue, one job at a time, so models and CPU are never
+  contended; a job already queued or running is not queued twice.
+- A heartbeat renews the single-instance lease; a poller turns run-now requests
+  from the database into queue entries.
+- A release watcher scans the watched base-model families when due; a new
+  release is stored and its challenger job queued (:mod:`monitor.service.releases.watch`).
+
+Runs commit their items in chunks.  A run found ``running`` at start was
+interrupted by a crash; it is marked so and resumed, skipping the items already
+stored.  On SIGTERM/SIGINT the worker stops after the chunk in hand, the run is
+marked ``interrupted`` (and resumed at the next start), and the daemon exits
+within the configured shutdown timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from monitor.config import JobConfig, MonitorConfig
+from monitor.errors import LeaseHeldError, MonitorError
+from monitor.evals.evalset import load_evalset, parse_strategy
+from monitor.schedule import JobTimer, latest_missed_fire, make_trigger, typical_interval
+from monitor.service.after_job import after_job, analyze_safely, make_notifier
+from monitor.service.plan import RunPlan, plan_runs
+from monitor.service.releases.watch import (
+    ReleaseSource,
+    ReleaseWatcher,
+    effective_config,
+    mark_evaluated,
+    pending_challenger_jobs,
+    stale_challenger_jobs,
+)
+from monitor.service.runs import ModelPool, continue_run, execute_run
+from monitor.store import RunRecord, Store, as_utc, utcnow
+
+log = logging.getLogger("monitor.service.daemon")
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One entry of the work queue: run a job, or resume one stored run."""
+
+    job: str
+    trigger: str
+    scheduled_for: datetime | None = None
+    resume_run_id: int | None = None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Daemon:
+    """Runs the configured jobs on their schedules until stopped."""
+
+    def __init__(
+        self,
+        config: MonitorConfig,
+        store: Store,
+        *,
+        pool: ModelPool | None = None,
+        clock: Clock = utcnow,
+        manual_timer: bool = False,
+        host: str | None = None,
+        pid: int | None = None,
+        release_sources: dict[str, ReleaseSource] | None = None,
+    ) -> None:
+        #: The configuration as written; ``config`` adds the releases found so far (see ``monitor.service.releases.watch``).
+        self.declared_config = config
+        self.config = config
+        self.store = store
+        settings = config.daemon
+        self.pool = pool if pool is not None else ModelPool(max_models=settings.max_loaded_models)
+        self.clock = clock
+        self.host = host or socket.gethostname()
+        self.pid = pid or os.getpid()
+        self.holder = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        self.lease_ttl_s = settings.lease_ttl.total_seconds()
+        self.poll_s = settings.poll_interval.total_seconds()
+        self.shutdown_timeout_s = settings.shutdown_timeout.total_seconds()
+        self.timer = JobTimer(self._on_fire, manual=manual_timer)
+        self._manual = manual_timer
+        self.started_at: datetime | None = None
+        self.job_intervals: dict[str, float] = {}
+        self.plan_errors: dict[str, int] = {}
+        self.on_run_finished: Callable[[RunRecord], None] | None = None
+        #: Writes webhook events into the outbox in the caller's transaction (None: no endpoints).
+        self.notify = make_notifier(config)
+        #: Called after anything may have written an event (the webhook sender's wake-up).
+        self.on_events: Callable[[], None] | None = None
+        self._queue: queue.Queue[WorkItem | None] = queue.Queue()
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._idle = threading.Event()
+        self._idle.set()
+        self.current_job: str | None = None
+        self.watcher = ReleaseWatcher(store, config, sources=release_sources, notify=self.notify)
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Take the lease, recover interrupted runs, register the schedules and start working.
+
+        Raises:
+            LeaseHeldError: another daemon is running against the same database.
+        """
+        holder = self.store.acquire_lease(
+            self.holder, host=self.host, pid=self.pid, ttl_s=self.lease_ttl_s, is_alive=pid_alive
+        )
+        if holder is not None:
+            raise LeaseHeldError(
+                f"another monitor daemon is running against this database ({holder.holder}, "
+                f"last heartbeat {as_utc(holder.heartbeat_at):%Y-%m-%d %H:%M:%S} UTC, "
+                f"lease until {as_utc(holder.expires_at):%H:%M:%S} UTC); stop it first or use another database"
+            )
+        self.started_at = self.clock()
+        self.watcher.register_configured()
+        self.refresh_releases()
+        self.recover()
+        self.register_jobs()
+        self.catch_up(self.clock())
+        self.queue_release_evaluations()
+        self.timer.start()
+        threads: list[tuple[str, Callable[[], None]]] = [
+            ("worker", self._work),
+            ("heartbeat", self._heartbeat),
+            ("requests", self._poll),
+        ]
+        if self.watcher.sources and not self._manual:
+            # With a manual timer (tests drive time) the caller scans with scan_releases().
+            threads.append(("releases", self._watch))
+        for name, target in threads:
+            thread = threading.Thread(target=target, name=f"monitor-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("daemon started (%s), %d scheduled jobs", self.holder, len(self.job_intervals))
+
+    def request_stop(self) -> None:
+        """Stop taking new work; the run in hand stops after its current chunk."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def shutdown(self) -> bool:
+        """Stop, wait up to the shutdown timeout for the worker, release the lease; true if clean."""
+        self.request_stop()
+        self.timer.shutdown()
+        self._queue.put(None)
+        deadline = time.monotonic() + self.shutdown_timeout_s
+        clean = True
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            clean = clean and not thread.is_alive()
+        if clean:
+            self.pool.close()
+            self.store.release_lease(self.holder)
+        else:
+            # The run in hand stays "running" and is resumed by the next start; the lease expires.
+            log.warning("shutdown timed out with a run in progress; it will be resumed at the next start")
+        return clean
+
+    # --- scheduling ----------------------------------------------------------------------------------
+
+    def register_jobs(self) -> None:
+        """Register every scheduled job from the configuration under its explicit id."""
+        now = self.clock()
+        for name, job in self.config.jobs.items():
+            if job.schedule is None:
+                continue
+            trigger = self._trigger(name, job)
+            self.timer.add(name, trigger, grace=job.schedule.grace)
+            self.job_intervals[name] = typical_interval(trigger, now)
+
+    def _trigger(self, name: str, job: JobConfig) -> object:
+        schedule = job.schedule
+        assert schedule is not None
+        every = schedule.every if schedule.every else None
+        anchor = self.store.last_scheduled_fire(name) if every else None
+        if anchor is not None and anchor > self.clock():
+            anchor = None  # a clock that went backwards: start afresh
+        return make_trigger(every=every, cron=schedule.cron, timezone=schedule.timezone, anchor=anchor)
+
+    def catch_up(self, now: datetime) -> list[WorkItem]:
+        """Queue one run per job whose fires were missed while the daemon was down (within grace)."""
+        queued = []
+        for name, job in self.config.jobs.items():
+            if job.schedule is None:
+                continue
+            last = self.store.last_scheduled_fire(name)
+            if last is None:
+                if job.schedule.run_at_start:
+                    queued.append(WorkItem(name, "schedule", now))
+                continue
+            trigger = make_trigger(
+                every=job.schedule.every if job.schedule.every else None,
+                cron=job.schedule.cron,
+                timezone=job.schedule.timezone,
+                anchor=last,
+            )
+            missed = latest_missed_fire(trigger, last, now)
+            if missed is None:
+                continue
+            if now - missed > job.schedule.grace:
+                log.info("job %s missed its run at %s, beyond the grace; waiting for the next", name, missed)
+                continue
+            queued.append(WorkItem(name, "catch-up", missed))
+        for item in queued:
+            self.enqueue(item)
+        return queued
+
+    def _on_fire(self, job: str, scheduled_for: datetime) -> None:
+        if not self.enqueue(WorkItem(job, "schedule", scheduled_for)):
+            log.info("job %s fired while still queued or running; fires coalesce", job)
+
+    def enqueue(self, item: WorkItem) -> bool:
+        """Queue work unless the same job is already queued or running (one run at a time per job)."""
+        if self._stop.is_set():
+            return False
+        key = item.job if item.resume_run_id is None else f"resume:{item.resume_run_id}"
+        with self._pending_lock:
+            if key in self._pending:
+                return False
+            self._pending.add(key)
+        self._idle.clear()
+        self._queue.put(item)
+        return True
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until the queue is drained (tests and the demo)."""
+        return self._idle.wait(timeout)
+
+    def queued_jobs(self) -> list[str]:
+        with self._pending_lock:
+            return sorted(self._pending)
+
+    # --- releases ------------------------------------------------------------------------------------
+
+    def refresh_releases(self) -> None:
+        """Fold the stored releases into the effective configuration (and schedule new challenger jobs)."""
+        known = set(self.config.jobs)
+        self.config = effective_config(self.declared_config, self.store.releases())
+        if self.started_at is None or not self.timer.running:
+            return  # at start, register_jobs() schedules them all
+        now = self.clock()
+        for name, job in self.config.jobs.items():
+            if name not in known and job.schedule is not None:
+                trigger = self._trigger(name, job)
+                self.timer.add(name, trigger, grace=job.schedule.grace)
+                self.job_intervals[name] = typical_interval(trigger, now)
+
+    def queue_release_evaluations(self) -> list[str]:
+        """Queue the challenger job of every release not evaluated yet."""
+        queued = []
+        for job in pending_challenger_jobs(self.config, self.store.releases()):
+            if self.enqueue(WorkItem(job, "release", self.clock())):
+                log.info("queued the challenger evaluation %s", job)
+                queued.append(job)
+        return queued
+
+    def scan_releases(self) -> list[str]:
+        """Scan the watched families that are due; queue the evaluations of new releases."""
+        new = self.watcher.scan_due(self.clock())
+        if not new:
+            return []
+        self.refresh_releases()
+        self._wake_sender()
+        return self.queue_release_evaluations()
+
+    def _watch(self) -> None:
+        interval = min(self.poll_s, 1.0)
+        while not self._stop.wait(interval):
+            try:
+                self.scan_releases()
+            except MonitorError as exc:
+                log.warning("release watcher: %s", exc)
+            except Exception:  # the watcher must never take the daemon down
+                log.exception("release watcher failed")
+
+    # --- recovery ------------------------------------------------------------------------------------
+
+    def recover(self) -> list[int]:
+        """Mark runs left by a crash as interrupted and queue every interrupted run for resumption."""
+        resumed = []
+        for run in self.store.unfinished_runs():
+            assert run.id is not None
+            if run.status == "running":
+                self.store.finish_run(run.id, status="interrupted", error="the daemon stopped during the run")
+            if run.job is None or run.job not in self.config.jobs:
+                self.store.finish_run(
+                    run.id,
+                    status="failed",
+                    error="interrupted run cannot be resumed: its job is no longer configured",
+                )
+                continue
+            self.enqueue(WorkItem(run.job, "resume", as_utc(run.scheduled_for), resume_run_id=run.id))
+            resumed.append(run.id)
+        return resumed
+
+    def _resume_plan(self, run_id: int) -> RunPlan | None:
+        run = self.store.get_run(run_id)
+        model_name = self.store.model_name(run.model_id)
+        assert run.job is not None
+        job = self.config.jobs[run.job]
+        if model_name not in job.models or run.evalset_name not in job.evalsets:
+            self.store.finish_run(
+                run_id, status="failed", error="not resumed: the job no longer runs this model or eval set"
+            )
+            return None
+        try:
+            evalset = load_evalset(self.config.resolve(self.config.evalsets[run.evalset_name]))
+        except MonitorError as exc:
+            self.store.finish_run(run_id, status="failed", error=f"not resumed: {exc}")
+            return None
+        if evalset.version != run.evalset_version:
+            self.store.finish_run(
+                run_id, status="failed", error="not resumed: the eval set changed since the run started"
+            )
+            return None
+        plans = plan_runs(
+            self.config, [run.job], trigger=run.trigger, scheduled_for=as_utc(run.scheduled_for)
+        )
+        for plan in plans:
+            same_series = plan.model_name == model_name and plan.evalset.name == run.evalset_name
+            if same_series and parse_strategy(run.strategy, plan.evalset) == plan.fewshot_k:
+                return plan
+        self.store.finish_run(
+            run_id, status="failed", error="not resumed: its strategy is no longer configured"
+        )
+        return None
+
+    # --- threads -------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                self._mark_idle()
+                continue
+            if item is None:
+                break
+            try:
+                self.current_job = item.job
+                self._execute(item)
+            except Exception:  # one bad job must never stop the others
+                log.exception("job %s failed outside any run", item.job)
+            finally:
+                self.current_job = None
+                key = item.job if item.resume_run_id is None else f"resume:{item.resume_run_id}"
+                with self._pending_lock:
+                    self._pending.discard(key)
+                self._mark_idle()
+
+    def _mark_idle(self) -> None:
+        with self._pending_lock:
+            if not self._pending and self._queue.empty():
+                self._idle.set()
+
+    def _execute(self, item: WorkItem) -> None:
+        settings = self.config.daemon
+        chunk, max_errors, stop = settings.chunk_size, settings.max_item_error_rate, self._stop.is_set
+        if item.resume_run_id is not None:
+            plan = self._resume_plan(item.resume_run_id)
+            if plan is not None:
+                log.info("resuming run %d of job %s", item.resume_run_id, item.job)
+                run = continue_run(
+                    self.store,
+                    self.pool,
+                    plan,
+                    item.resume_run_id,
+                    chunk_size=chunk,
+                    max_error_rate=max_errors,
+                    should_stop=stop,
+                )
+                self._finished(run)
+            return
+        try:
+            plans = plan_runs(self.config, [item.job], trigger=item.trigger, scheduled_for=item.scheduled_for)
+        except MonitorError as exc:
+            self.plan_errors[item.job] = self.plan_errors.get(item.job, 0) + 1
+            log.error("job %s cannot run: %s", item.job, str(exc).replace("\n", "; "))
+            return
+        for plan in plans:
+            if self._stop.is_set():
+                break
+            run = execute_run(
+                self.store, self.pool, plan, chunk_size=chunk, max_error_rate=max_errors, should_stop=stop
+            )
+            self._finished(run)
+        if not self._stop.is_set():
+            after_job(self.store, self.config, list(self.config.jobs[item.job].models), self.notify)
+            mark_evaluated(self.store, self.config, item.job, self.clock())
+            self._wake_sender()
+            for job in stale_challenger_jobs(self.store, self.config):
+                if self.enqueue(WorkItem(job, "evalset-changed", self.clock())):
+                    log.info("a golden set changed since %s last ran: queued again", job)
+
+    def _finished(self, run: RunRecord) -> None:
+        log.info(
+            "run %s: %s on %s (%s) %s%s",
+            run.id,
+            run.job,
+            run.evalset_name,
+            run.strategy,
+            run.status,
+            f": {run.error}" if run.error else "",
+        )
+        if run.id is not None:
+            analyze_safely(self.store, run.id, self.config, self.notify)
+            self._wake_sender()
+        if self.on_run_finished is not None:
+            try:
+                self.on_run_finished(run)
+            except Exception:
+                log.exception("run-finished hook failed")
+
+    def _wake_sender(self) -> None:
+        if self.on_events is not None:
+            try:
+                self.on_events()
+            except Exception:
+                log.exception("could not wake the webhook sender")
+
+    def _heartbeat(self) -> None:
+        interval = max(0.2, self.lease_ttl_s / 3)
+        while not self._stop.wait(interval):
+            try:
+                if not self.store.renew_lease(self.holder, self.lease_ttl_s):
+                    log.error("lost the daemon lease to another process; stopping")
+                    self.request_stop()
+            except MonitorError as exc:
+                log.warning("could not renew the lease: %s", exc)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                for request in self.store.take_run_requests():
+                    if request.job in self.config.jobs:
+                        self.enqueue(WorkItem(request.job, "manual", None))
+                        log.info("run-now request %s for job %s", request.id, request.job)
+                    else:
+                        log.warning("run-now request %s names unknown job %s", request.id, request.job)
+            except MonitorError as exc:
+                log.warning("could not read run-now requests: %s", exc)
+
+    # --- state for readiness and metrics -------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, dict[str, bool]]:
+        """Readiness: the store answers and the scheduler runs."""
+        checks = {"store": self.store.ping(), "scheduler": self.timer.running and not self._stop.is_set()}
+        return all(checks.values()), checks
+
+    def uptime(self) -> timedelta:
+        return self.clock() - self.started_at if self.started_at else timedelta(0)

@@ -1,0 +1,103 @@
+"""Which runs a job asks for: the configuration turned into model specs, eval sets and shot counts.
+
+Eval sets are loaded and validated before any run starts, so a bad set fails
+the job at once with every problem listed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from monitor.backends import EndpointSpec, ModelSpec
+from monitor.config import EndpointConfig, MonitorConfig
+from monitor.errors import EvalSetError, NotFoundError, Problem
+from monitor.evals.evalset import EvalSet, load_evalset, parse_strategy
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run to make: a named model under a spec, an eval set, a shot count."""
+
+    model_name: str
+    spec: ModelSpec
+    evalset: EvalSet
+    fewshot_k: int
+    trigger: str = "cli"
+    job: str | None = None
+    scheduled_for: datetime | None = None
+    model_version: str | None = None
+
+
+def plan_runs(
+    cfg: MonitorConfig, jobs: Sequence[str], trigger: str, scheduled_for: datetime | None = None
+) -> list[RunPlan]:
+    """The runs that ``jobs`` (all jobs when empty) ask for, eval sets loaded and validated first."""
+    unknown = [j for j in jobs if j not in cfg.jobs]
+    if unknown:
+        raise NotFoundError(
+            f"unknown job(s) {', '.join(unknown)}; configured: {', '.join(cfg.jobs) or 'none'}"
+        )
+    names = list(jobs) or list(cfg.jobs)
+    evalsets: dict[str, EvalSet] = {}
+    problems: list[Problem] = []
+    for job_name in names:
+        for es_name in cfg.jobs[job_name].evalsets:
+            if es_name not in evalsets:
+                try:
+                    evalsets[es_name] = load_evalset(cfg.resolve(cfg.evalsets[es_name]))
+                except EvalSetError as exc:
+                    problems.extend(exc.problems)
+    if problems:
+        raise EvalSetError(problems)
+    plans = []
+    for job_name in names:
+        job = cfg.jobs[job_name]
+        for model_name in job.models:
+            model = cfg.models[model_name]
+            base, adapter = cfg.model_source(model_name)
+            spec = ModelSpec(
+                model.backend,
+                base,
+                adapter,
+                revision=model.revision,
+                device=model.device,
+                dtype=model.dtype,
+                batch_tokens=model.batch_tokens,
+                endpoint=endpoint_spec(model.endpoint) if model.endpoint else None,
+            )
+            for es_name in job.evalsets:
+                es = evalsets[es_name]
+                for strategy in job.strategies or (model.strategy,):
+                    k = parse_strategy(strategy, es)
+                    es.render_fewshot_prefix(k)
+                    plans.append(
+                        RunPlan(
+                            model_name,
+                            spec,
+                            es,
+                            k,
+                            trigger=trigger,
+                            job=job_name,
+                            scheduled_for=scheduled_for,
+                            model_version=model.version,
+                        )
+                    )
+    return plans
+
+
+def endpoint_spec(endpoint: EndpointConfig) -> EndpointSpec:
+    """The ``openai`` backend's connection settings from a model's ``endpoint:`` block."""
+    return EndpointSpec(
+        base_url=endpoint.base_url,
+        api_key_env=endpoint.api_key_env,
+        api=endpoint.api,
+        headers=tuple(sorted(endpoint.headers.items())),
+        timeout_s=endpoint.timeout.total_seconds(),
+        max_concurrency=endpoint.max_concurrency,
+        requests_per_minute=endpoint.requests_per_minute,
+        tokens_per_minute=endpoint.tokens_per_minute,
+        max_retries=endpoint.max_retries,
+        mc_method=endpoint.mc_method,
+    )

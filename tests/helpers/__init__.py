@@ -1,0 +1,1 @@
+"""Test helpers: throwaway PostgreSQL and Prometheus servers, a webhook receiver."""

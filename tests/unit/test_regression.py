@@ -1,0 +1,298 @@
+"""Regression verdicts, behaviour drift and canaries, end to end: runs, a pinned baseline, stored verdicts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from monitor.analysis.baselines import pin_baseline
+from monitor.analysis.regression import RegressionPolicy, latest_verdicts
+from monitor.backends.base import LoglikelihoodRequest, LoglikelihoodResult, ModelFingerprint
+from monitor.cli import app
+from monitor.config import MonitorConfig
+from monitor.service.after_job import AnalysisPolicy, analyze_run, latest_findings
+from monitor.service.plan import plan_runs
+from monitor.service.runs import ModelPool, execute_run
+from monitor.store import Store
+from tests.unit.test_daemon import CHOICES, ScriptedBackend, make_config
+
+N = 200
+
+
+class RuleBackend(ScriptedBackend):
+    """Answers item k right when ``rule(k)``; otherwise picks the next choice (or ``wrong(k)``)."""
+
+    def __init__(
+        self, rule: Callable[[int], bool], wrong: Callable[[int], int] | None = None, digest: str = "f"
+    ) -> None:
+        super().__init__()
+        self.rule, self.wrong, self.digest = rule, wrong or (lambda k: (k + 1) % 4), digest
+
+    def loglikelihood(
+        self, requests: Sequence[LoglikelihoodRequest], *, progress: Any = None
+    ) -> list[LoglikelihoodResult]:
+        out = []
+        for r in requests:
+            k = int(r.context.rsplit("#i", 1)[-1].split("\n")[0])
+            pick = k % 4 if self.rule(k) else self.wrong(k) % 4
+            lls = tuple(-0.5 if i == pick else -3.0 - i * 0.1 for i in range(len(r.continuations)))
+            out.append(LoglikelihoodResult(lls, (False,) * 4, len(r.context.split()), (1,) * 4))
+        return out
+
+    def fingerprint(self) -> ModelFingerprint:
+        return ModelFingerprint(digest=self.digest * 64, base="rule")
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, policy: RegressionPolicy | None = None) -> None:
+        self.cfg: MonitorConfig = make_config(
+            tmp_path, {"j": {"models": ["router"], "evalsets": ["routing"]}}, items=N, chunk=50
+        )
+        self.store = Store.open(self.cfg.database_url())
+        self.root = tmp_path / "baselines"
+        self.policy = AnalysisPolicy(
+            regression=policy or RegressionPolicy(tolerance=0.02, alpha=0.05, confirmations=2)
+        )
+
+    def run(self, backend: ScriptedBackend, cfg: MonitorConfig | None = None) -> int:
+        (plan,) = plan_runs(cfg or self.cfg, ["j"], trigger="test")
+        run = execute_run(self.store, ModelPool(loader=lambda spec: backend), plan)  # type: ignore[arg-type,return-value]
+        assert run.id is not None and run.status == "succeeded", run.error
+        return run.id
+
+    def analyze(self, run_id: int) -> Any:
+        return analyze_run(self.store, run_id, self.root, self.policy)
+
+
+@pytest.fixture()
+def h(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+def test_no_baseline_no_verdict(h: Harness) -> None:
+    analysis = h.analyze(h.run(RuleBackend(lambda k: k % 10 != 0)))
+    assert analysis.verdicts == () and analysis.note == "no baseline"
+
+
+def test_same_model_is_ok_and_a_real_drop_is_suspect_then_regressed(h: Harness) -> None:
+    good = RuleBackend(lambda k: k % 10 != 0)  # 90 %
+    base_run = h.run(good)
+    pin_baseline(h.store, h.root, "router", "routing", base_run)
+    (same,) = h.analyze(h.run(good)).verdicts
+    assert same.state == "ok" and same.mode == "paired" and same.delta == 0.0 and same.p_value == 1.0
+    assert same.method and "mcnemar" in same.method.lower()
+    worse = RuleBackend(lambda k: k % 10 not in (0, 1, 2, 3))  # 60 %: 60 items newly wrong
+    (first,) = h.analyze(h.run(worse)).verdicts
+    assert first.state == "suspect" and first.significant_drop and first.consecutive == 1
+    assert first.delta == pytest.approx(-0.30) and first.ci_high < 0 and first.p_value < 1e-10
+    assert first.details["pass_to_fail"] == 60 and first.details["fail_to_pass"] == 0
+    assert first.min_detectable is not None and 0 < first.min_detectable < 0.2
+    (second,) = h.analyze(h.run(worse)).verdicts
+    assert second.state == "regressed" and second.consecutive == 2
+    (recovered,) = h.analyze(h.run(good)).verdicts
+    assert recovered.state == "ok" and recovered.consecutive == 0
+
+
+def test_a_drop_inside_the_tolerance_is_not_a_regression(h: Harness) -> None:
+    pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+    # two items newly wrong out of 200: 1 point, below the 2-point tolerance and not significant
+    (verdict,) = h.analyze(h.run(RuleBackend(lambda k: k % 10 != 0 and k not in (1, 2)))).verdicts
+    assert verdict.state == "ok" and not verdict.significant_drop and verdict.delta == pytest.approx(-0.01)
+
+
+def test_changed_eval_set_is_compared_unpaired_and_says_so(h: Harness, tmp_path: Path) -> None:
+    pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+    data = tmp_path / "evals" / "routing" / "data.jsonl"
+    with data.open("a") as fh:
+        fh.write(json.dumps({"id": f"i{N}", "target": CHOICES[N % 4]}) + "\n")
+    (verdict,) = h.analyze(h.run(RuleBackend(lambda k: k % 10 not in (0, 1, 2, 3)))).verdicts
+    assert verdict.mode == "unpaired" and "compared unpaired" in (verdict.reason or "")
+    assert verdict.state == "suspect"
+    assert "unpaired" in (verdict.method or "").lower() or "proportion" in (verdict.method or "").lower()
+
+
+def test_changed_prompt_is_refused_with_the_reason(h: Harness, tmp_path: Path) -> None:
+    pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+    spec = tmp_path / "evals" / "routing" / "evalset.yaml"
+    spec.write_text(spec.read_text().replace("Category:", "Department:"))
+    (verdict,) = h.analyze(h.run(RuleBackend(lambda k: False))).verdicts
+    assert verdict.state == "refused" and verdict.p_value is None
+    assert "prompt differ" in (verdict.reason or "")
+
+
+def test_behaviour_drift_when_accuracy_holds(h: Harness) -> None:
+    pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+    # same items right, but every wrong answer is now a different wrong label
+    moved = RuleBackend(lambda k: k % 10 != 0, wrong=lambda k: k + 2)
+    analysis = h.analyze(h.run(moved))
+    (verdict,) = analysis.verdicts
+    assert verdict.state == "ok" and verdict.delta == 0.0
+    behaviour = next(f for f in analysis.findings if f.kind == "behaviour")
+    assert behaviour.score == pytest.approx(0.9) and behaviour.state == "ok"  # 90 % agree: at the threshold
+    strict = Harness.__new__(Harness)
+    strict.__dict__.update(h.__dict__)
+    strict.policy = AnalysisPolicy(min_agreement=0.95)
+    behaviour = next(f for f in strict.analyze(h.run(moved)).findings if f.kind == "behaviour")
+    assert behaviour.drifted and "agree with the baseline" in (behaviour.reason or "")
+    # a model that answers one label for everything: the label distribution test fires
+    flat = RuleBackend(lambda k: k % 4 == 0, wrong=lambda k: 0)
+    behaviour = next(f for f in h.analyze(h.run(flat)).findings if f.kind == "behaviour")
+    assert behaviour.drifted and behaviour.p_value is not None and behaviour.p_value < 1e-6
+
+
+def test_fingerprint_canary(h: Harness, tmp_path: Path) -> None:
+    pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+    analysis = h.analyze(h.run(RuleBackend(lambda k: k % 10 != 0, digest="e")))
+    canary = next(f for f in analysis.findings if f.source == "fingerprint")
+    assert canary.drifted and "without a new model version" in (canary.reason or "")
+    versioned = MonitorConfig.model_validate(
+        {**h.cfg.model_dump(), "models": {"router": {**h.cfg.models["router"].model_dump(), "version": "2"}}}
+    )
+    analysis = h.analyze(h.run(RuleBackend(lambda k: k % 10 != 0, digest="e"), versioned))
+    assert next(f for f in analysis.findings if f.source == "fingerprint").drifted  # baseline had no version
+    findings = latest_findings(h.store)
+    assert {(r.kind, r.source) for r, _ in findings} >= {("canary", "fingerprint"), ("behaviour", "routing")}
+
+
+def test_adapter_not_applied_canary(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, {"j": {"models": ["router"], "evalsets": ["routing"]}}, items=20)
+    cfg = MonitorConfig.model_validate(
+        {
+            **cfg.model_dump(),
+            "jobs": {"j": {"models": ["router", "base"], "evalsets": ["routing"]}},
+            "models": {
+                "router": {"base": str(tmp_path / "model"), "adapter": str(tmp_path / "model")},
+                "base": {"base": str(tmp_path / "model")},
+            },
+        }
+    )
+    store = Store.open(cfg.database_url())
+    same = RuleBackend(lambda k: k % 3 == 0)
+    runs = [
+        execute_run(store, ModelPool(loader=lambda s: same), p) for p in plan_runs(cfg, ["j"], trigger="t")
+    ]  # type: ignore[arg-type,return-value]
+    router_run = next(r for r in runs if store.model_name(r.model_id) == "router")
+    analysis = analyze_run(store, router_run.id, tmp_path / "baselines")  # type: ignore[arg-type]
+    canary = next(f for f in analysis.findings if f.source == "adapter")
+    assert canary.drifted and "the adapter is not applied" in (canary.reason or "")
+    different = RuleBackend(lambda k: k % 2 == 0)
+    (plan,) = [p for p in plan_runs(cfg, ["j"], trigger="t") if p.model_name == "router"]
+    rerun = execute_run(store, ModelPool(loader=lambda s: different), plan)  # type: ignore[arg-type,return-value]
+    canary = next(
+        f for f in analyze_run(store, rerun.id, tmp_path / "baselines").findings if f.source == "adapter"
+    )  # type: ignore[arg-type]
+    assert not canary.drifted and canary.state == "ok"
+
+
+def test_holm_correction_spans_the_models_series(h: Harness) -> None:
+    # a borderline drop on one metric gets a larger adjusted p-value when the model has other series
+    pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+    (verdict,) = h.analyze(h.run(RuleBackend(lambda k: k % 10 != 0 and k % 25 != 1))).verdicts
+    assert verdict.adjusted_p == pytest.approx(verdict.p_value)  # a family of one
+    assert latest_verdicts(h.store)[0].id == verdict.id
+
+
+def test_cli_regressions_and_diff(h: Harness, tmp_path: Path) -> None:
+    good = h.run(RuleBackend(lambda k: k % 10 != 0))
+    pin_baseline(h.store, h.root, "router", "routing", good)
+    bad = h.run(RuleBackend(lambda k: k % 10 not in (0, 1, 2, 3)))
+    h.analyze(bad)
+    db = h.cfg.database_url()
+    result = CliRunner().invoke(app, ["diff", str(good), str(bad), "--db", db, "--json"])
+    assert result.exit_code == 0, result.stderr
+    diff = json.loads(result.stdout)
+    assert (
+        len(diff["newly_broken"]) == 60
+        and diff["newly_fixed"] == []
+        and diff["agreement"] == pytest.approx(0.7)
+    )
+    result = CliRunner().invoke(app, ["regressions", "--db", db, "--json"])
+    (row,) = json.loads(result.stdout)
+    assert row["state"] == "suspect" and row["model"] == "router" and row["delta"] == pytest.approx(-0.3)
+    result = CliRunner().invoke(app, ["diff", str(good), "999", "--db", db])
+    assert result.exit_code == 2 and "no run with id 999" in result.stderr
+
+
+def test_verdicts_and_findings_reach_the_metrics(h: Harness) -> None:
+    import shutil
+    import subprocess
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from monitor.exporters import StoreCollector
+
+    pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+    h.analyze(h.run(RuleBackend(lambda k: k % 10 not in (0, 1, 2, 3))))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(h.store))
+    series = {"model": "router", "evalset": "routing", "strategy": "zero-shot", "metric": "acc"}
+    value = registry.get_sample_value
+    assert value("monitor_regression_delta", series) == pytest.approx(-0.3)
+    assert value("monitor_regression_ci_high", series) < 0
+    assert value("monitor_regression_p_value", series) < 1e-10
+    assert value("monitor_regression_state", {**series, "state": "suspect"}) == 1
+    assert value("monitor_regression_state", {**series, "state": "regressed"}) == 0
+    behaviour = {"model": "router", "kind": "behaviour", "source": "routing"}
+    assert value("monitor_drift_score", behaviour) == pytest.approx(0.7)
+    assert value("monitor_drift_detected", behaviour) == 1
+    assert (
+        value("monitor_drift_detected", {"model": "router", "kind": "canary", "source": "fingerprint"}) == 0
+    )
+    if shutil.which("promtool"):
+        proc = subprocess.run(
+            ["promtool", "check", "metrics"], input=generate_latest(registry), capture_output=True
+        )
+        assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout
+
+
+def test_status_shows_the_verdict_newly_broken_and_flaky_items(h: Harness) -> None:
+    pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+    # items 5 and 15 flip back and forth between runs; items 1..3 (mod 10) break for good in the last run
+    for flip in (True, False, True):
+        h.analyze(h.run(RuleBackend(lambda k, f=flip: k % 10 != 0 and (k not in (5, 15) or f))))
+    h.analyze(h.run(RuleBackend(lambda k: k % 10 not in (0, 1, 2, 3))))
+    result = CliRunner().invoke(app, ["status", "--db", h.cfg.database_url(), "--json"])
+    (entry,) = json.loads(result.stdout)
+    assert entry["verdict"] == "suspect" and entry["vs_baseline"] == pytest.approx(-0.3)
+    assert entry["newly_broken"] == 60
+    assert entry["flaky"] == 2
+
+
+def test_confirmed_regression_and_behaviour_drift_reach_a_webhook_receiver(
+    h: Harness, monkeypatch: Any
+) -> None:
+    from monitor.exporters.webhooks import WebhookSender, verify
+    from monitor.service.after_job import analyze_safely, make_notifier
+    from tests.helpers.receiver import Receiver
+
+    secret = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
+    monkeypatch.setenv("HOOK_SECRET", secret)
+    with Receiver() as receiver:
+        cfg = MonitorConfig.model_validate(
+            {
+                **h.cfg.model_dump(),
+                "baselines": str(h.root),
+                "regression": {"confirmations": 2, "min_agreement": 0.95},
+                "webhooks": {"endpoints": {"ops": {"url": receiver.url, "secret_env": "HOOK_SECRET"}}},
+            }
+        )
+        notify = make_notifier(cfg)
+        pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+        worse = RuleBackend(lambda k: k % 10 not in (0, 1, 2, 3))
+        for _ in range(3):  # suspect, regressed (an event), still regressed (no second event)
+            analyze_safely(h.store, h.run(worse), cfg, notify)
+        counts = WebhookSender(h.store, cfg.webhooks).deliver_due()
+        assert counts.delivered == 2, counts
+        received = receiver.requests
+        types = sorted(r.json()["type"] for r in received)
+        assert types == ["drift.detected", "regression.confirmed"]
+        for r in received:
+            verify(secret, r.headers, r.body)
+        confirmed = next(r.json() for r in received if r.json()["type"] == "regression.confirmed")
+        assert confirmed["version"] == 1
+        assert confirmed["data"]["model"] == "router" and confirmed["data"]["delta"] == pytest.approx(-0.3)
