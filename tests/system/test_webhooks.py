@@ -609,7 +609,11 @@ def test_configuration_schema() -> None:
         timedelta(minutes=10),
         1.0,
     )
-    assert (cfg.batch_size, cfg.poll_interval, cfg.endpoints["ops"].timeout) == (50, timedelta(seconds=5), timedelta(seconds=5))
+    assert (cfg.batch_size, cfg.poll_interval, cfg.endpoints["ops"].timeout) == (
+        50,
+        timedelta(seconds=5),
+        timedelta(seconds=5),
+    )
     assert cfg.endpoints["ops"].format == "standard" and cfg.endpoints["ops"].events is None
     assert cfg.endpoints_for(DRIFT_DETECTED) == ["ops", "chat"]
     assert cfg.endpoints_for(RECOMMENDATION_CHANGED) == ["ops"]
