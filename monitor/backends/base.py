@@ -1,8 +1,10 @@
-"""The backend interface: what the runner needs from a model, whatever serves it.
+"""The backend interface: what the evaluation loop needs from a model, whatever serves it.
 
 A backend answers two kinds of request, in batches, and describes the model it
-serves.  Backends are registered by name in :mod:`monitor.backends` so that
-configuration can refer to them as strings (``hf``, later ``openai``).
+serves.  Backends are registered by name in :mod:`monitor.backends.registry` so
+that configuration can refer to them as strings (``hf``, ``openai``).
+:class:`ModelSpec` says which model to load and how; it is hashable, so the
+service's model pool uses it as a key.
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from monitor._yaml import load_yaml, pydantic_problems, read_text
+from monitor.config.schema import Strict
 from monitor.errors import EvalSetError, Problem
 
 SPEC_FILE = "evalset.yaml"
@@ -30,20 +31,16 @@ GENERATE_METRICS = frozenset({"exact_match", "contains", "token_f1", "regex", "j
 MAX_PROBLEMS = 50
 
 
-class FewshotSpec(BaseModel):
+class FewshotSpec(Strict):
     """``fewshot:`` in evalset.yaml: the first ``k`` items of ``pool`` in file order."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     k: Annotated[int, Field(ge=0)]
     pool: str
     separator: str = "\n\n"
 
 
-class EvalSetSpec(BaseModel):
+class EvalSetSpec(Strict):
     """The schema of ``evalset.yaml``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     task: Literal["multiple_choice", "generate"]
