@@ -201,7 +201,7 @@ class Daemon:
     def _trigger(self, name: str, job: JobConfig) -> object:
         schedule = job.schedule
         assert schedule is not None
-        every = schedule.every if schedule.every else None
+        every = schedule.every
         anchor = self.store.last_scheduled_fire(name) if every else None
         if anchor is not None and anchor > self.clock():
             anchor = None  # a clock that went backwards: start afresh
@@ -219,7 +219,7 @@ class Daemon:
                     queued.append(WorkItem(name, "schedule", now))
                 continue
             trigger = make_trigger(
-                every=job.schedule.every if job.schedule.every else None,
+                every=job.schedule.every,
                 cron=job.schedule.cron,
                 timezone=job.schedule.timezone,
                 anchor=last,
