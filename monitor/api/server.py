@@ -4,14 +4,26 @@
 environment variable is set; ``/metrics`` and the health checks stay open, as
 Prometheus scrapers and orchestrators expect.  The server binds 127.0.0.1
 unless configured otherwise.
+
+The surface is hardened for a port that anything on the network may reach:
+
+- every socket read has a timeout (``timeout_s``), so a client that sends half a
+  request, or nothing, holds its connection for that long at most;
+- at most ``max_connections`` requests are served at once; one more is answered
+  ``503`` at once and closed, without a thread;
+- a request body over ``max_body_bytes`` is refused with ``413`` unread;
+- the access log never shows a query string's values (tokens passed in the URL);
+- names echoed back in errors are cut to :data:`ECHO_CHARS` characters.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -26,32 +38,107 @@ from monitor.api.views import json_default, run_to_dict, status_entries
 log = logging.getLogger("monitor.api.server")
 StartResponse = Callable[..., Any]
 _RUN_JOB = re.compile(r"^/api/v1/jobs/([A-Za-z0-9][A-Za-z0-9_.-]*)/run$")
+_QUERY_VALUE = re.compile(r"=[^&\s]*")
+#: Characters of a client-supplied name or path echoed back in an error.
+ECHO_CHARS = 80
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+)
+
+
+def _echo(text: str) -> str:
+    """A client-supplied string, cut for an error message."""
+    return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}... ({len(text)} characters)"
+
+
+def redact_query(text: str) -> str:
+    """``GET /x?token=abc&limit=5 HTTP/1.1`` -> ``GET /x?token=...&limit=... HTTP/1.1``: keys stay, values go."""
+    head, sep, rest = text.partition("?")
+    if not sep:
+        return text
+    query, space, tail = rest.partition(" ")
+    return f"{head}?{_QUERY_VALUE.sub('=...', query)}{space}{tail}"
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    max_connections = DEFAULT_MAX_CONNECTIONS
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Refuse before a thread is started: a flood of idle connections costs a send and a close each.
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out or went away is routine; anything else is worth a line, not a traceback.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, TimeoutError | ConnectionError):
+            log.debug("connection from %s closed: %s", client_address, type(exc).__name__)
+        else:
+            log.warning("error handling a request from %s: %r", client_address, exc)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _QuietHandler(WSGIRequestHandler):
+    #: Seconds any one read of the request may wait (``StreamRequestHandler`` sets it on the socket).
+    timeout = DEFAULT_TIMEOUT_S
+
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s - %s", self.address_string(), format % args)
+        log.debug("%s - %s", self.address_string(), redact_query(format % args))
 
 
 class MonitorApp:
     """The WSGI application; ``daemon`` may be None (metrics-only, for tests and ``monitor serve``)."""
 
     def __init__(
-        self, registry: CollectorRegistry, store: Any, daemon: Any = None, token: str | None = None
+        self,
+        registry: CollectorRegistry,
+        store: Any,
+        daemon: Any = None,
+        token: str | None = None,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.registry = registry
         self.store = store
         self.daemon = daemon
         self.token = token or None
+        self.max_body_bytes = max_body_bytes
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return _json(start_response, "400 Bad Request", {"error": "Content-Length is not a number"})
+        if length > self.max_body_bytes:
+            return _json(
+                start_response,
+                "413 Content Too Large",
+                {"error": f"request body of {length} bytes; at most {self.max_body_bytes}"},
+            )
         try:
             if path == "/metrics" and method in ("GET", "HEAD"):
                 return _respond(start_response, "200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST)
@@ -66,7 +153,7 @@ class MonitorApp:
                         [("WWW-Authenticate", 'Bearer realm="model-monitor"')],
                     )  # fmt: skip
                 return self._api(path, method, environ, start_response)
-            return _json(start_response, "404 Not Found", {"error": f"no such endpoint: {path}"})
+            return _json(start_response, "404 Not Found", {"error": f"no such endpoint: {_echo(path)}"})
         except Exception as exc:  # an endpoint must answer, never take the daemon down
             log.exception("error serving %s", path)
             return _json(start_response, "500 Internal Server Error", {"error": type(exc).__name__})
@@ -117,12 +204,14 @@ class MonitorApp:
         if match and method == "POST":
             job = match.group(1)
             if self.daemon is None or job not in self.daemon.config.jobs:
-                return _json(start_response, "404 Not Found", {"error": f"unknown job {job!r}"})
+                return _json(start_response, "404 Not Found", {"error": f"unknown job {_echo(job)!r}"})
             from monitor.service.daemon import WorkItem
 
             queued = self.daemon.enqueue(WorkItem(job, "manual", None))
             return _json(start_response, "202 Accepted", {"job": job, "queued": queued})
-        return _json(start_response, "404 Not Found", {"error": f"no such endpoint: {method} {path}"})
+        return _json(
+            start_response, "404 Not Found", {"error": f"no such endpoint: {_echo(method)} {_echo(path)}"}
+        )
 
 
 def _respond(
@@ -146,11 +235,21 @@ def _json(
 
 
 class HttpServer:
-    """A threaded WSGI server on its own thread."""
+    """A threaded WSGI server on its own thread, with read timeouts and a cap on connections."""
 
-    def __init__(self, app: MonitorApp, host: str, port: int) -> None:
-        self._server = make_server(
-            host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
+    def __init__(
+        self,
+        app: MonitorApp,
+        host: str,
+        port: int,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        server_class = type("_Server", (_ThreadingServer,), {"max_connections": max_connections})
+        handler_class = type("_Handler", (_QuietHandler,), {"timeout": timeout_s})
+        self._server: WSGIServer = make_server(
+            host, port, app, server_class=server_class, handler_class=handler_class
         )
         self._thread = threading.Thread(target=self._server.serve_forever, name="monitor-http", daemon=True)
 
