@@ -169,7 +169,12 @@ class Daemon:
         return self._stop.is_set()
 
     def shutdown(self) -> bool:
-        """Stop, wait up to the shutdown timeout for the worker, release the lease; true if clean."""
+        """Stop, wait up to the shutdown timeout for the worker, release the lease; true if clean.
+
+        False: the worker is still inside a chunk or a model load; its run was recorded
+        ``interrupted`` and the lease released, and the caller must exit at once with
+        ``os._exit`` (never through interpreter shutdown, which aborts around native threads).
+        """
         self.request_stop()
         self.timer.shutdown()
         self._queue.put(None)
@@ -181,10 +186,24 @@ class Daemon:
         if clean:
             self.pool.close()
             self.store.release_lease(self.holder)
-        else:
-            # The run in hand stays "running" and is resumed by the next start; the lease expires.
-            log.warning("shutdown timed out with a run in progress; it will be resumed at the next start")
-        return clean
+            return True
+        # The chunk or model load in hand is inside native code and cannot be interrupted safely.
+        # Record the run as interrupted and hand the lease back through the database, so that the
+        # next start resumes at once; the caller then exits without waiting for the native code
+        # (an interpreter shutdown around a thread inside torch ends in SIGABRT).
+        reason = (
+            f"the daemon stopped after its shutdown timeout ({self.config.daemon.shutdown_timeout}) "
+            "before the chunk or model load in hand reached a safe point"
+        )
+        try:
+            for run in self.store.unfinished_runs():
+                if run.id is not None and run.status == "running":
+                    self.store.finish_run(run.id, status="interrupted", error=reason)
+            self.store.release_lease(self.holder)
+        except Exception as exc:  # a storage fault: the lease expires and the next start recovers
+            log.warning("could not record the interrupted run: %s", exc)
+        log.warning("shutdown timed out with a run in progress; it will be resumed at the next start")
+        return False
 
     # --- scheduling ----------------------------------------------------------------------------------
 
