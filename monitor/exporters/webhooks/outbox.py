@@ -1,6 +1,7 @@
 """Alert webhooks: a transactional outbox, Standard Webhooks signing, and a retrying sender.
 
-The flow::
+The flow (every row is read and written by :mod:`monitor.store.outbox`; here are
+the envelope, the HTTP and the retry policy)::
 
     analysis ──enqueue_event(session, ...)──▶ webhook_events + webhook_deliveries   (the caller's transaction)
     WebhookSender.deliver_due(now) ──▶ claim one delivery   (short transaction)
@@ -48,50 +49,16 @@ early (it may try a newer event to that endpoint once).
 
 from __future__ import annotations
 
-import math
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
-from sqlmodel import col
 
-from monitor.store import Store, utcnow
-from monitor.store.tables import WebhookDelivery, WebhookEndpointState, WebhookEvent
-
-#: The version of the envelope every ``standard`` body carries.
-PAYLOAD_VERSION = 1
-
-
-# --- events: the outbox -----------------------------------------------------------------------------
-
-
-def _utc(moment: datetime) -> datetime:
-    # Stored timestamps are UTC (SQLite keeps no offset); a naive datetime is taken to be UTC already.
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
-def _iso(moment: datetime) -> str:
-    return _utc(moment).isoformat().replace("+00:00", "Z")
-
-
-def _json_safe(value: Any) -> Any:
-    # The payload must survive json.dumps forever after, so coerce now: NaN → null, datetimes → ISO.
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, datetime):
-        return _iso(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return _json_safe(value.item())
-    return str(value)
+from monitor.exporters.webhooks.render import _utc, build_envelope
+from monitor.store import outbox as store_outbox
+from monitor.store.tables import WebhookEvent, utcnow
 
 
 def enqueue_event(
@@ -111,46 +78,11 @@ def enqueue_event(
     ``config.webhooks.endpoints_for(type)`` as ``endpoints``.
     """
     now = _utc(now or utcnow())
-    envelope = {"type": type, "timestamp": _iso(now), "data": _json_safe(payload), "version": PAYLOAD_VERSION}
-    event = WebhookEvent(event_id=f"msg_{uuid.uuid4().hex}", type=type, payload=envelope, created_at=now)
-    session.add(event)
-    session.flush()
-    assert event.id is not None
-    names = list(dict.fromkeys(endpoints))
-    disabled = _disabled_endpoints(session, names) if names else set()
-    for name in names:
-        off = name in disabled
-        session.add(
-            WebhookDelivery(
-                event_id=event.id,
-                endpoint=name,
-                status="disabled" if off else "pending",
-                next_attempt_at=now,
-                last_error="endpoint disabled: it answered 410 Gone" if off else None,
-                created_at=now,
-            )
-        )
-    session.flush()
-    return event
-
-
-def _disabled_endpoints(session: Session, names: Iterable[str] | None = None) -> set[str]:
-    query = select(col(WebhookEndpointState.name)).where(col(WebhookEndpointState.disabled_at).is_not(None))
-    if names is not None:
-        query = query.where(col(WebhookEndpointState.name).in_(list(names)))
-    return set(session.execute(query).scalars())
-
-
-def enable_endpoint(store: Store, name: str) -> bool:
-    """Send to an endpoint again after it answered 410; false when it was not disabled.
-
-    Deliveries already marked ``disabled`` stay so; new events are delivered.
-    """
-    with store.session() as s:
-        state = s.get(WebhookEndpointState, name)
-        if state is None or state.disabled_at is None:
-            return False
-        state.disabled_at = None
-        state.reason = None
-        s.add(state)
-        return True
+    return store_outbox.enqueue_event(
+        session,
+        event_id=f"msg_{uuid.uuid4().hex}",
+        type=type,
+        envelope=build_envelope(type, payload, now),
+        endpoints=endpoints,
+        now=now,
+    )

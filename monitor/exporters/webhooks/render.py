@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 from monitor.events import (
@@ -13,6 +15,53 @@ from monitor.events import (
     RELEASE_DISCOVERED,
     RUN_FAILED_REPEATEDLY,
 )
+
+#: The version of the envelope every ``standard`` body carries.
+PAYLOAD_VERSION = 1
+
+
+# --- the envelope -----------------------------------------------------------------------------------
+
+
+def _utc(moment: datetime) -> datetime:
+    # Stored timestamps are UTC (SQLite keeps no offset); a naive datetime is taken to be UTC already.
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def _iso(moment: datetime) -> str:
+    return _utc(moment).isoformat().replace("+00:00", "Z")
+
+
+def _json_safe(value: Any) -> Any:
+    # The payload must survive json.dumps forever after, so coerce now: NaN → null, datetimes → ISO.
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, datetime):
+        return _iso(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _json_safe(value.item())
+    return str(value)
+
+
+def build_envelope(event_type: str, payload: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """The stored and sent form of an event: ``{"type", "timestamp", "data", "version"}``.
+
+    JSON-unsafe values in ``payload`` are coerced (NaN and infinities become null,
+    datetimes ISO strings, numpy scalars their Python values, anything else its ``str``).
+    """
+    return {
+        "type": event_type,
+        "timestamp": _iso(now),
+        "data": _json_safe(payload),
+        "version": PAYLOAD_VERSION,
+    }
+
 
 # --- bodies -----------------------------------------------------------------------------------------
 

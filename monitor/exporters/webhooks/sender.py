@@ -12,27 +12,34 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import CursorResult, func, select, update
-from sqlalchemy.orm import Session
-from sqlmodel import col
 
 from monitor import __version__
 from monitor.config import WebhooksConfig
-from monitor.exporters.webhooks.outbox import _disabled_endpoints, _utc
-from monitor.exporters.webhooks.render import render_body
+from monitor.exporters.webhooks.render import _utc, render_body
 from monitor.exporters.webhooks.signing import resolve_secrets, webhook_headers
-from monitor.store import Store, as_utc, utcnow
-from monitor.store.tables import WebhookDelivery, WebhookEndpointState, WebhookEvent
+from monitor.store.db import Store
+from monitor.store.outbox import (
+    ClosedDelivery,
+    DueDelivery,
+    claim_delivery,
+    close_deliveries,
+    count_by_status,
+    defer_delivery,
+    due_deliveries,
+    outbox_summary,
+    record_attempt,
+    record_gone,
+)
+from monitor.store.tables import utcnow
 
 log = logging.getLogger("monitor.webhooks")
 
 
-DELIVERY_STATUSES = ("pending", "delivered", "dead", "disabled")
 #: Statuses a delivery ends in; ``monitor_webhook_deliveries_total`` counts these.
 FINAL_STATUSES = ("delivered", "dead", "disabled")
 #: 4xx answers that mean "try again later" rather than "this request is wrong".
@@ -64,18 +71,6 @@ class DeliveryCounts:
     @property
     def attempted(self) -> int:
         return self.delivered + self.retrying + self.dead + self.disabled
-
-
-@dataclass(frozen=True)
-class _Due:
-    delivery_id: int
-    endpoint: str
-    attempts: int
-    last_error: str | None
-    msg_id: str
-    event_type: str
-    envelope: dict[str, Any]
-    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -263,49 +258,29 @@ class WebhookSender:
                 error=error,
             )
 
-    def _select_due(self, now: datetime, tally: Counter[str]) -> list[_Due]:
+    def _select_due(self, now: datetime, tally: Counter[str]) -> list[DueDelivery]:
         """Due deliveries to attempt; closes expired ones and those to disabled or unknown endpoints."""
         waiting = [name for name, until in self._waits.items() if until > now]
-        with self._store.session() as s:
-            disabled = _disabled_endpoints(s)
-            query = (
-                select(WebhookDelivery, WebhookEvent)
-                .join(WebhookEvent, col(WebhookDelivery.event_id) == col(WebhookEvent.id))
-                .where(col(WebhookDelivery.status) == "pending", col(WebhookDelivery.next_attempt_at) <= now)
-                .order_by(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id))
-                .limit(self._config.batch_size)
-            )
-            if waiting:
-                query = query.where(col(WebhookDelivery.endpoint).not_in(waiting))
-            due = []
-            for delivery, event in s.execute(query).all():
-                created = as_utc(event.created_at)
-                assert created is not None and delivery.id is not None
-                if delivery.endpoint in disabled:
-                    delivery.status = "disabled"
-                    delivery.last_error = "endpoint disabled: it answered 410 Gone"
-                elif delivery.endpoint not in self._config.endpoints:
-                    delivery.status = "dead"
-                    delivery.last_error = f"endpoint {delivery.endpoint!r} is not configured any more"
-                elif created + self._max_age <= now:
-                    delivery.status = "dead"
-                    delivery.last_error = self._gave_up(delivery.attempts, delivery.last_error)
-                else:
-                    due.append(
-                        _Due(
-                            delivery.id,
-                            delivery.endpoint,
-                            delivery.attempts,
-                            delivery.last_error,
-                            event.event_id,
-                            event.type,
-                            dict(event.payload),
-                            created,
-                        )
+        due, closed = [], []
+        for item in due_deliveries(self._store, now, limit=self._config.batch_size, skip_endpoints=waiting):
+            if item.endpoint_disabled:
+                closed.append(
+                    ClosedDelivery(item.delivery_id, "disabled", "endpoint disabled: it answered 410 Gone")
+                )
+            elif item.endpoint not in self._config.endpoints:
+                closed.append(
+                    ClosedDelivery(
+                        item.delivery_id, "dead", f"endpoint {item.endpoint!r} is not configured any more"
                     )
-                    continue
-                s.add(delivery)
-                tally[delivery.status] += 1
+                )
+            elif item.created_at + self._max_age <= now:
+                closed.append(
+                    ClosedDelivery(item.delivery_id, "dead", self._gave_up(item.attempts, item.last_error))
+                )
+            else:
+                due.append(item)
+        close_deliveries(self._store, closed)
+        tally.update(item.status for item in closed)
         return due
 
     def _gave_up(self, attempts: int, last_error: str | None) -> str:
@@ -314,32 +289,17 @@ class WebhookSender:
             f"{last_error or 'never attempted'}"
         )
 
-    def _claim(self, item: _Due, now: datetime) -> bool:
+    def _claim(self, item: DueDelivery, now: datetime) -> bool:
         # Hide the delivery from any other sender while its request is in flight; if this process
         # dies before recording the outcome, the delivery is due again when the claim runs out.
         timeout = self._config.endpoints[item.endpoint].timeout_s()
         until = now + timedelta(seconds=3 * timeout) + CLAIM_MARGIN
-        with self._store.session() as s:
-            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
-                update(WebhookDelivery)
-                .where(
-                    col(WebhookDelivery.id) == item.delivery_id,
-                    col(WebhookDelivery.status) == "pending",
-                    col(WebhookDelivery.next_attempt_at) <= now,
-                )
-                .values(next_attempt_at=until)
-            )
-            return bool(result.rowcount == 1)
+        return claim_delivery(self._store, item.delivery_id, now, until)
 
-    def _defer(self, item: _Due, until: datetime) -> None:
-        with self._store.session() as s:
-            s.execute(
-                update(WebhookDelivery)
-                .where(col(WebhookDelivery.id) == item.delivery_id, col(WebhookDelivery.status) == "pending")
-                .values(next_attempt_at=until)
-            )
+    def _defer(self, item: DueDelivery, until: datetime) -> None:
+        defer_delivery(self._store, item.delivery_id, until)
 
-    def _attempt(self, item: _Due, now: datetime) -> _Outcome:
+    def _attempt(self, item: DueDelivery, now: datetime) -> _Outcome:
         endpoint = self._config.endpoints[item.endpoint]
         try:
             body = render_body(item.event_type, item.envelope, endpoint.format, item.msg_id)
@@ -360,27 +320,28 @@ class WebhookSender:
             return _Outcome("retry", None, f"{exc.__class__.__name__}: {exc}")
         return classify(response, now)
 
-    def _record(self, item: _Due, outcome: _Outcome, now: datetime) -> str:
+    def _record(self, item: DueDelivery, outcome: _Outcome, now: datetime) -> str:
         """Store the outcome of one attempt; returns the tally key."""
-        with self._store.session() as s:
-            delivery = s.get(WebhookDelivery, item.delivery_id)
-            assert delivery is not None
-            delivery.attempts = item.attempts + 1
-            delivery.last_status_code = outcome.status_code
-            if outcome.error is not None:
-                delivery.last_error = outcome.error
-            key: str = outcome.kind
+        attempts = item.attempts + 1
+        key: str = outcome.kind
+        if outcome.kind == "gone":
+            key = "disabled"
+            reason = outcome.error or "HTTP 410"
+            record_gone(
+                self._store,
+                item.delivery_id,
+                attempts=attempts,
+                status_code=outcome.status_code,
+                reason=reason,
+                now=now,
+            )
+        else:
+            status: Literal["pending", "delivered", "dead"] = "dead"
+            error, next_at = outcome.error, None
             if outcome.kind == "delivered":
-                delivery.status = "delivered"
-                delivery.delivered_at = now
+                status = "delivered"
                 self._waits.pop(item.endpoint, None)
-            elif outcome.kind == "dead":
-                delivery.status = "dead"
-            elif outcome.kind == "gone":
-                key = "disabled"
-                self._disable(s, item.endpoint, now, outcome.error or "HTTP 410")
-                delivery.status = "disabled"
-            else:
+            elif outcome.kind == "retry":
                 delay = backoff_delay(
                     item.attempts, self._initial, self._max_backoff, self._config.jitter, self._rng
                 )
@@ -388,14 +349,22 @@ class WebhookSender:
                     delay = max(delay, outcome.retry_after)
                 next_at = now + delay
                 if next_at >= item.created_at + self._max_age:
-                    delivery.status = "dead"
-                    delivery.last_error = self._gave_up(delivery.attempts, outcome.error)
+                    error = self._gave_up(attempts, outcome.error)
                     key = "dead"
                 else:
-                    delivery.next_attempt_at = next_at
+                    status = "pending"
                     self._waits[item.endpoint] = next_at
                     key = "retrying"
-            s.add(delivery)
+            record_attempt(
+                self._store,
+                item.delivery_id,
+                attempts=attempts,
+                status=status,
+                status_code=outcome.status_code,
+                error=error,
+                now=now,
+                next_attempt_at=next_at if status == "pending" else None,
+            )
         if key != "retrying":
             log.log(
                 logging.INFO if key == "delivered" else logging.WARNING,
@@ -408,29 +377,11 @@ class WebhookSender:
             )
         return key
 
-    @staticmethod
-    def _disable(s: Session, endpoint: str, now: datetime, reason: str) -> None:
-        state = s.get(WebhookEndpointState, endpoint) or WebhookEndpointState(name=endpoint)
-        state.disabled_at = now
-        state.reason = reason
-        s.add(state)
-        s.execute(
-            update(WebhookDelivery)
-            .where(col(WebhookDelivery.endpoint) == endpoint, col(WebhookDelivery.status) == "pending")
-            .values(status="disabled", last_error=f"endpoint disabled: {reason}")
-        )
-
     # --- reading ---------------------------------------------------------------------------------------
 
     def backlog(self) -> dict[str, int]:
         """Deliveries per status (every status present, zero when none)."""
-        counts = dict.fromkeys(DELIVERY_STATUSES, 0)
-        with self._store.session() as s:
-            for status, n in s.execute(
-                select(col(WebhookDelivery.status), func.count()).group_by(col(WebhookDelivery.status))
-            ).all():
-                counts[status] = int(n)
-        return counts
+        return count_by_status(self._store)
 
 
 # --- metrics ----------------------------------------------------------------------------------------
@@ -457,27 +408,13 @@ class WebhookCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            with self._store.session() as s:
-                by_status = s.execute(
-                    select(
-                        col(WebhookDelivery.endpoint),
-                        col(WebhookDelivery.status),
-                        func.count(),
-                        func.sum(col(WebhookDelivery.attempts)),
-                    ).group_by(col(WebhookDelivery.endpoint), col(WebhookDelivery.status))
-                ).all()
-                oldest = s.execute(
-                    select(col(WebhookDelivery.endpoint), func.min(col(WebhookEvent.created_at)))
-                    .join(WebhookEvent, col(WebhookDelivery.event_id) == col(WebhookEvent.id))
-                    .where(col(WebhookDelivery.status) == "pending")
-                    .group_by(col(WebhookDelivery.endpoint))
-                ).all()
-                disabled = _disabled_endpoints(s)
+            summary = outbox_summary(self._store)
         except Exception as exc:
             log.warning("webhook metrics: store unreadable: %s", exc)
             return
         now = self._clock()
-        names = sorted({*self._endpoints, *(row[0] for row in by_status), *disabled})
+        disabled = summary.disabled
+        names = sorted({*self._endpoints, *(row.endpoint for row in summary.by_status), *disabled})
         finals = CounterMetricFamily(
             "monitor_webhook_deliveries",
             "Webhook deliveries that reached a final status (delivered, dead, disabled).",
@@ -501,10 +438,10 @@ class WebhookCollector(Collector):
         )
         counts: Counter[tuple[str, str]] = Counter()
         tries: Counter[str] = Counter()
-        for endpoint, status, n, total_attempts in by_status:
-            counts[(endpoint, status)] += int(n)
-            tries[endpoint] += int(total_attempts or 0)
-        oldest_at = {endpoint: as_utc(created) for endpoint, created in oldest}
+        for row in summary.by_status:
+            counts[(row.endpoint, row.status)] += row.deliveries
+            tries[row.endpoint] += row.attempts
+        oldest_at = summary.oldest_pending
         for name in names:
             for status in FINAL_STATUSES:
                 finals.add_metric([name, status], float(counts[(name, status)]))

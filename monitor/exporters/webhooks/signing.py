@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from monitor.config import WebhooksConfig
 from monitor.errors import ConfigError, MonitorError, Problem
-from monitor.store import utcnow
+from monitor.store.tables import utcnow
 
 SECRET_PREFIX = "whsec_"
 SIGNATURE_VERSION = "v1"
