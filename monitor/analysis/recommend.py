@@ -247,9 +247,6 @@ def _primary(run: Any) -> tuple[str, float] | None:
 
 def gather_evidence(store: Any, cfg: Any, finetune: str) -> Evidence:
     """Everything :func:`decide` needs about one configured fine-tune, read from the store."""
-    from monitor.analysis.regression import latest_verdicts
-    from monitor.service.after_job import latest_findings
-
     ft = cfg.finetunes[finetune]
     try:
         model_id = store.get_model(ft.model).id
@@ -259,12 +256,12 @@ def gather_evidence(store: Any, cfg: Any, finetune: str) -> Evidence:
         RegressionEvidence(
             v.evalset_name, v.metric, v.state, v.delta, v.ci_low, v.ci_high, v.run_id, v.baseline_run_id
         )
-        for v in latest_verdicts(store, model_id)
+        for v in store.latest_verdicts(model_id)
         if v.evalset_name in ft.evalsets
     )
     drift = tuple(
         DriftEvidence(record.source, record.drifted, record.score)
-        for record, name in latest_findings(store)
+        for record, name in store.latest_findings()
         if name == ft.model and record.kind == "input"
     )
     challengers = []
@@ -319,59 +316,21 @@ def record_recommendation(
     row (the webhook outbox writes its event there), so the event exists if and
     only if the recommendation does.
     """
-    from sqlalchemy import select
-
-    from monitor.store import utcnow
-    from monitor.store.tables import RecommendationRecord
-
     model_id = store.get_model(model_name).id
-    with store.session() as s:
-        previous = s.execute(
-            select(RecommendationRecord)
-            .where(RecommendationRecord.model_id == model_id)
-            .order_by(RecommendationRecord.id.desc())
-            .limit(1)
-        ).scalar_one_or_none()
-        previous_action = previous.action if previous is not None else None
-        record = RecommendationRecord(
-            model_id=model_id,
-            action=decision.action,
-            previous_action=previous_action,
-            changed=previous_action != decision.action,
-            summary=summarize(decision),
-            reasons=list(decision.reasons),
-            evidence={"finetune": evidence.finetune, **evidence.to_dict(), "decision": asdict(decision)},
-            costs=costs or {},
-            created_at=utcnow(),
-        )
-        s.add(record)
-        s.flush()
-        if record.changed and on_change is not None:
-            on_change(s, record)
-        s.refresh(record)
-        return record
+    return store.add_recommendation(
+        model_id,
+        action=decision.action,
+        summary=summarize(decision),
+        reasons=decision.reasons,
+        evidence={"finetune": evidence.finetune, **evidence.to_dict(), "decision": asdict(decision)},
+        costs=costs,
+        on_change=on_change,
+    )
 
 
 def latest_recommendations(store: Any) -> list[tuple[Any, str]]:
-    """The newest recommendation of every model, with the model's name."""
-    from sqlalchemy import func, select
-
-    from monitor.store import ModelRecord
-    from monitor.store.tables import RecommendationRecord
-
-    with store.session() as s:
-        newest = (
-            select(func.max(RecommendationRecord.id).label("id"))
-            .group_by(RecommendationRecord.model_id)
-            .subquery()
-        )
-        rows = s.execute(
-            select(RecommendationRecord, ModelRecord.name)
-            .join(newest, RecommendationRecord.id == newest.c.id)
-            .join(ModelRecord, RecommendationRecord.model_id == ModelRecord.id)
-            .order_by(ModelRecord.name)
-        ).all()
-        return [(r, n) for r, n in rows]
+    """The newest recommendation of every model, with the model's name (:meth:`Store.latest_recommendations`)."""
+    return store.latest_recommendations()
 
 
 # --- the memo --------------------------------------------------------------------------------------
@@ -394,12 +353,16 @@ class Assessment:
         return render_memo(self.finetune, self.decision, self.evidence, cost_text, when=when)
 
 
-def assess(store: Any, cfg: Any, finetune: str) -> Assessment:
+def assess_finetune(store: Any, cfg: Any, finetune: str) -> Assessment:
     """Gather the evidence of a configured fine-tune, decide, and price the options (nothing is stored)."""
     ft = cfg.finetunes[finetune]
     evidence = gather_evidence(store, cfg, finetune)
     decision = decide(evidence, retire_margin=ft.retire_margin, rebase_margin=ft.rebase_margin)
     return Assessment(finetune, decision, evidence, cost_case_for(store, cfg, finetune, decision, evidence))
+
+
+#: The old name of :func:`assess_finetune`, kept until the CLI and the demo call the new one.
+assess = assess_finetune
 
 
 def render_memo(

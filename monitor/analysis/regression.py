@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
-
 from monitor import events
 from monitor.analysis.baselines import Baseline
 from monitor.analysis.stats import (
@@ -186,58 +184,41 @@ def assess_run(
     comparisons = compare_run(run, items, baseline, policy)
     broken = _newly_broken(items, baseline)
     tested = [c for c in comparisons if c.result is not None]
-    with store.session() as s:
-        others = _latest_other_p_values(s, run.model_id, run.evalset_name, run.strategy)
-        adjusted = holm([c.result.p_value for c in tested] + others)[: len(tested)]  # type: ignore[union-attr]
-        adjusted_by_metric = {c.metric: p for c, p in zip(tested, adjusted, strict=True)}
-        records = []
-        for c in comparisons:
-            previous = s.execute(
-                select(VerdictRecord)
-                .where(
-                    VerdictRecord.model_id == run.model_id,
-                    VerdictRecord.evalset_name == run.evalset_name,
-                    VerdictRecord.strategy == run.strategy,
-                    VerdictRecord.metric == c.metric,
-                    VerdictRecord.run_id != run_id,
+    others = store.other_series_p_values(run.model_id, run.evalset_name, run.strategy)
+    adjusted = holm([c.result.p_value for c in tested if c.result is not None] + others)[: len(tested)]
+    adjusted_by_metric = {c.metric: p for c, p in zip(tested, adjusted, strict=True)}
+    records = []
+    confirmed = []
+    for c in comparisons:
+        previous = store.previous_verdict(
+            run.model_id, run.evalset_name, run.strategy, c.metric, before_run=run_id
+        )
+        record = _verdict(run, baseline, c, adjusted_by_metric.get(c.metric), previous, policy)
+        if c.mode == "paired":
+            record.details = {
+                **record.details,
+                "newly_broken": len(broken),
+                "newly_broken_ids": broken[:50],
+            }
+        records.append(record)
+        if record.state == "regressed" and (previous is None or previous.state != "regressed"):
+            confirmed.append(
+                events.regression_confirmed(
+                    model=store.model_name(run.model_id),
+                    evalset=run.evalset_name,
+                    strategy=run.strategy,
+                    metric=c.metric,
+                    delta=record.delta,
+                    ci_low=record.ci_low,
+                    ci_high=record.ci_high,
+                    p_value=record.adjusted_p,
+                    run=run_id,
+                    baseline_run=baseline.run_id,
+                    consecutive=record.consecutive,
                 )
-                .order_by(VerdictRecord.id.desc())
-                .limit(1)
-            ).scalar_one_or_none()
-            record = _verdict(run, baseline, c, adjusted_by_metric.get(c.metric), previous, policy)
-            if c.mode == "paired":
-                record.details = {
-                    **record.details,
-                    "newly_broken": len(broken),
-                    "newly_broken_ids": broken[:50],
-                }
-            s.add(record)
-            records.append(record)
-            newly_confirmed = record.state == "regressed" and (
-                previous is None or previous.state != "regressed"
             )
-            if newly_confirmed and notify is not None:
-                # the event is written in the verdict's transaction: both exist, or neither
-                notify(
-                    s,
-                    events.regression_confirmed(
-                        model=store.model_name(run.model_id),
-                        evalset=run.evalset_name,
-                        strategy=run.strategy,
-                        metric=c.metric,
-                        delta=record.delta,
-                        ci_low=record.ci_low,
-                        ci_high=record.ci_high,
-                        p_value=record.adjusted_p,
-                        run=run.id,
-                        baseline_run=baseline.run_id,
-                        consecutive=record.consecutive,
-                    ),
-                )
-        s.flush()
-        for record in records:
-            s.refresh(record)
-    return records
+    # the events are written in the verdicts' transaction: both exist, or neither
+    return store.add_verdicts(records, confirmed, notify)
 
 
 def _newly_broken(items: Sequence[Any], baseline: Baseline) -> list[str]:
@@ -305,29 +286,6 @@ def _verdict(
     )
 
 
-def _latest_other_p_values(s: Any, model_id: int, evalset: str, strategy: str) -> list[float]:
-    """The newest raw p-value of every other series of the model: the rest of Holm's family."""
-    newest = (
-        select(func.max(VerdictRecord.id).label("id"))
-        .where(VerdictRecord.model_id == model_id, VerdictRecord.p_value.is_not(None))
-        .group_by(VerdictRecord.evalset_name, VerdictRecord.strategy, VerdictRecord.metric)
-        .subquery()
-    )
-    rows = s.execute(select(VerdictRecord).join(newest, VerdictRecord.id == newest.c.id)).scalars()
-    return [
-        float(v.p_value)
-        for v in rows
-        if not (v.evalset_name == evalset and v.strategy == strategy) and v.p_value is not None
-    ]
-
-
 def latest_verdicts(store: Store, model_id: int | None = None) -> list[VerdictRecord]:
-    """The newest verdict of every (model, eval set, strategy, metric)."""
-    with store.session() as s:
-        newest = select(func.max(VerdictRecord.id).label("id")).group_by(
-            VerdictRecord.model_id, VerdictRecord.evalset_name, VerdictRecord.strategy, VerdictRecord.metric
-        )
-        if model_id is not None:
-            newest = newest.where(VerdictRecord.model_id == model_id)
-        sub = newest.subquery()
-        return list(s.execute(select(VerdictRecord).join(sub, VerdictRecord.id == sub.c.id)).scalars())
+    """The newest verdict of every (model, eval set, strategy, metric) (:meth:`Store.latest_verdicts`)."""
+    return store.latest_verdicts(model_id)

@@ -70,10 +70,9 @@ def status_entries(store: Store, *, flaky_window: int = 10) -> list[dict[str, An
     """The latest run per model, eval set and strategy, with the change from the previous succeeded run,
     the verdict against the baseline, the items newly broken since it and the flaky items."""
     from monitor.analysis.behaviour import flaky_items
-    from monitor.analysis.regression import latest_verdicts
     from monitor.store import as_utc
 
-    verdicts = {(v.model_id, v.evalset_name, v.strategy, v.metric): v for v in latest_verdicts(store)}
+    verdicts = {(v.model_id, v.evalset_name, v.strategy, v.metric): v for v in store.latest_verdicts()}
     out = []
     for series in store.latest_per_series():
         latest, previous = series.latest, series.previous

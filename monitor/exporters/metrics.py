@@ -23,10 +23,11 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from monitor import __version__
-from monitor.store import ModelRecord, RunRecord, Store, as_utc
+from monitor.store import RunRecord, Store
+from monitor.store.runs import RunCount
+from monitor.store.tables import aware
 
 #: Run duration buckets in seconds: from a tiny golden set to a long nightly suite.
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
@@ -127,51 +128,23 @@ class StoreCollector(Collector):
         yield interval
 
     def _collect_from_store(self) -> Iterator[Metric]:
-        with self._store.session() as s:
-            names: dict[int, str] = dict(s.execute(select(ModelRecord.id, ModelRecord.name)).all())
-            latest_ok = self._latest_succeeded(s)
-            counts = s.execute(
-                select(
-                    RunRecord.model_id, RunRecord.evalset_name, RunRecord.job, RunRecord.status,
-                    func.count(), func.sum(RunRecord.items_done), func.sum(RunRecord.items_failed),
-                    func.sum(RunRecord.prompt_tokens), func.sum(RunRecord.completion_tokens),
-                ).group_by(RunRecord.model_id, RunRecord.evalset_name, RunRecord.job, RunRecord.status)
-            ).all()  # fmt: skip
-            durations = s.execute(
-                select(RunRecord.job, RunRecord.duration_s).where(
-                    RunRecord.duration_s.is_not(None), RunRecord.status.in_(("succeeded", "failed"))
-                )
-            ).all()
-            last_success = s.execute(
-                select(RunRecord.job, func.max(RunRecord.finished_at))
-                .where(RunRecord.status == "succeeded", RunRecord.job.is_not(None))
-                .group_by(RunRecord.job)
-            ).all()
-            last_load = s.execute(
-                select(RunRecord.model_id, RunRecord.load_s)
-                .where(RunRecord.load_s > 0)
-                .order_by(RunRecord.id.desc())
-            ).all()
-            lag_rows = s.execute(
-                select(RunRecord.job, RunRecord.started_at, RunRecord.scheduled_for)
-                .where(RunRecord.scheduled_for.is_not(None), RunRecord.job.is_not(None))
-                .order_by(RunRecord.id.desc())
-            ).all()
+        summary = self._store.run_summary()
+        names = summary.model_names
         yield from self._recommendations()
         yield from self._releases()
         yield from self._verdicts(names)
         yield from self._drift(names)
-        yield from self._scores(latest_ok, names)
+        yield from self._scores(summary.latest_succeeded, names)
         yield from self._baseline_scores()
-        yield from self._run_counters(counts, names)
-        yield _duration_histogram(durations)
+        yield from self._run_counters(summary.counts, names)
+        yield _duration_histogram(summary.durations)
         ts = GaugeMetricFamily(
             "monitor_last_success_timestamp_seconds",
             "Unix time of the job's last succeeded run.",
             labels=["job"],
         )
-        for job, finished in sorted(last_success, key=lambda r: r[0]):
-            ts.add_metric([job], as_utc(finished).timestamp())  # type: ignore[union-attr]
+        for job, finished in sorted(summary.last_success, key=lambda r: r[0]):
+            ts.add_metric([job], finished.timestamp())
         yield ts
         load = GaugeMetricFamily(
             "monitor_model_load_seconds",
@@ -179,7 +152,7 @@ class StoreCollector(Collector):
             labels=["model"],
         )
         seen: set[int] = set()
-        for model_id, seconds in last_load:
+        for model_id, seconds in summary.last_load:
             if model_id not in seen:
                 seen.add(model_id)
                 load.add_metric([names.get(model_id, "?")], float(seconds))
@@ -190,21 +163,11 @@ class StoreCollector(Collector):
             labels=["job"],
         )
         seen_jobs: set[str] = set()
-        for job, started, scheduled in lag_rows:
+        for job, started, scheduled in summary.schedule_lags:
             if job not in seen_jobs:
                 seen_jobs.add(job)
-                lag.add_metric([job], max(0.0, (as_utc(started) - as_utc(scheduled)).total_seconds()))  # type: ignore[operator]
+                lag.add_metric([job], max(0.0, (started - scheduled).total_seconds()))
         yield lag
-
-    @staticmethod
-    def _latest_succeeded(s: Any) -> list[RunRecord]:
-        newest = (
-            select(func.max(RunRecord.id).label("id"))
-            .where(RunRecord.status == "succeeded")
-            .group_by(RunRecord.model_id, RunRecord.evalset_name, RunRecord.strategy)
-            .subquery()
-        )
-        return list(s.execute(select(RunRecord).join(newest, RunRecord.id == newest.c.id)).scalars())
 
     def _scores(self, runs: list[RunRecord], names: Mapping[int, str]) -> Iterator[Metric]:
         labels = ["model", "evalset", "strategy", "metric"]
@@ -228,11 +191,11 @@ class StoreCollector(Collector):
                     stderr.add_metric(key, float(value["stderr"]))
                 items.add_metric(key, float(value.get("n") or 0))
             if run.finished_at is not None:
-                when.add_metric([model, run.evalset_name, run.strategy], as_utc(run.finished_at).timestamp())  # type: ignore[union-attr]
+                when.add_metric([model, run.evalset_name, run.strategy], aware(run.finished_at).timestamp())
         yield from (score, stderr, items, when)
 
     def _recommendations(self) -> Iterator[Metric]:
-        from monitor.analysis.recommend import ACTIONS, latest_recommendations
+        from monitor.analysis.recommend import ACTIONS
 
         current = GaugeMetricFamily(
             "monitor_recommendation",
@@ -244,11 +207,11 @@ class StoreCollector(Collector):
             "When the current recommendation was made.",
             labels=["model"],
         )
-        records = [(r, m) for r, m in latest_recommendations(self._store) if self._shown(m)]
+        records = [(r, m) for r, m in self._store.latest_recommendations() if self._shown(m)]
         for record, model in records:
             for action in ACTIONS:
                 current.add_metric([model, action], 1.0 if record.action == action else 0.0)
-            since.add_metric([model], as_utc(record.created_at).timestamp())  # type: ignore[union-attr]
+            since.add_metric([model], aware(record.created_at).timestamp())
         yield from (current, since)
         yield from _challenger_metrics(records)
         yield from _cost_metrics(records)
@@ -271,13 +234,11 @@ class StoreCollector(Collector):
         )
         for r in self._store.releases():
             info.add_metric([r.family, r.name, r.source], 1.0)
-            found.add_metric([r.family, r.name], as_utc(r.discovered_at).timestamp())  # type: ignore[union-attr]
+            found.add_metric([r.family, r.name], aware(r.discovered_at).timestamp())
             evaluated.add_metric([r.family, r.name], 0.0 if r.evaluated_at is None else 1.0)
         yield from (info, found, evaluated)
 
     def _verdicts(self, names: Mapping[int, str]) -> Iterator[Metric]:
-        from monitor.analysis.regression import latest_verdicts
-
         labels = ["model", "evalset", "strategy", "metric"]
         delta = GaugeMetricFamily(
             "monitor_regression_delta", "Latest run minus baseline on a metric.", labels=labels
@@ -304,7 +265,7 @@ class StoreCollector(Collector):
             labels=[*labels, "state"],
         )
         for v in sorted(
-            latest_verdicts(self._store), key=lambda v: (v.model_id, v.evalset_name, v.strategy, v.metric)
+            self._store.latest_verdicts(), key=lambda v: (v.model_id, v.evalset_name, v.strategy, v.metric)
         ):
             key = [names.get(v.model_id, "?"), v.evalset_name, v.strategy, v.metric]
             if not self._shown(key[0]):
@@ -323,8 +284,6 @@ class StoreCollector(Collector):
         yield from (delta, low, high, p_value, mdd, state)
 
     def _drift(self, names: Mapping[int, str]) -> Iterator[Metric]:
-        from monitor.service.after_job import latest_findings
-
         labels = ["model", "kind", "source"]
         score = GaugeMetricFamily(
             "monitor_drift_score",
@@ -340,7 +299,7 @@ class StoreCollector(Collector):
             "1 when the latest analysis found drift or an integrity problem.",
             labels=labels,
         )
-        for record, model in latest_findings(self._store):
+        for record, model in self._store.latest_findings():
             if not self._shown(model):
                 continue
             key = [model, record.kind, record.source]
@@ -371,7 +330,7 @@ class StoreCollector(Collector):
         yield stderr
 
     @staticmethod
-    def _run_counters(rows: Iterable[Any], names: Mapping[int, str]) -> Iterator[Metric]:
+    def _run_counters(rows: Iterable[RunCount], names: Mapping[int, str]) -> Iterator[Metric]:
         runs = CounterMetricFamily(
             "monitor_runs",
             "Finished runs by final status (succeeded or failed; both always present, so the first failure counts).",
@@ -398,7 +357,14 @@ class StoreCollector(Collector):
         # running and interrupted runs are states, not events: they become succeeded or failed later
         # and would make a counter go down, so they are gauges.
         state: dict[str, dict[str, float]] = defaultdict(lambda: {"running": 0.0, "interrupted": 0.0})
-        for model_id, evalset, job, status, count, done, errors, prompt, completion in rows:
+        for row in rows:
+            model_id, evalset, job, status, count = row.model_id, row.evalset, row.job, row.status, row.count
+            done, errors, prompt, completion = (
+                row.items_done,
+                row.items_failed,
+                row.prompt_tokens,
+                row.completion_tokens,
+            )
             model, job_label = names.get(model_id, "?"), job or ""
             acc = per_series[(model, evalset, job_label)]
             acc[0] += float(done or 0)

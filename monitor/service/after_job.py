@@ -11,8 +11,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from monitor import events
 from monitor.analysis.baselines import Baseline, baseline_path, load_baseline
 from monitor.analysis.behaviour import ItemOutcome, adapter_not_applied, behaviour_drift, fingerprint_changed
@@ -20,8 +18,8 @@ from monitor.analysis.regression import RegressionPolicy, assess_run, comparabil
 from monitor.config import MonitorConfig, RegressionConfig
 from monitor.errors import NotFoundError
 from monitor.events import Event, Notify
-from monitor.store import ItemResultRecord, ModelRecord, RunRecord, Store, utcnow
-from monitor.store.tables import DriftRecord, EvalSetVersionRecord, VerdictRecord
+from monitor.store import ItemResultRecord, RunRecord, Store, utcnow
+from monitor.store.tables import DriftRecord, VerdictRecord
 
 
 @dataclass(frozen=True)
@@ -102,41 +100,27 @@ def _store_findings(store: Store, findings: list[DriftRecord], notify: Notify | 
     """Store findings; one that newly detects drift or an integrity problem is an event, in the same transaction."""
     if not findings:
         return
-    with store.session() as s:
-        for f in findings:
-            previous = s.execute(
-                select(DriftRecord)
-                .where(
-                    DriftRecord.model_id == f.model_id,
-                    DriftRecord.kind == f.kind,
-                    DriftRecord.source == f.source,
+    found = []
+    for f in findings:
+        previous = store.previous_finding(f.model_id, f.kind, f.source)
+        if f.drifted and notify is not None and (previous is None or not previous.drifted):
+            model = store.model_by_id(f.model_id)
+            found.append(
+                events.drift_detected(
+                    model=model.name if model else "?",
+                    kind=f.kind,
+                    source=f.source,
+                    score=f.score,
+                    p_value=f.p_value,
+                    summary=f.reason,
+                    run=f.run_id,
                 )
-                .order_by(DriftRecord.id.desc())
-                .limit(1)
-            ).scalar_one_or_none()
-            s.add(f)
-            if f.drifted and notify is not None and (previous is None or not previous.drifted):
-                model = s.get(ModelRecord, f.model_id)
-                notify(
-                    s,
-                    events.drift_detected(
-                        model=model.name if model else "?",
-                        kind=f.kind,
-                        source=f.source,
-                        score=f.score,
-                        p_value=f.p_value,
-                        summary=f.reason,
-                        run=f.run_id,
-                    ),
-                )
-        s.flush()
-        for f in findings:
-            s.refresh(f)
+            )
+    store.add_findings(findings, found, notify)
 
 
 def _task(store: Store, run: RunRecord) -> str:
-    with store.session() as s:
-        version = s.get(EvalSetVersionRecord, run.evalset_version_id)
+    version = store.evalset_version(run.evalset_version_id)
     return version.task if version is not None else "multiple_choice"
 
 
@@ -198,23 +182,12 @@ def _adapter_canary(store: Store, run: RunRecord) -> DriftRecord | None:
     """For a model with an adapter: does it score exactly like its base model? Then the adapter is not applied."""
     if run.status != "succeeded" or run.id is None:
         return None
-    with store.session() as s:
-        model = s.get(ModelRecord, run.model_id)
-        if model is None or not model.adapter:
-            return None
-        base_run = s.execute(
-            select(RunRecord)
-            .join(ModelRecord, RunRecord.model_id == ModelRecord.id)
-            .where(
-                ModelRecord.base == model.base,
-                ModelRecord.adapter.is_(None),
-                RunRecord.status == "succeeded",
-                RunRecord.evalset_version == run.evalset_version,
-                RunRecord.settings_digest == run.settings_digest,
-            )
-            .order_by(RunRecord.id.desc())
-            .limit(1)
-        ).scalar_one_or_none()
+    model = store.model_by_id(run.model_id)
+    if model is None or not model.adapter:
+        return None
+    base_run = store.latest_base_run(
+        model.base, evalset_version=run.evalset_version, settings_digest=run.settings_digest
+    )
     if base_run is None or base_run.id is None:
         return None
     mine = {r.item_id: r.loglikelihoods for r in store.item_results(run.id) if not r.error}
@@ -235,22 +208,9 @@ def _adapter_canary(store: Store, run: RunRecord) -> DriftRecord | None:
 
 
 def latest_findings(store: Store) -> list[tuple[DriftRecord, str]]:
-    """The newest drift or canary record of every (model, kind, source), with the model's name."""
-    from sqlalchemy import func
-
-    with store.session() as s:
-        newest = (
-            select(func.max(DriftRecord.id).label("id"))
-            .group_by(DriftRecord.model_id, DriftRecord.kind, DriftRecord.source)
-            .subquery()
-        )
-        rows = s.execute(
-            select(DriftRecord, ModelRecord.name)
-            .join(newest, DriftRecord.id == newest.c.id)
-            .join(ModelRecord, DriftRecord.model_id == ModelRecord.id)
-            .order_by(ModelRecord.name, DriftRecord.kind, DriftRecord.source)
-        ).all()
-        return [(record, name) for record, name in rows]
+    """The newest drift or canary record of every (model, kind, source), with the model's name
+    (:meth:`Store.latest_findings`)."""
+    return store.latest_findings()
 
 
 def check_repeated_failures(store: Store, run: RunRecord, notify: Notify | None, threshold: int = 3) -> bool:
@@ -271,18 +231,17 @@ def check_repeated_failures(store: Store, run: RunRecord, notify: Notify | None,
         streak += 1
     if streak != threshold:
         return False
-    with store.session() as s:
-        notify(
-            s,
-            events.run_failed_repeatedly(
-                model=store.model_name(run.model_id),
-                evalset=run.evalset_name,
-                job=run.job,
-                failures=streak,
-                error=run.error,
-                run=run.id,
-            ),
-        )
+    store.record_event(
+        events.run_failed_repeatedly(
+            model=store.model_name(run.model_id),
+            evalset=run.evalset_name,
+            job=run.job,
+            failures=streak,
+            error=run.error,
+            run=run.id,
+        ),
+        notify,
+    )
     return True
 
 
@@ -369,7 +328,7 @@ def after_job(store: Store, cfg: MonitorConfig, models: Sequence[str], notify: N
     fine-tunes that involve them.  Failures are logged, never raised."""
     import logging
 
-    from monitor.analysis.recommend import assess, record_recommendation
+    from monitor.analysis.recommend import assess_finetune, record_recommendation
     from monitor.store import utcnow
 
     log = logging.getLogger("monitor.analysis")
@@ -385,7 +344,7 @@ def after_job(store: Store, cfg: MonitorConfig, models: Sequence[str], notify: N
         if not ({ft.model, ft.base_model, *ft.challengers} & set(models)):
             continue
         try:
-            found = assess(store, cfg, ft_name)
+            found = assess_finetune(store, cfg, ft_name)
             record_recommendation(
                 store,
                 ft.model,

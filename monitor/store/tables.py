@@ -18,6 +18,22 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def aware(value: datetime) -> datetime:
+    """A stored timestamp as timezone-aware UTC.
+
+    SQLite returns naive datetimes even for timezone-aware columns; we only ever store UTC.
+    PostgreSQL returns them in the session's time zone, which need not be UTC.
+    """
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A stored timestamp as a timezone-aware UTC datetime."""
+    return None if value is None else aware(value)
+
+
 RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
 
 

@@ -1,0 +1,65 @@
+"""Drift and integrity findings (``drift_analyses``): the newest per series, and new ones with their events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlmodel import col
+
+from monitor.events import Event, Notify
+from monitor.store._mixin import StoreMixin
+from monitor.store.tables import DriftRecord, ModelRecord
+
+
+class FindingsMixin(StoreMixin):
+    """Reads and writes drift and canary findings."""
+
+    def previous_finding(self, model_id: int, kind: str, source: str) -> DriftRecord | None:
+        """The newest finding of one model, kind and source."""
+        with self.session() as s:
+            return s.execute(
+                select(DriftRecord)
+                .where(
+                    col(DriftRecord.model_id) == model_id,
+                    col(DriftRecord.kind) == kind,
+                    col(DriftRecord.source) == source,
+                )
+                .order_by(col(DriftRecord.id).desc())
+                .limit(1)
+            ).scalar_one_or_none()
+
+    def add_findings(
+        self,
+        findings: Sequence[DriftRecord],
+        events: Sequence[Event] = (),
+        notify: Notify | None = None,
+    ) -> list[DriftRecord]:
+        """Store findings; ``notify(session, event)`` writes each event in the same transaction."""
+        if not findings:
+            return []
+        with self.session() as s:
+            s.add_all(findings)
+            if notify is not None:
+                for event in events:
+                    notify(s, event)
+            s.flush()
+            for f in findings:
+                s.refresh(f)
+        return list(findings)
+
+    def latest_findings(self) -> list[tuple[DriftRecord, str]]:
+        """The newest drift or canary record of every (model, kind, source), with the model's name."""
+        with self.session() as s:
+            newest = (
+                select(func.max(DriftRecord.id).label("id"))
+                .group_by(col(DriftRecord.model_id), col(DriftRecord.kind), col(DriftRecord.source))
+                .subquery()
+            )
+            rows = s.execute(
+                select(DriftRecord, ModelRecord.name)
+                .join(newest, col(DriftRecord.id) == newest.c.id)
+                .join(ModelRecord, col(DriftRecord.model_id) == col(ModelRecord.id))
+                .order_by(col(ModelRecord.name), col(DriftRecord.kind), col(DriftRecord.source))
+            ).all()
+            return [(record, name) for record, name in rows]

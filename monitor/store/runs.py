@@ -1,0 +1,465 @@
+"""Models, eval set versions, runs, their item results, and run-now requests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlmodel import col
+
+from monitor.errors import NotFoundError
+from monitor.evals.results import ItemResult
+from monitor.store._mixin import StoreMixin
+from monitor.store.tables import (
+    EvalSetVersionRecord,
+    ItemResultRecord,
+    ModelRecord,
+    RunRecord,
+    RunRequest,
+    as_utc,
+    aware,
+    utcnow,
+)
+
+
+class RunsMixin(StoreMixin):
+    """Reads and writes models, eval set versions, runs and run-now requests."""
+
+    # --- models and eval set versions --------------------------------------------------------------
+
+    def upsert_model(
+        self, name: str, *, kind: str, base: str, adapter: str | None, fingerprint: str | None = None
+    ) -> ModelRecord:
+        """Create or update the model called ``name``; a known fingerprint is kept when none is given."""
+        now = utcnow()
+        with self.session() as s:
+            record = s.exec(select(ModelRecord).where(ModelRecord.name == name)).scalar_one_or_none()  # type: ignore[call-overload]
+            if record is None:
+                record = ModelRecord(
+                    name=name,
+                    kind=kind,
+                    base=base,
+                    adapter=adapter,
+                    fingerprint=fingerprint,
+                    created_at=now,
+                    updated_at=now,
+                )
+            else:
+                record.kind, record.base, record.adapter = kind, base, adapter
+                if fingerprint is not None:
+                    record.fingerprint = fingerprint
+                record.updated_at = now
+            s.add(record)
+            s.flush()
+            s.refresh(record)
+            return record
+
+    def get_model(self, name: str) -> ModelRecord:
+        with self.session() as s:
+            record = s.exec(select(ModelRecord).where(ModelRecord.name == name)).scalar_one_or_none()  # type: ignore[call-overload]
+        if record is None:
+            raise NotFoundError(f"no model named {name!r} in the store")
+        return record
+
+    def model_name(self, model_id: int) -> str:
+        """The name of the model with ``model_id``."""
+        with self.session() as s:
+            record = s.get(ModelRecord, model_id)
+        if record is None:
+            raise NotFoundError(f"no model with id {model_id}")
+        return record.name
+
+    def model_by_id(self, model_id: int) -> ModelRecord | None:
+        """The model with ``model_id``, or None."""
+        with self.session() as s:
+            return s.get(ModelRecord, model_id)
+
+    def evalset_version(self, version_id: int) -> EvalSetVersionRecord | None:
+        """The eval set version with ``version_id``, or None."""
+        with self.session() as s:
+            return s.get(EvalSetVersionRecord, version_id)
+
+    def ensure_evalset_version(
+        self, name: str, version: str, *, task: str, path: str, item_count: int
+    ) -> EvalSetVersionRecord:
+        """The row for this exact eval set version, created on first use."""
+        with self.session() as s:
+            query = select(EvalSetVersionRecord).where(
+                EvalSetVersionRecord.name == name, EvalSetVersionRecord.version == version
+            )
+            record = s.exec(query).scalar_one_or_none()  # type: ignore[call-overload]
+            if record is None:
+                record = EvalSetVersionRecord(
+                    name=name,
+                    version=version,
+                    task=task,
+                    path=path,
+                    item_count=item_count,
+                    created_at=utcnow(),
+                )
+                s.add(record)
+                s.flush()
+                s.refresh(record)
+            return record
+
+    # --- runs ----------------------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        *,
+        model: ModelRecord,
+        evalset: EvalSetVersionRecord,
+        strategy: str,
+        fewshot_k: int,
+        settings_digest: str,
+        settings: dict[str, Any],
+        trigger: str,
+        job: str | None = None,
+        items_total: int = 0,
+        model_fingerprint: str | None = None,
+        scheduled_for: datetime | None = None,
+        model_version: str | None = None,
+    ) -> RunRecord:
+        """Record a run as ``running`` and return it (with its id)."""
+        with self.session() as s:
+            run = RunRecord(
+                model_id=model.id,
+                evalset_version_id=evalset.id,
+                evalset_name=evalset.name,
+                job=job,
+                status="running",
+                trigger=trigger,
+                strategy=strategy,
+                fewshot_k=fewshot_k,
+                settings_digest=settings_digest,
+                settings=settings,
+                model_fingerprint=model_fingerprint,
+                evalset_version=evalset.version,
+                started_at=utcnow(),
+                scheduled_for=scheduled_for,
+                model_version=model_version,
+                items_total=items_total,
+            )
+            s.add(run)
+            s.flush()
+            s.refresh(run)
+            return run
+
+    def add_item_results(self, run_id: int, results: Sequence[ItemResult]) -> None:
+        """Store a batch of item results in one transaction and advance the run's counters."""
+        if not results:
+            return
+        with self.session() as s:
+            s.add_all(
+                ItemResultRecord(
+                    run_id=run_id,
+                    item_id=r.item_id,
+                    prediction=r.prediction,
+                    target=r.target,
+                    correct=r.correct,
+                    score=r.score,
+                    scores=r.scores or {},
+                    loglikelihoods=r.loglikelihoods,
+                    prompt_tokens=r.prompt_tokens,
+                    completion_tokens=r.completion_tokens,
+                    error=r.error,
+                )
+                for r in results
+            )
+            s.execute(
+                update(RunRecord)
+                .where(RunRecord.id == run_id)  # type: ignore[arg-type]
+                .values(
+                    items_done=RunRecord.items_done + len(results),
+                    items_failed=RunRecord.items_failed + sum(1 for r in results if r.error),
+                    prompt_tokens=RunRecord.prompt_tokens + sum(r.prompt_tokens for r in results),
+                    completion_tokens=RunRecord.completion_tokens + sum(r.completion_tokens for r in results),
+                )
+            )
+
+    def update_run(self, run_id: int, **values: Any) -> None:
+        """Set fields of a run (fingerprint, load time, ...)."""
+        with self.session() as s:
+            s.execute(update(RunRecord).where(RunRecord.id == run_id).values(**values))  # type: ignore[arg-type]
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        status: str,
+        metrics: dict[str, Any] | None = None,
+        error: str | None = None,
+        backend_info: dict[str, Any] | None = None,
+    ) -> RunRecord:
+        """Close a run with its final status, metrics and error text.
+
+        ``error`` replaces any earlier error: a resumed run that succeeds keeps no
+        error from its interruption.  Metrics and backend facts are kept when not given.
+        """
+        with self.session() as s:
+            run = s.get(RunRecord, run_id)
+            if run is None:
+                raise NotFoundError(f"no run {run_id}")
+            run.status = status
+            run.finished_at = utcnow()
+            run.duration_s = (run.finished_at - aware(run.started_at)).total_seconds()
+            if metrics is not None:
+                run.metrics = metrics
+            run.error = error
+            if backend_info is not None:
+                run.backend_info = backend_info
+            s.add(run)
+            s.flush()
+            s.refresh(run)
+            return run
+
+    def get_run(self, run_id: int) -> RunRecord:
+        with self.session() as s:
+            run = s.get(RunRecord, run_id)
+        if run is None:
+            raise NotFoundError(f"no run with id {run_id}")
+        return run
+
+    def item_results(self, run_id: int) -> list[ItemResultRecord]:
+        """Every stored item result of a run, in storage order."""
+        with self.session() as s:
+            query = (
+                select(ItemResultRecord)
+                .where(ItemResultRecord.run_id == run_id)
+                .order_by(ItemResultRecord.id)
+            )  # type: ignore[arg-type]
+            return list(s.exec(query).scalars())  # type: ignore[call-overload]
+
+    def completed_item_ids(self, run_id: int) -> set[str]:
+        """The ids of the items a run has already stored (what a resumed run skips)."""
+        with self.session() as s:
+            query = select(ItemResultRecord.item_id).where(ItemResultRecord.run_id == run_id)  # type: ignore[arg-type]
+            return set(s.exec(query).scalars())  # type: ignore[call-overload]
+
+    def runs(
+        self,
+        *,
+        model: str | None = None,
+        evalset: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[RunRecord, str]]:
+        """Runs, newest first, each with its model's name."""
+        with self.session() as s:
+            query = select(RunRecord, ModelRecord.name).join(
+                ModelRecord, RunRecord.model_id == ModelRecord.id
+            )  # type: ignore[arg-type]
+            if model is not None:
+                query = query.where(ModelRecord.name == model)
+            if evalset is not None:
+                query = query.where(RunRecord.evalset_name == evalset)
+            if status is not None:
+                query = query.where(RunRecord.status == status)
+            query = query.order_by(RunRecord.started_at.desc(), RunRecord.id.desc())  # type: ignore[attr-defined,union-attr]
+            if limit is not None:
+                query = query.limit(limit)
+            return [(run, name) for run, name in s.execute(query).all()]
+
+    def latest_per_series(self) -> list[SeriesStatus]:
+        """For every (model, eval set, strategy): the newest run, and the newest succeeded run before it."""
+        with self.session() as s:
+            newest = (
+                select(
+                    RunRecord.model_id,
+                    RunRecord.evalset_name,
+                    RunRecord.strategy,
+                    func.max(RunRecord.id).label("last_id"),
+                )
+                .group_by(RunRecord.model_id, RunRecord.evalset_name, RunRecord.strategy)
+                .subquery()
+            )
+            rows = s.execute(
+                select(RunRecord, ModelRecord.name)
+                .join(newest, RunRecord.id == newest.c.last_id)  # type: ignore[arg-type]
+                .join(ModelRecord, RunRecord.model_id == ModelRecord.id)  # type: ignore[arg-type]
+                .order_by(ModelRecord.name, RunRecord.evalset_name, RunRecord.strategy)
+            ).all()
+            out = []
+            for run, name in rows:
+                previous = s.execute(
+                    select(RunRecord)
+                    .where(
+                        RunRecord.model_id == run.model_id,
+                        RunRecord.evalset_name == run.evalset_name,
+                        RunRecord.strategy == run.strategy,
+                        RunRecord.status == "succeeded",
+                        RunRecord.id < run.id,  # type: ignore[operator]
+                    )
+                    .order_by(RunRecord.id.desc())  # type: ignore[union-attr]
+                    .limit(1)
+                ).scalar_one_or_none()
+                out.append(SeriesStatus(name, run, previous))
+            return out
+
+    def latest_base_run(self, base: str, *, evalset_version: str, settings_digest: str) -> RunRecord | None:
+        """The newest succeeded run of a model without an adapter on ``base``, under the same
+        eval set version and settings (what an adapter's run is compared with)."""
+        with self.session() as s:
+            return s.execute(
+                select(RunRecord)
+                .join(ModelRecord, col(RunRecord.model_id) == col(ModelRecord.id))
+                .where(
+                    col(ModelRecord.base) == base,
+                    col(ModelRecord.adapter).is_(None),
+                    col(RunRecord.status) == "succeeded",
+                    col(RunRecord.evalset_version) == evalset_version,
+                    col(RunRecord.settings_digest) == settings_digest,
+                )
+                .order_by(col(RunRecord.id).desc())
+                .limit(1)
+            ).scalar_one_or_none()
+
+    def run_summary(self) -> RunSummary:
+        """What the metrics export about runs, read in one transaction."""
+        with self.session() as s:
+            names = {int(i): str(n) for i, n in s.execute(select(ModelRecord.id, ModelRecord.name)).all()}
+            newest = (
+                select(func.max(RunRecord.id).label("id"))
+                .where(col(RunRecord.status) == "succeeded")
+                .group_by(col(RunRecord.model_id), col(RunRecord.evalset_name), col(RunRecord.strategy))
+                .subquery()
+            )
+            latest_ok = list(
+                s.execute(select(RunRecord).join(newest, col(RunRecord.id) == newest.c.id)).scalars()
+            )
+            counts = s.execute(
+                select(
+                    RunRecord.model_id, RunRecord.evalset_name, RunRecord.job, RunRecord.status,
+                    func.count(), func.sum(RunRecord.items_done), func.sum(RunRecord.items_failed),
+                    func.sum(RunRecord.prompt_tokens), func.sum(RunRecord.completion_tokens),
+                ).group_by(
+                    col(RunRecord.model_id), col(RunRecord.evalset_name), col(RunRecord.job), col(RunRecord.status)
+                )
+            ).all()  # fmt: skip
+            durations = s.execute(
+                select(RunRecord.job, RunRecord.duration_s).where(
+                    col(RunRecord.duration_s).is_not(None), col(RunRecord.status).in_(("succeeded", "failed"))
+                )
+            ).all()
+            last_success = s.execute(
+                select(RunRecord.job, func.max(RunRecord.finished_at))
+                .where(col(RunRecord.status) == "succeeded", col(RunRecord.job).is_not(None))
+                .group_by(col(RunRecord.job))
+            ).all()
+            last_load = s.execute(
+                select(RunRecord.model_id, RunRecord.load_s)
+                .where(col(RunRecord.load_s) > 0)
+                .order_by(col(RunRecord.id).desc())
+            ).all()
+            lag_rows = s.execute(
+                select(RunRecord.job, RunRecord.started_at, RunRecord.scheduled_for)
+                .where(col(RunRecord.scheduled_for).is_not(None), col(RunRecord.job).is_not(None))
+                .order_by(col(RunRecord.id).desc())
+            ).all()
+        return RunSummary(
+            model_names=names,
+            latest_succeeded=latest_ok,
+            counts=[RunCount(*row) for row in counts],
+            durations=[(job, float(d)) for job, d in durations],
+            last_success=[(str(job), aware(when)) for job, when in last_success if when is not None],
+            last_load=[(int(m), float(secs)) for m, secs in last_load],
+            schedule_lags=[(str(job), aware(started), aware(sched)) for job, started, sched in lag_rows],
+        )
+
+    def unfinished_runs(self) -> list[RunRecord]:
+        """Runs left ``running`` (by a crash) or ``interrupted`` (by a shutdown), oldest first."""
+        with self.session() as s:
+            query = (
+                select(RunRecord)
+                .where(RunRecord.status.in_(("running", "interrupted")))
+                .order_by(RunRecord.id)
+            )
+            return list(s.execute(query).scalars())
+
+    def reopen_run(self, run_id: int) -> None:
+        """Mark an interrupted run as running again before it is resumed."""
+        self.update_run(run_id, status="running", finished_at=None, duration_s=None)
+
+    def last_scheduled_fire(self, job: str) -> datetime | None:
+        """When the newest scheduled run of ``job`` was meant to start."""
+        with self.session() as s:
+            value = s.execute(
+                select(func.max(RunRecord.scheduled_for)).where(RunRecord.job == job)
+            ).scalar_one_or_none()
+        return as_utc(value)
+
+    # --- run-now requests ------------------------------------------------------------------------------
+
+    def request_run(self, job: str, requested_by: str = "") -> int:
+        """Queue a request for the daemon to run ``job`` now."""
+        with self.session() as s:
+            request = RunRequest(job=job, requested_at=utcnow(), requested_by=requested_by)
+            s.add(request)
+            s.flush()
+            assert request.id is not None
+            return request.id
+
+    def take_run_requests(self) -> list[RunRequest]:
+        """Pending run-now requests, marked as picked so that each is served once."""
+        with self.session() as s:
+            pending = list(
+                s.execute(
+                    select(RunRequest).where(RunRequest.picked_at.is_(None)).order_by(RunRequest.id)
+                ).scalars()
+            )
+            taken = []
+            for request in pending:
+                result = s.execute(
+                    update(RunRequest)
+                    .where(RunRequest.id == request.id, RunRequest.picked_at.is_(None))
+                    .values(picked_at=utcnow())
+                )
+                if result.rowcount == 1:
+                    taken.append(request)
+            return taken
+
+
+@dataclass(frozen=True)
+class SeriesStatus:
+    """The newest run of one model on one eval set under one strategy, and the one before it."""
+
+    model: str
+    latest: RunRecord
+    previous: RunRecord | None
+
+
+@dataclass(frozen=True)
+class RunCount:
+    """Runs of one model, eval set, job and status, and their summed counters."""
+
+    model_id: int
+    evalset: str
+    job: str | None
+    status: str
+    count: int
+    items_done: int | None
+    items_failed: int | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What :meth:`RunsMixin.run_summary` reads for the metrics, in plain values."""
+
+    #: model id -> name
+    model_names: dict[int, str]
+    #: the newest succeeded run of every (model, eval set, strategy)
+    latest_succeeded: list[RunRecord]
+    counts: list[RunCount]
+    #: (job, seconds) of every finished run with a duration
+    durations: list[tuple[str | None, float]]
+    #: (job, finished at) of every job's newest succeeded run
+    last_success: list[tuple[str, datetime]]
+    #: (model id, load seconds), newest run first
+    last_load: list[tuple[int, float]]
+    #: (job, started at, scheduled for), newest run first
+    schedule_lags: list[tuple[str, datetime, datetime]]

@@ -1,0 +1,87 @@
+"""Regression verdicts: read what the next verdict builds on, write verdicts with their events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlmodel import col
+
+from monitor.events import Event, Notify
+from monitor.store._mixin import StoreMixin
+from monitor.store.tables import VerdictRecord
+
+
+class VerdictsMixin(StoreMixin):
+    """Reads and writes ``verdicts``."""
+
+    def previous_verdict(
+        self, model_id: int, evalset: str, strategy: str, metric: str, *, before_run: int
+    ) -> VerdictRecord | None:
+        """The newest verdict of one series and metric from a run other than ``before_run``."""
+        with self.session() as s:
+            return s.execute(
+                select(VerdictRecord)
+                .where(
+                    col(VerdictRecord.model_id) == model_id,
+                    col(VerdictRecord.evalset_name) == evalset,
+                    col(VerdictRecord.strategy) == strategy,
+                    col(VerdictRecord.metric) == metric,
+                    col(VerdictRecord.run_id) != before_run,
+                )
+                .order_by(col(VerdictRecord.id).desc())
+                .limit(1)
+            ).scalar_one_or_none()
+
+    def other_series_p_values(self, model_id: int, evalset: str, strategy: str) -> list[float]:
+        """The newest raw p-value of every other series of the model: the rest of Holm's family."""
+        with self.session() as s:
+            newest = (
+                select(func.max(VerdictRecord.id).label("id"))
+                .where(col(VerdictRecord.model_id) == model_id, col(VerdictRecord.p_value).is_not(None))
+                .group_by(
+                    col(VerdictRecord.evalset_name), col(VerdictRecord.strategy), col(VerdictRecord.metric)
+                )
+                .subquery()
+            )
+            rows = s.execute(
+                select(VerdictRecord).join(newest, col(VerdictRecord.id) == newest.c.id)
+            ).scalars()
+            return [
+                float(v.p_value)
+                for v in rows
+                if not (v.evalset_name == evalset and v.strategy == strategy) and v.p_value is not None
+            ]
+
+    def add_verdicts(
+        self,
+        records: Sequence[VerdictRecord],
+        events: Sequence[Event] = (),
+        notify: Notify | None = None,
+    ) -> list[VerdictRecord]:
+        """Store verdicts; ``notify(session, event)`` writes each event in the same transaction."""
+        with self.session() as s:
+            s.add_all(records)
+            if notify is not None:
+                for event in events:
+                    notify(s, event)
+            s.flush()
+            for record in records:
+                s.refresh(record)
+        return list(records)
+
+    def latest_verdicts(self, model_id: int | None = None) -> list[VerdictRecord]:
+        """The newest verdict of every (model, eval set, strategy, metric)."""
+        with self.session() as s:
+            newest = select(func.max(VerdictRecord.id).label("id")).group_by(
+                col(VerdictRecord.model_id),
+                col(VerdictRecord.evalset_name),
+                col(VerdictRecord.strategy),
+                col(VerdictRecord.metric),
+            )
+            if model_id is not None:
+                newest = newest.where(col(VerdictRecord.model_id) == model_id)
+            sub = newest.subquery()
+            return list(
+                s.execute(select(VerdictRecord).join(sub, col(VerdictRecord.id) == sub.c.id)).scalars()
+            )
