@@ -358,24 +358,17 @@ class StoreCollector(Collector):
         # and would make a counter go down, so they are gauges.
         state: dict[str, dict[str, float]] = defaultdict(lambda: {"running": 0.0, "interrupted": 0.0})
         for row in rows:
-            model_id, evalset, job, status, count = row.model_id, row.evalset, row.job, row.status, row.count
-            done, errors, prompt, completion = (
-                row.items_done,
-                row.items_failed,
-                row.prompt_tokens,
-                row.completion_tokens,
-            )
-            model, job_label = names.get(model_id, "?"), job or ""
-            acc = per_series[(model, evalset, job_label)]
-            acc[0] += float(done or 0)
-            acc[1] += float(errors or 0)
-            acc[2] += float(prompt or 0)
-            acc[3] += float(completion or 0)
-            if status == "succeeded":
-                acc[4] += float(count)
-            elif status == "failed":
-                acc[5] += float(count)
-            state[job_label][status] = state[job_label].get(status, 0.0) + float(count)
+            model, job_label = names.get(row.model_id, "?"), row.job or ""
+            acc = per_series[(model, row.evalset, job_label)]
+            acc[0] += float(row.items_done or 0)
+            acc[1] += float(row.items_failed or 0)
+            acc[2] += float(row.prompt_tokens or 0)
+            acc[3] += float(row.completion_tokens or 0)
+            if row.status == "succeeded":
+                acc[4] += float(row.count)
+            elif row.status == "failed":
+                acc[5] += float(row.count)
+            state[job_label][row.status] = state[job_label].get(row.status, 0.0) + float(row.count)
         for (model, evalset, job_label), (done, errors, prompt, completion, ok, bad) in sorted(
             per_series.items()
         ):
@@ -517,7 +510,7 @@ def _cost_metrics(records: Sequence[tuple[Any, str]]) -> Iterator[Metric]:
                 per_request.add_metric([model, option, currency], float(cost["cost_per_request"]))
         for option in ("retrain", "rebase"):
             days = costs.get(f"{option}_break_even_days")
-            if _finite(days):
+            if days is not None and _finite(days):
                 break_even.add_metric([model, option], float(days) * 86400.0)
     yield from (monthly, per_request, break_even)
 

@@ -52,12 +52,12 @@ class FindingsMixin(StoreMixin):
         """The newest drift or canary record of every (model, kind, source), with the model's name."""
         with self.session() as s:
             newest = (
-                select(func.max(DriftRecord.id).label("id"))
+                select(func.max(col(DriftRecord.id)).label("id"))
                 .group_by(col(DriftRecord.model_id), col(DriftRecord.kind), col(DriftRecord.source))
                 .subquery()
             )
             rows = s.execute(
-                select(DriftRecord, ModelRecord.name)
+                select(DriftRecord, col(ModelRecord.name))
                 .join(newest, col(DriftRecord.id) == newest.c.id)
                 .join(ModelRecord, col(DriftRecord.model_id) == col(ModelRecord.id))
                 .order_by(col(ModelRecord.name), col(DriftRecord.kind), col(DriftRecord.source))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, update
-from sqlmodel import Session
+from sqlalchemy import CursorResult, delete, update
+from sqlmodel import Session, col
 
 from monitor.errors import StoreError
 from monitor.store._mixin import StoreMixin
@@ -39,7 +39,13 @@ class LeaseMixin(StoreMixin):
 
         now = now or utcnow()
         expires = now + timedelta(seconds=ttl_s)
-        fields = {"holder": holder, "host": host, "pid": pid, "heartbeat_at": now, "expires_at": expires}
+        fields: dict[str, Any] = {
+            "holder": holder,
+            "host": host,
+            "pid": pid,
+            "heartbeat_at": now,
+            "expires_at": expires,
+        }
         for _ in range(3):
             with Session(self.engine, expire_on_commit=False) as s:
                 current = s.get(DaemonLease, "daemon")
@@ -58,10 +64,13 @@ class LeaseMixin(StoreMixin):
                 )
                 if not free:
                     return current
-                result = s.execute(
-                    update(DaemonLease)
-                    .where(DaemonLease.name == "daemon", DaemonLease.holder == current.holder)
-                    .values(acquired_at=now, **fields)
+                result = cast(
+                    "CursorResult[Any]",
+                    s.execute(
+                        update(DaemonLease)
+                        .where(col(DaemonLease.name) == "daemon", col(DaemonLease.holder) == current.holder)
+                        .values(acquired_at=now, **fields)
+                    ),
                 )
                 s.commit()
                 if result.rowcount == 1:
@@ -74,16 +83,23 @@ class LeaseMixin(StoreMixin):
 
         now = now or utcnow()
         with self.session() as s:
-            result = s.execute(
-                update(DaemonLease)
-                .where(DaemonLease.name == "daemon", DaemonLease.holder == holder)
-                .values(heartbeat_at=now, expires_at=now + timedelta(seconds=ttl_s))
+            result = cast(
+                "CursorResult[Any]",
+                s.execute(
+                    update(DaemonLease)
+                    .where(col(DaemonLease.name) == "daemon", col(DaemonLease.holder) == holder)
+                    .values(heartbeat_at=now, expires_at=now + timedelta(seconds=ttl_s))
+                ),
             )
             return bool(result.rowcount == 1)
 
     def release_lease(self, holder: str) -> None:
         with self.session() as s:
-            s.execute(delete(DaemonLease).where(DaemonLease.name == "daemon", DaemonLease.holder == holder))
+            s.execute(
+                delete(DaemonLease).where(
+                    col(DaemonLease.name) == "daemon", col(DaemonLease.holder) == holder
+                )
+            )
 
     def current_lease(self) -> DaemonLease | None:
         with self.session() as s:

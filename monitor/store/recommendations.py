@@ -65,12 +65,12 @@ class RecommendationsMixin(StoreMixin):
         """The newest recommendation of every model, with the model's name."""
         with self.session() as s:
             newest = (
-                select(func.max(RecommendationRecord.id).label("id"))
+                select(func.max(col(RecommendationRecord.id)).label("id"))
                 .group_by(col(RecommendationRecord.model_id))
                 .subquery()
             )
             rows = s.execute(
-                select(RecommendationRecord, ModelRecord.name)
+                select(RecommendationRecord, col(ModelRecord.name))
                 .join(newest, col(RecommendationRecord.id) == newest.c.id)
                 .join(ModelRecord, col(RecommendationRecord.model_id) == col(ModelRecord.id))
                 .order_by(col(ModelRecord.name))

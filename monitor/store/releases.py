@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
+from sqlmodel import col
 
 from monitor.store._mixin import StoreMixin
 from monitor.store.tables import ReleaseRecord, utcnow
@@ -26,7 +27,9 @@ class ReleasesMixin(StoreMixin):
         """
         with self.session() as s:
             now = utcnow()
-            known = s.execute(select(ReleaseRecord.id).where(ReleaseRecord.name == release.name)).first()
+            known = s.execute(
+                select(col(ReleaseRecord.id)).where(col(ReleaseRecord.name) == release.name)
+            ).first()
             if known is not None:
                 return None
             record = ReleaseRecord(
@@ -48,21 +51,24 @@ class ReleasesMixin(StoreMixin):
 
     def releases(self, family: str | None = None) -> list[ReleaseRecord]:
         """Stored releases, oldest first."""
-        query = select(ReleaseRecord).order_by(ReleaseRecord.id)
+        query = select(ReleaseRecord).order_by(col(ReleaseRecord.id))
         if family is not None:
-            query = query.where(ReleaseRecord.family == family)
+            query = query.where(col(ReleaseRecord.family) == family)
         with self.session() as s:
             return list(s.execute(query).scalars())
 
     def forget_release(self, name: str) -> bool:
         """Delete a release's row (its runs stay in the history); False when no such release."""
         with self.session() as s:
-            return bool(s.execute(delete(ReleaseRecord).where(ReleaseRecord.name == name)).rowcount)
+            result = cast(
+                "CursorResult[Any]", s.execute(delete(ReleaseRecord).where(col(ReleaseRecord.name) == name))
+            )
+            return bool(result.rowcount)
 
     def mark_release_evaluated(self, release_id: int, when: datetime | None = None) -> None:
         with self.session() as s:
             s.execute(
                 update(ReleaseRecord)
-                .where(ReleaseRecord.id == release_id)
+                .where(col(ReleaseRecord.id) == release_id)
                 .values(evaluated_at=when or utcnow())
             )

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlmodel import col
 
 from monitor.errors import NotFoundError
@@ -36,7 +36,7 @@ class RunsMixin(StoreMixin):
         """Create or update the model called ``name``; a known fingerprint is kept when none is given."""
         now = utcnow()
         with self.session() as s:
-            record = s.exec(select(ModelRecord).where(ModelRecord.name == name)).scalar_one_or_none()  # type: ignore[call-overload]
+            record = s.execute(select(ModelRecord).where(col(ModelRecord.name) == name)).scalar_one_or_none()
             if record is None:
                 record = ModelRecord(
                     name=name,
@@ -59,7 +59,7 @@ class RunsMixin(StoreMixin):
 
     def get_model(self, name: str) -> ModelRecord:
         with self.session() as s:
-            record = s.exec(select(ModelRecord).where(ModelRecord.name == name)).scalar_one_or_none()  # type: ignore[call-overload]
+            record = s.execute(select(ModelRecord).where(col(ModelRecord.name) == name)).scalar_one_or_none()
         if record is None:
             raise NotFoundError(f"no model named {name!r} in the store")
         return record
@@ -88,9 +88,9 @@ class RunsMixin(StoreMixin):
         """The row for this exact eval set version, created on first use."""
         with self.session() as s:
             query = select(EvalSetVersionRecord).where(
-                EvalSetVersionRecord.name == name, EvalSetVersionRecord.version == version
+                col(EvalSetVersionRecord.name) == name, col(EvalSetVersionRecord.version) == version
             )
-            record = s.exec(query).scalar_one_or_none()  # type: ignore[call-overload]
+            record = s.execute(query).scalar_one_or_none()
             if record is None:
                 record = EvalSetVersionRecord(
                     name=name,
@@ -124,6 +124,7 @@ class RunsMixin(StoreMixin):
         model_version: str | None = None,
     ) -> RunRecord:
         """Record a run as ``running`` and return it (with its id)."""
+        assert model.id is not None and evalset.id is not None
         with self.session() as s:
             run = RunRecord(
                 model_id=model.id,
@@ -171,19 +172,20 @@ class RunsMixin(StoreMixin):
             )
             s.execute(
                 update(RunRecord)
-                .where(RunRecord.id == run_id)  # type: ignore[arg-type]
+                .where(col(RunRecord.id) == run_id)
                 .values(
-                    items_done=RunRecord.items_done + len(results),
-                    items_failed=RunRecord.items_failed + sum(1 for r in results if r.error),
-                    prompt_tokens=RunRecord.prompt_tokens + sum(r.prompt_tokens for r in results),
-                    completion_tokens=RunRecord.completion_tokens + sum(r.completion_tokens for r in results),
+                    items_done=col(RunRecord.items_done) + len(results),
+                    items_failed=col(RunRecord.items_failed) + sum(1 for r in results if r.error),
+                    prompt_tokens=col(RunRecord.prompt_tokens) + sum(r.prompt_tokens for r in results),
+                    completion_tokens=col(RunRecord.completion_tokens)
+                    + sum(r.completion_tokens for r in results),
                 )
             )
 
     def update_run(self, run_id: int, **values: Any) -> None:
         """Set fields of a run (fingerprint, load time, ...)."""
         with self.session() as s:
-            s.execute(update(RunRecord).where(RunRecord.id == run_id).values(**values))  # type: ignore[arg-type]
+            s.execute(update(RunRecord).where(col(RunRecord.id) == run_id).values(**values))
 
     def finish_run(
         self,
@@ -228,16 +230,16 @@ class RunsMixin(StoreMixin):
         with self.session() as s:
             query = (
                 select(ItemResultRecord)
-                .where(ItemResultRecord.run_id == run_id)
-                .order_by(ItemResultRecord.id)
-            )  # type: ignore[arg-type]
-            return list(s.exec(query).scalars())  # type: ignore[call-overload]
+                .where(col(ItemResultRecord.run_id) == run_id)
+                .order_by(col(ItemResultRecord.id))
+            )
+            return list(s.execute(query).scalars())
 
     def completed_item_ids(self, run_id: int) -> set[str]:
         """The ids of the items a run has already stored (what a resumed run skips)."""
         with self.session() as s:
-            query = select(ItemResultRecord.item_id).where(ItemResultRecord.run_id == run_id)  # type: ignore[arg-type]
-            return set(s.exec(query).scalars())  # type: ignore[call-overload]
+            query = select(col(ItemResultRecord.item_id)).where(col(ItemResultRecord.run_id) == run_id)
+            return set(s.execute(query).scalars())
 
     def runs(
         self,
@@ -249,16 +251,16 @@ class RunsMixin(StoreMixin):
     ) -> list[tuple[RunRecord, str]]:
         """Runs, newest first, each with its model's name."""
         with self.session() as s:
-            query = select(RunRecord, ModelRecord.name).join(
-                ModelRecord, RunRecord.model_id == ModelRecord.id
-            )  # type: ignore[arg-type]
+            query = select(RunRecord, col(ModelRecord.name)).join(
+                ModelRecord, col(RunRecord.model_id) == col(ModelRecord.id)
+            )
             if model is not None:
-                query = query.where(ModelRecord.name == model)
+                query = query.where(col(ModelRecord.name) == model)
             if evalset is not None:
-                query = query.where(RunRecord.evalset_name == evalset)
+                query = query.where(col(RunRecord.evalset_name) == evalset)
             if status is not None:
-                query = query.where(RunRecord.status == status)
-            query = query.order_by(RunRecord.started_at.desc(), RunRecord.id.desc())  # type: ignore[attr-defined,union-attr]
+                query = query.where(col(RunRecord.status) == status)
+            query = query.order_by(col(RunRecord.started_at).desc(), col(RunRecord.id).desc())
             if limit is not None:
                 query = query.limit(limit)
             return [(run, name) for run, name in s.execute(query).all()]
@@ -268,32 +270,32 @@ class RunsMixin(StoreMixin):
         with self.session() as s:
             newest = (
                 select(
-                    RunRecord.model_id,
-                    RunRecord.evalset_name,
-                    RunRecord.strategy,
-                    func.max(RunRecord.id).label("last_id"),
+                    col(RunRecord.model_id),
+                    col(RunRecord.evalset_name),
+                    col(RunRecord.strategy),
+                    func.max(col(RunRecord.id)).label("last_id"),
                 )
-                .group_by(RunRecord.model_id, RunRecord.evalset_name, RunRecord.strategy)
+                .group_by(col(RunRecord.model_id), col(RunRecord.evalset_name), col(RunRecord.strategy))
                 .subquery()
             )
             rows = s.execute(
-                select(RunRecord, ModelRecord.name)
-                .join(newest, RunRecord.id == newest.c.last_id)  # type: ignore[arg-type]
-                .join(ModelRecord, RunRecord.model_id == ModelRecord.id)  # type: ignore[arg-type]
-                .order_by(ModelRecord.name, RunRecord.evalset_name, RunRecord.strategy)
+                select(RunRecord, col(ModelRecord.name))
+                .join(newest, col(RunRecord.id) == newest.c.last_id)
+                .join(ModelRecord, col(RunRecord.model_id) == col(ModelRecord.id))
+                .order_by(col(ModelRecord.name), col(RunRecord.evalset_name), col(RunRecord.strategy))
             ).all()
             out = []
             for run, name in rows:
                 previous = s.execute(
                     select(RunRecord)
                     .where(
-                        RunRecord.model_id == run.model_id,
-                        RunRecord.evalset_name == run.evalset_name,
-                        RunRecord.strategy == run.strategy,
-                        RunRecord.status == "succeeded",
-                        RunRecord.id < run.id,  # type: ignore[operator]
+                        col(RunRecord.model_id) == run.model_id,
+                        col(RunRecord.evalset_name) == run.evalset_name,
+                        col(RunRecord.strategy) == run.strategy,
+                        col(RunRecord.status) == "succeeded",
+                        col(RunRecord.id) < run.id,
                     )
-                    .order_by(RunRecord.id.desc())  # type: ignore[union-attr]
+                    .order_by(col(RunRecord.id).desc())
                     .limit(1)
                 ).scalar_one_or_none()
                 out.append(SeriesStatus(name, run, previous))
@@ -320,9 +322,11 @@ class RunsMixin(StoreMixin):
     def run_summary(self) -> RunSummary:
         """What the metrics export about runs, read in one transaction."""
         with self.session() as s:
-            names = {int(i): str(n) for i, n in s.execute(select(ModelRecord.id, ModelRecord.name)).all()}
+            names = {
+                int(i): str(n) for i, n in s.execute(select(col(ModelRecord.id), col(ModelRecord.name))).all()
+            }
             newest = (
-                select(func.max(RunRecord.id).label("id"))
+                select(func.max(col(RunRecord.id)).label("id"))
                 .where(col(RunRecord.status) == "succeeded")
                 .group_by(col(RunRecord.model_id), col(RunRecord.evalset_name), col(RunRecord.strategy))
                 .subquery()
@@ -332,30 +336,30 @@ class RunsMixin(StoreMixin):
             )
             counts = s.execute(
                 select(
-                    RunRecord.model_id, RunRecord.evalset_name, RunRecord.job, RunRecord.status,
-                    func.count(), func.sum(RunRecord.items_done), func.sum(RunRecord.items_failed),
-                    func.sum(RunRecord.prompt_tokens), func.sum(RunRecord.completion_tokens),
+                    col(RunRecord.model_id), col(RunRecord.evalset_name), col(RunRecord.job), col(RunRecord.status),
+                    func.count(), func.sum(col(RunRecord.items_done)), func.sum(col(RunRecord.items_failed)),
+                    func.sum(col(RunRecord.prompt_tokens)), func.sum(col(RunRecord.completion_tokens)),
                 ).group_by(
                     col(RunRecord.model_id), col(RunRecord.evalset_name), col(RunRecord.job), col(RunRecord.status)
                 )
             ).all()  # fmt: skip
             durations = s.execute(
-                select(RunRecord.job, RunRecord.duration_s).where(
+                select(col(RunRecord.job), col(RunRecord.duration_s)).where(
                     col(RunRecord.duration_s).is_not(None), col(RunRecord.status).in_(("succeeded", "failed"))
                 )
             ).all()
             last_success = s.execute(
-                select(RunRecord.job, func.max(RunRecord.finished_at))
+                select(col(RunRecord.job), func.max(col(RunRecord.finished_at)))
                 .where(col(RunRecord.status) == "succeeded", col(RunRecord.job).is_not(None))
                 .group_by(col(RunRecord.job))
             ).all()
             last_load = s.execute(
-                select(RunRecord.model_id, RunRecord.load_s)
+                select(col(RunRecord.model_id), col(RunRecord.load_s))
                 .where(col(RunRecord.load_s) > 0)
                 .order_by(col(RunRecord.id).desc())
             ).all()
             lag_rows = s.execute(
-                select(RunRecord.job, RunRecord.started_at, RunRecord.scheduled_for)
+                select(col(RunRecord.job), col(RunRecord.started_at), col(RunRecord.scheduled_for))
                 .where(col(RunRecord.scheduled_for).is_not(None), col(RunRecord.job).is_not(None))
                 .order_by(col(RunRecord.id).desc())
             ).all()
@@ -374,8 +378,8 @@ class RunsMixin(StoreMixin):
         with self.session() as s:
             query = (
                 select(RunRecord)
-                .where(RunRecord.status.in_(("running", "interrupted")))
-                .order_by(RunRecord.id)
+                .where(col(RunRecord.status).in_(("running", "interrupted")))
+                .order_by(col(RunRecord.id))
             )
             return list(s.execute(query).scalars())
 
@@ -387,7 +391,7 @@ class RunsMixin(StoreMixin):
         """When the newest scheduled run of ``job`` was meant to start."""
         with self.session() as s:
             value = s.execute(
-                select(func.max(RunRecord.scheduled_for)).where(RunRecord.job == job)
+                select(func.max(col(RunRecord.scheduled_for))).where(col(RunRecord.job) == job)
             ).scalar_one_or_none()
         return as_utc(value)
 
@@ -407,15 +411,18 @@ class RunsMixin(StoreMixin):
         with self.session() as s:
             pending = list(
                 s.execute(
-                    select(RunRequest).where(RunRequest.picked_at.is_(None)).order_by(RunRequest.id)
+                    select(RunRequest).where(col(RunRequest.picked_at).is_(None)).order_by(col(RunRequest.id))
                 ).scalars()
             )
             taken = []
             for request in pending:
-                result = s.execute(
-                    update(RunRequest)
-                    .where(RunRequest.id == request.id, RunRequest.picked_at.is_(None))
-                    .values(picked_at=utcnow())
+                result = cast(
+                    "CursorResult[Any]",
+                    s.execute(
+                        update(RunRequest)
+                        .where(col(RunRequest.id) == request.id, col(RunRequest.picked_at).is_(None))
+                        .values(picked_at=utcnow())
+                    ),
                 )
                 if result.rowcount == 1:
                     taken.append(request)

@@ -37,7 +37,7 @@ class VerdictsMixin(StoreMixin):
         """The newest raw p-value of every other series of the model: the rest of Holm's family."""
         with self.session() as s:
             newest = (
-                select(func.max(VerdictRecord.id).label("id"))
+                select(func.max(col(VerdictRecord.id)).label("id"))
                 .where(col(VerdictRecord.model_id) == model_id, col(VerdictRecord.p_value).is_not(None))
                 .group_by(
                     col(VerdictRecord.evalset_name), col(VerdictRecord.strategy), col(VerdictRecord.metric)
@@ -73,7 +73,7 @@ class VerdictsMixin(StoreMixin):
     def latest_verdicts(self, model_id: int | None = None) -> list[VerdictRecord]:
         """The newest verdict of every (model, eval set, strategy, metric)."""
         with self.session() as s:
-            newest = select(func.max(VerdictRecord.id).label("id")).group_by(
+            newest = select(func.max(col(VerdictRecord.id)).label("id")).group_by(
                 col(VerdictRecord.model_id),
                 col(VerdictRecord.evalset_name),
                 col(VerdictRecord.strategy),
