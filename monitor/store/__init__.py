@@ -1,4 +1,10 @@
-"""Storage of runs and per-item results (SQLModel + Alembic).
+"""Storage of runs and per-item results (SQLModel + Alembic): the only door to the monitor's tables.
+
+:class:`Store` (``db.py``) gathers its methods from one module per topic: ``runs``,
+``lease``, ``releases``, ``verdicts``, ``findings``, ``recommendations``; the
+webhook outbox's functions are in ``outbox``.  Nothing outside this package
+opens a session except to hand it to a ``notify``/``on_change`` callback that a
+store method calls inside its own transaction.
 
 SQLAlchemy and SQLModel are imported when a name that needs them is first
 used, so commands that never open a store (``monitor eval`` without ``--db``)
@@ -14,6 +20,7 @@ from monitor.evals.results import ItemResult
 
 if TYPE_CHECKING:
     from monitor.store.db import SeriesStatus, Store, as_utc, make_engine, migrate, redact_url
+    from monitor.store.runs import RunCount, RunSummary
     from monitor.store.tables import (
         DaemonLease,
         EvalSetVersionRecord,
@@ -26,6 +33,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     **dict.fromkeys(("SeriesStatus", "Store", "as_utc", "make_engine", "migrate", "redact_url"), ".db"),
+    **dict.fromkeys(("RunCount", "RunSummary"), ".runs"),
     **dict.fromkeys(
         (
             "DaemonLease",
@@ -57,8 +65,10 @@ __all__ = [
     "ItemResult",
     "ItemResultRecord",
     "ModelRecord",
+    "RunCount",
     "RunRecord",
     "RunRequest",
+    "RunSummary",
     "SeriesStatus",
     "Store",
     "as_utc",

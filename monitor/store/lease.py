@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
 
@@ -23,7 +24,7 @@ class LeaseMixin(StoreMixin):
         host: str,
         pid: int,
         ttl_s: float,
-        is_alive: Any = None,
+        is_alive: Callable[[int], bool] | None = None,
         now: datetime | None = None,
     ) -> DaemonLease | None:
         """Take the daemon lease, or return the live lease that another holder keeps.

@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import CursorResult, delete, select, update
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from monitor.store._mixin import StoreMixin
 from monitor.store.tables import ReleaseRecord, utcnow
+
+
+class NewRelease(Protocol):
+    """What :meth:`ReleasesMixin.add_release` reads of a release (the watcher's ``Release``)."""
+
+    @property
+    def family(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def location(self) -> str: ...
+    @property
+    def revision(self) -> str | None: ...
+    @property
+    def details(self) -> Mapping[str, Any]: ...
+
+
+#: ``on_new(session, record)``: runs in the transaction that stores a new release.
+OnNewRelease = Callable[[Session, ReleaseRecord], None]
 
 
 class ReleasesMixin(StoreMixin):
     """Reads and writes ``releases``."""
 
     def add_release(
-        self, release: Any, on_new: Any = None, *, evaluated: bool = False
+        self, release: NewRelease, on_new: OnNewRelease | None = None, *, evaluated: bool = False
     ) -> ReleaseRecord | None:
         """Store a release (anything with family, name, source, location, revision, details) unless known.
 

@@ -72,6 +72,11 @@ class RunsMixin(StoreMixin):
             raise NotFoundError(f"no model with id {model_id}")
         return record.name
 
+    def models(self) -> list[ModelRecord]:
+        """Every model the store knows."""
+        with self.session() as s:
+            return list(s.execute(select(ModelRecord)).scalars())
+
     def model_by_id(self, model_id: int) -> ModelRecord | None:
         """The model with ``model_id``, or None."""
         with self.session() as s:
