@@ -170,14 +170,11 @@ def test_migrations_create_the_schema_from_empty(db_url: str) -> None:
     assert set(inspect(engine).get_table_names()) == set()
     engine.dispose()
 
-    store = Store.open(db_url)
-    try:
+    with Store.open(db_url) as store:
         assert store.schema_tables() == {*TABLES, "alembic_version"}
         assert current_revision(store) == head_revision() == "0005"
         columns = {c["name"] for c in inspect(store.engine).get_columns("item_results")}
         assert {"run_id", "item_id", "prediction", "target", "scores", "error"} <= columns
-    finally:
-        store.close()
 
 
 def test_models_and_migrations_describe_the_same_schema(store: Store) -> None:
