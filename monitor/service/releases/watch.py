@@ -34,12 +34,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from monitor import events
 from monitor.config import FamilyConfig, JobConfig, ModelConfig, MonitorConfig, WatchConfig
 from monitor.errors import WatchError
 from monitor.events import Notify
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
+
+    from monitor.store import Store
+    from monitor.store.tables import ReleaseRecord
 
 log = logging.getLogger("monitor.service.releases.watch")
 
@@ -395,7 +401,7 @@ def release_of_job(job: str) -> str | None:
     return job[len(CHALLENGER_JOB_PREFIX) :] if job.startswith(CHALLENGER_JOB_PREFIX) else None
 
 
-def stale_challenger_jobs(store: Any, cfg: MonitorConfig) -> list[str]:
+def stale_challenger_jobs(store: Store, cfg: MonitorConfig) -> list[str]:
     """Challenger jobs whose release was last run on another version of a golden set than the fine-tune.
 
     A refreshed golden set makes the challenger comparison unpaired (the items differ); running the
@@ -419,14 +425,14 @@ def stale_challenger_jobs(store: Any, cfg: MonitorConfig) -> list[str]:
     return stale
 
 
-def mark_evaluated(store: Any, cfg: MonitorConfig, job: str, when: datetime | None = None) -> list[str]:
+def mark_evaluated(store: Store, cfg: MonitorConfig, job: str, when: datetime | None = None) -> list[str]:
     """After a challenger job has run: mark its release evaluated (``cfg`` as declared or effective)."""
     name = release_of_job(job)
     if name is None:
         return []
     marked = []
     for release in store.releases():
-        if release.evaluated_at is None and model_name(cfg, release) == name:
+        if release.id is not None and release.evaluated_at is None and model_name(cfg, release) == name:
             store.mark_release_evaluated(release.id, when)
             marked.append(release.name)
     return marked
@@ -451,7 +457,7 @@ class ReleaseWatcher:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         config: MonitorConfig,
         *,
         sources: Mapping[str, ReleaseSource] | None = None,
@@ -468,7 +474,7 @@ class ReleaseWatcher:
         self.intervals = {n: w.every.total_seconds() for n, w in watched.items() if n in self.sources}
         self.state = {name: ScanState() for name in self.sources}
 
-    def register_configured(self) -> list[Any]:
+    def register_configured(self) -> list[ReleaseRecord]:
         """Store the configured versions newer than a fine-tune's base as releases (new ones only)."""
         return [r for r in (self._store_release(rel) for rel in registered_releases(self.config)) if r]
 
@@ -476,7 +482,7 @@ class ReleaseWatcher:
         now = self.monotonic()
         return [name for name, state in self.state.items() if state.next_due <= now]
 
-    def scan(self, family: str, now: datetime) -> list[Any]:
+    def scan(self, family: str, now: datetime) -> list[ReleaseRecord]:
         """Scan one family's source; store and return the releases not seen before."""
         state = self.state[family]
         state.last_scan = now
@@ -492,16 +498,14 @@ class ReleaseWatcher:
         state.last_success, state.last_error = now, None
         return [r for r in (self._store_release(rel) for rel in found) if r is not None]
 
-    def scan_due(self, now: datetime) -> list[Any]:
+    def scan_due(self, now: datetime) -> list[ReleaseRecord]:
         new = []
         for family in self.due():
             new += self.scan(family, now)
         return new
 
-    def _store_release(self, release: Release) -> Any:
-        from monitor.store.tables import ReleaseRecord
-
-        def event(session: Any, record: ReleaseRecord) -> None:
+    def _store_release(self, release: Release) -> ReleaseRecord | None:
+        def event(session: Session, record: ReleaseRecord) -> None:
             if self.notify is not None:
                 self.notify(
                     session,
