@@ -15,7 +15,7 @@ dead letter, kept with its last error) or ``disabled`` (its endpoint answered 41
 :func:`record_attempt`    one attempt's outcome: delivered, dead, or pending again
 :func:`record_gone`       an attempt answered 410: disable the endpoint and its pending deliveries
 :func:`enable_endpoint`   send to a disabled endpoint again
-:func:`list_endpoints`    every endpoint the store knows, with its state and counts
+:func:`list_endpoints`    every endpoint the store knows, with its state, counts and last error
 :func:`count_by_status`   deliveries per status (the sender's backlog)
 :func:`outbox_summary`    what the metrics export, read in one transaction
 ========================  ========================================================================
@@ -101,6 +101,9 @@ class EndpointStatus:
     reason: str | None
     #: Deliveries per status, every status present.
     deliveries: dict[str, int] = field(default_factory=dict)
+    #: The last error of its newest delivery that has one (a delivery delivered after retries keeps
+    #: the error of its last failed attempt); None when no delivery has failed.
+    last_error: str | None = None
 
 
 # --- writing events ----------------------------------------------------------------------------------
@@ -325,7 +328,8 @@ def enable_endpoint(store: Store, name: str) -> bool:
 
 
 def list_endpoints(store: Store) -> list[EndpointStatus]:
-    """Every endpoint with deliveries or a 410 on record, by name, with its state and delivery counts."""
+    """Every endpoint with deliveries or a 410 on record, by name, with its state, delivery counts and
+    last error, read in one transaction."""
     with store.session() as s:
         counts = s.execute(
             select(col(WebhookDelivery.endpoint), col(WebhookDelivery.status), func.count()).group_by(
@@ -335,6 +339,19 @@ def list_endpoints(store: Store) -> list[EndpointStatus]:
         by_endpoint: dict[str, dict[str, int]] = {}
         for endpoint, status, n in counts:
             by_endpoint.setdefault(endpoint, dict.fromkeys(DELIVERY_STATUSES, 0))[status] = int(n)
+        newest_failed = (
+            select(func.max(col(WebhookDelivery.id)))
+            .where(col(WebhookDelivery.last_error).is_not(None))
+            .group_by(col(WebhookDelivery.endpoint))
+        )
+        errors: dict[str, str] = {
+            endpoint: error
+            for endpoint, error in s.execute(
+                select(col(WebhookDelivery.endpoint), col(WebhookDelivery.last_error)).where(
+                    col(WebhookDelivery.id).in_(newest_failed)
+                )
+            ).all()
+        }
         states = {state.name: state for state in s.execute(select(WebhookEndpointState)).scalars()}
     return [
         EndpointStatus(
@@ -342,6 +359,7 @@ def list_endpoints(store: Store) -> list[EndpointStatus]:
             disabled_at=as_utc(states[name].disabled_at) if name in states else None,
             reason=states[name].reason if name in states else None,
             deliveries=by_endpoint.get(name, dict.fromkeys(DELIVERY_STATUSES, 0)),
+            last_error=errors.get(name),
         )
         for name in sorted({*by_endpoint, *states})
     ]
