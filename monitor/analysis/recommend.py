@@ -25,7 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from monitor.config import MonitorConfig
+    from monitor.store import Store
+    from monitor.store.tables import RecommendationRecord
 
 ACTIONS = ("keep", "retrain", "rebase", "retire")
 
@@ -211,7 +216,9 @@ def actions() -> Sequence[str]:
 # --- evidence from the store ---------------------------------------------------------------------
 
 
-def paired_interval(store: Any, run_a: Any, run_b: Any, metric: str, alpha: float = 0.05) -> Interval | None:
+def paired_interval(
+    store: Store, run_a: Any, run_b: Any, metric: str, alpha: float = 0.05
+) -> Interval | None:
     """``run_b - run_a`` on ``metric``, paired item by item; None unless both ran the same eval set version."""
     from monitor.analysis.stats import mcnemar_exact, paired_bootstrap
 
@@ -230,7 +237,7 @@ def paired_interval(store: Any, run_a: Any, run_b: Any, metric: str, alpha: floa
     return Interval(result.delta, result.ci_low, result.ci_high, result.p_value, result.n)
 
 
-def _latest_run(store: Any, model: str, evalset: str, strategy: str | None) -> Any:
+def _latest_run(store: Store, model: str, evalset: str, strategy: str | None) -> Any:
     for run, _ in store.runs(model=model, evalset=evalset, status="succeeded", limit=50):
         if strategy is None or run.strategy == strategy:
             return run
@@ -245,7 +252,7 @@ def _primary(run: Any) -> tuple[str, float] | None:
     return (name, float(value)) if value is not None else None
 
 
-def gather_evidence(store: Any, cfg: Any, finetune: str) -> Evidence:
+def gather_evidence(store: Store, cfg: MonitorConfig, finetune: str) -> Evidence:
     """Everything :func:`decide` needs about one configured fine-tune, read from the store."""
     ft = cfg.finetunes[finetune]
     try:
@@ -303,7 +310,7 @@ def gather_evidence(store: Any, cfg: Any, finetune: str) -> Evidence:
 
 
 def record_recommendation(
-    store: Any,
+    store: Store,
     model_name: str,
     decision: Decision,
     evidence: Evidence,
@@ -317,6 +324,7 @@ def record_recommendation(
     only if the recommendation does.
     """
     model_id = store.get_model(model_name).id
+    assert model_id is not None
     return store.add_recommendation(
         model_id,
         action=decision.action,
@@ -328,7 +336,7 @@ def record_recommendation(
     )
 
 
-def latest_recommendations(store: Any) -> list[tuple[Any, str]]:
+def latest_recommendations(store: Store) -> list[tuple[RecommendationRecord, str]]:
     """The newest recommendation of every model, with the model's name (:meth:`Store.latest_recommendations`)."""
     return store.latest_recommendations()
 
@@ -353,7 +361,7 @@ class Assessment:
         return render_memo(self.finetune, self.decision, self.evidence, cost_text, when=when)
 
 
-def assess_finetune(store: Any, cfg: Any, finetune: str) -> Assessment:
+def assess_finetune(store: Store, cfg: MonitorConfig, finetune: str) -> Assessment:
     """Gather the evidence of a configured fine-tune, decide, and price the options (nothing is stored)."""
     ft = cfg.finetunes[finetune]
     evidence = gather_evidence(store, cfg, finetune)
@@ -453,7 +461,9 @@ def token_profile(run: Any, label: str) -> Any:
         return None
 
 
-def cost_case_for(store: Any, cfg: Any, finetune: str, decision: Decision, evidence: Evidence) -> Any:
+def cost_case_for(
+    store: Store, cfg: MonitorConfig, finetune: str, decision: Decision, evidence: Evidence
+) -> Any:
     """The cost case of every option, from the token counts of the fine-tune's and the challenger's runs."""
     from monitor.analysis.costs import cost_case
 
