@@ -6,8 +6,7 @@ and keep the history in a store.  The CLI (``monitor``) wires these together.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from monitor._version import __version__
 from monitor.errors import (
     AdapterMismatchError,
     BackendError,

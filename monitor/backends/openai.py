@@ -70,7 +70,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from monitor import __version__
+from monitor._version import __version__
 from monitor.backends.base import (
     EndpointSpec,
     GenerationRequest,

@@ -215,23 +215,21 @@ def tell_story(
 
     outcome = StoryOutcome()
     declared = load_config(config_path)
-    store = Store.open(declared.database_url())
-    pool = ModelPool(max_models=3)
+    with Store.open(declared.database_url()) as store, ModelPool(max_models=3) as pool:
 
-    def run(job: str, cfg: Any) -> None:
-        for done, model in run_jobs(store, cfg, [job], trigger="demo", pool=pool):
-            suffix = f" ({done.error})" if done.error else ""
-            say(f"      {model:<15} {done.evalset_name:<15} {done.strategy:<9} {_score(done)}{suffix}")
+        def run(job: str, cfg: Any) -> None:
+            for done, model in run_jobs(store, cfg, [job], trigger="demo", pool=pool):
+                suffix = f" ({done.error})" if done.error else ""
+                say(f"      {model:<15} {done.evalset_name:<15} {done.strategy:<9} {_score(done)}{suffix}")
 
-    def recommendation(cfg: Any) -> str:
-        found = assess(store, cfg, FINETUNE)
-        outcome.recommendations.append(found.decision.action)
-        say(
-            f"  -> recommendation for {FINETUNE}: {found.decision.action.upper()}: {found.decision.reasons[0]}"
-        )
-        return found.decision.action
+        def recommendation(cfg: Any) -> str:
+            found = assess(store, cfg, FINETUNE)
+            outcome.recommendations.append(found.decision.action)
+            say(
+                f"  -> recommendation for {FINETUNE}: {found.decision.action.upper()}: {found.decision.reasons[0]}"
+            )
+            return found.decision.action
 
-    try:
         # --- 1 ---------------------------------------------------------------------------------------
         say("\n[1/4] The fine-tune is deployed: golden sets evaluated, baseline pinned.")
         write_traffic(workdir, 0.0, now=utcnow(), seed=1)
@@ -292,9 +290,6 @@ def tell_story(
             say(f"      (log: {receiver.log_path})")
         if show_table is not None:
             show_table(status_entries(store))
-    finally:
-        pool.close()
-        store.close()
     return outcome
 
 

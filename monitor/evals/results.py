@@ -1,8 +1,12 @@
-"""Per-item results as the runner hands them to the store (plain data: no SQLAlchemy here)."""
+"""Per-item results as the runner hands them to the store (plain data: no SQLAlchemy here), and the results JSONL."""
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -20,3 +24,47 @@ class ItemResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+
+
+#: Version of the results JSONL that ``monitor eval --output`` writes (one JSON object per line).
+RESULTS_FORMAT_VERSION = 1
+
+
+def result_line(result: ItemResult, task: str) -> dict[str, Any]:
+    """One item's line of the results JSONL (NaN left as is: the writer turns it into null)."""
+    line: dict[str, Any] = {
+        "format_version": RESULTS_FORMAT_VERSION,
+        "id": result.item_id,
+        "prediction": result.prediction,
+        "target": result.target,
+    }
+    if task == "multiple_choice":
+        line["correct"] = result.correct
+        line["loglikelihoods"] = result.loglikelihoods
+    else:
+        line["score"] = result.score
+        line["scores"] = result.scores
+    if result.error:
+        line["error"] = result.error
+    return line
+
+
+def write_results(path: Path, task: str, results: Sequence[ItemResult]) -> None:
+    """Write the results JSONL to ``path`` atomically (through a temporary file next to it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for result in results:
+            fh.write(json.dumps(_nan_to_none(result_line(result, task)), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def _nan_to_none(value: Any) -> Any:
+    """NaN is not JSON: null instead, everywhere."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value

@@ -24,7 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from monitor import __version__
+from monitor._version import __version__
 from monitor.store import RunRecord, Store
 from monitor.store.runs import RunCount
 from monitor.store.tables import aware

@@ -11,6 +11,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any
 
 from monitor.backends import Backend, ModelSpec, load_backend
@@ -25,7 +26,10 @@ from monitor.store import RunRecord, Store
 
 
 class ModelPool:
-    """Loaded models kept between runs; past ``max_models`` the least recently used is closed."""
+    """Loaded models kept between runs; past ``max_models`` the least recently used is closed.
+
+    A context manager: ``with ModelPool() as pool:`` closes every loaded model on the way out.
+    """
 
     def __init__(self, loader: Callable[[ModelSpec], Backend] = load_backend, max_models: int = 1) -> None:
         self._loader = loader
@@ -46,9 +50,21 @@ class ModelPool:
         return backend, time.perf_counter() - started
 
     def close(self) -> None:
+        """Close every loaded model."""
         while self._loaded:
             _, backend = self._loaded.popitem()
             backend.close()
+
+    def __enter__(self) -> ModelPool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def __len__(self) -> int:
         return len(self._loaded)

@@ -18,7 +18,7 @@ import httpx
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from monitor import __version__
+from monitor._version import __version__
 from monitor.config import WebhooksConfig
 from monitor.exporters.webhooks.render import _utc, render_body
 from monitor.exporters.webhooks.signing import resolve_secrets, webhook_headers

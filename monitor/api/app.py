@@ -1,0 +1,137 @@
+"""The daemon process assembled: the composition root of ``monitor daemon`` (and of the demo's daemon).
+
+Here, in the api layer, because the process serves :mod:`monitor.api.server`
+and everything it serves comes from below (service, exporters, store); the CLI
+only parses flags and calls :func:`run_daemon`.
+
+Threads of the process: the main thread (waits for a signal), the daemon's own
+(see :mod:`monitor.service.daemon`), the HTTP server's, and the webhook
+sender's (``monitor-webhooks``, only with webhook endpoints configured).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from monitor.errors import MonitorError
+
+#: Hears the status entries (:func:`monitor.api.views.status_entries`) after every finished run.
+StatusListener = Callable[[Sequence[dict[str, Any]]], None]
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr at ``level`` (debug, info, warning or error), quieting start-up chatter."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Their start-up chatter (migrations, job registration) is noise in a daemon's log.
+    for noisy in ("alembic", "apscheduler"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def run_daemon(
+    config: Path,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    on_status: StatusListener | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the daemon in this process until SIGTERM or SIGINT (the body of ``monitor daemon``).
+
+    ``host`` and ``port`` override ``daemon.host`` and ``daemon.port``;
+    ``on_status`` hears the status entries after every finished run.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from monitor.analysis.baselines import BaselineFiles
+    from monitor.api.server import HttpServer, MonitorApp
+    from monitor.api.views import status_entries
+    from monitor.config import load_config
+    from monitor.exporters import DaemonCollector, StoreCollector
+    from monitor.exporters.metrics import baseline_values
+    from monitor.exporters.webhooks import WebhookCollector, WebhookSender
+    from monitor.service.checks import config_problems
+    from monitor.service.daemon import Daemon
+    from monitor.store import Store
+
+    setup_logging(log_level)
+    cfg = load_config(config)
+    for problem in config_problems(cfg, config):
+        _err(f"warning: {problem} (the jobs that need it will fail and be counted)")
+    store = Store.open(cfg.database_url())
+    daemon = Daemon(cfg, store)
+    registry = CollectorRegistry(auto_describe=False)
+    baselines = BaselineFiles(cfg.resolve(cfg.baselines))
+    registry.register(
+        StoreCollector(
+            store,
+            job_intervals=daemon.job_intervals,
+            baselines=lambda: baseline_values(baselines.current()),
+            models=lambda: daemon.config.models.keys(),
+        )
+    )
+    registry.register(DaemonCollector(daemon))
+    sender = WebhookSender(store, cfg.webhooks) if cfg.webhooks.endpoints else None
+    registry.register(WebhookCollector(store, endpoints=list(cfg.webhooks.endpoints)))
+    token = os.environ.get(cfg.daemon.api_token_env) or None
+    listen_host = host or cfg.daemon.host
+    listen_port = cfg.daemon.port if port is None else port
+    try:
+        server = HttpServer(MonitorApp(registry, store, daemon, token), listen_host, listen_port)
+    except OSError as exc:
+        store.close()
+        raise MonitorError(f"cannot listen on {listen_host}:{listen_port}: {exc.strerror or exc}") from exc
+    stopped = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        _err(f"received {signal.Signals(signum).name}: finishing the chunk in hand, then stopping")
+        daemon.request_stop()
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if on_status is not None:
+        listener = on_status
+        daemon.on_run_finished = lambda _run: listener(status_entries(store))
+    try:
+        daemon.start()
+    except MonitorError:
+        server.stop()
+        store.close()
+        raise
+    server.start()
+    sender_stop = threading.Event()
+    if sender is not None:
+        daemon.on_events = sender.wake
+        threading.Thread(
+            target=sender.run_forever, args=(sender_stop,), name="monitor-webhooks", daemon=True
+        ).start()
+    print(
+        f"monitor daemon: metrics at {server.url}/metrics, status at {server.url}/api/v1/status", flush=True
+    )
+    if token is None:
+        _err(f"note: ${cfg.daemon.api_token_env} is not set, so the /api/v1 endpoints need no token")
+    while not stopped.wait(0.5):
+        if daemon.stopping:
+            break
+    clean = daemon.shutdown()
+    sender_stop.set()
+    if sender is not None:
+        sender.wake()
+    server.stop()
+    store.close()
+    _err("monitor daemon stopped" + ("" if clean else " (a run was cut short; it resumes at the next start)"))

@@ -1,0 +1,141 @@
+"""``monitor eval``: one model on one eval set, once, without a configuration file."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from monitor._version import __version__
+from monitor.api.views import clean, json_default, run_to_dict
+from monitor.backends import ModelSpec
+from monitor.cli.output import (
+    format_metric,
+    handle_errors,
+    print_runs,
+    print_table,
+    progress_bar,
+)
+from monitor.evals.evalset import EvalSet, load_evalset, strategy_name
+from monitor.evals.results import write_results
+
+SUMMARY_FORMAT_VERSION = 1
+
+
+@handle_errors
+def eval_command(
+    model: Annotated[str, typer.Option("--model", help="Base model: a local directory or a hub id.")],
+    evalset: Annotated[Path, typer.Option("--evalset", help="Eval set directory.")],
+    adapter: Annotated[str | None, typer.Option("--adapter", help="PEFT adapter directory.")] = None,
+    fewshot: Annotated[
+        int | None, typer.Option("--fewshot", min=0, help="Shots; default: the eval set's fewshot.k.")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Items handed to the model at a time.")
+    ] = 64,
+    batch_tokens: Annotated[
+        int | None, typer.Option("--batch-tokens", min=64, help="Token budget of one forward pass.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write one JSON line per item here.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    db: Annotated[str | None, typer.Option("--db", help="Also record the run in this database URL.")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Model name for --db (default: derived).")
+    ] = None,
+) -> None:
+    """Evaluate one model on one eval set, once, without a configuration file."""
+    from monitor.backends import load_backend
+    from monitor.evals.loop import evaluate, summarize
+
+    started = time.perf_counter()
+    es = load_evalset(evalset)
+    k = es.default_fewshot if fewshot is None else fewshot
+    es.render_fewshot_prefix(k)  # an impossible shot count is an input error, before loading anything
+    spec = ModelSpec("hf", model, adapter, device=device, dtype=dtype, batch_tokens=batch_tokens)
+    if db is not None:
+        _eval_recorded(db, name or _derived_name(model, adapter), spec, es, k, batch_size, as_json)
+        return
+    load_started = time.perf_counter()
+    backend = load_backend(spec)
+    load_s = time.perf_counter() - load_started
+    fingerprint = backend.fingerprint()
+    with progress_bar(len(es.items), f"{es.name} {strategy_name(k)}", not as_json) as progress:
+        outcome = evaluate(backend, es, fewshot_k=k, chunk_size=batch_size, progress=progress)
+    metrics = summarize(outcome.results, es.metrics)
+    total_s = time.perf_counter() - started
+    if output is not None:
+        write_results(output, es.task, outcome.results)
+    summary = {
+        "format_version": SUMMARY_FORMAT_VERSION,
+        "monitor_version": __version__,
+        "model": {
+            "base": model,
+            "adapter": adapter,
+            "fingerprint": fingerprint.digest,
+            "files": fingerprint.files,
+        },
+        "evalset": {
+            "name": es.name,
+            "version": es.version,
+            "path": str(es.path),
+            "task": es.task,
+            "items": len(es.items),
+        },
+        "strategy": strategy_name(k),
+        "fewshot_k": k,
+        "metrics": {m: v.to_dict() for m, v in metrics.items()},
+        "items_failed": outcome.failed,
+        "tokens": {"prompt": outcome.prompt_tokens, "completion": outcome.completion_tokens},
+        "timings": {
+            "load_s": round(load_s, 4),
+            "eval_s": round(outcome.eval_s, 4),
+            "total_s": round(total_s, 4),
+            "items_per_s": round(len(outcome.results) / outcome.eval_s, 2) if outcome.eval_s else None,
+        },
+        "backend": backend.describe(),
+    }
+    backend.close()
+    if as_json:
+        print(json.dumps(clean(summary), default=json_default, indent=2))
+        return
+    rows = [[m, format_metric(v.to_dict()), str(v.n)] for m, v in metrics.items()]
+    print_table(
+        f"{es.name} ({strategy_name(k)}, {len(es.items)} items)", ["metric", "value ± stderr", "n"], rows
+    )
+    failed = f", {outcome.failed} items failed" if outcome.failed else ""
+    print(
+        f"eval {outcome.eval_s:.2f}s, load {load_s:.2f}s{failed}; eval set version {es.version[:12]}; model {fingerprint.digest[:12]}"
+    )
+
+
+def _derived_name(model: str, adapter: str | None) -> str:
+    name = Path(model.rstrip("/")).name
+    return f"{name}+{Path(adapter.rstrip('/')).name}" if adapter else name
+
+
+def _eval_recorded(
+    db: str, name: str, spec: ModelSpec, es: EvalSet, k: int, chunk: int, as_json: bool
+) -> None:
+    from monitor.service.plan import RunPlan
+    from monitor.service.runs import ModelPool, execute_run
+    from monitor.store import Store
+
+    with (
+        Store.open(db) as store,
+        ModelPool() as pool,
+        progress_bar(len(es.items), f"{name} on {es.name}", not as_json) as progress,
+    ):
+        run = execute_run(store, pool, RunPlan(name, spec, es, k), chunk_size=chunk, progress=progress)
+    if as_json:
+        print(json.dumps(clean(run_to_dict(run, name)), default=json_default, indent=2))
+    else:
+        print_runs([(run, name)])
+    if run.status != "succeeded":
+        raise typer.Exit(1)
