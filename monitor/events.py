@@ -81,7 +81,7 @@ def drift_detected(
     source: str,
     score: float | None,
     p_value: float | None,
-    summary: str,
+    summary: str | None,
     run: int | None,
 ) -> Event:
     """A finding (input drift, behaviour drift, a canary) turned drifted."""

@@ -112,7 +112,7 @@ def _store_findings(store: Store, findings: list[DriftRecord], notify: Notify | 
                     source=f.source,
                     score=f.score,
                     p_value=f.p_value,
-                    summary=f.reason,  # type: ignore[arg-type]  # str | None; see events.drift_detected
+                    summary=f.reason,
                     run=f.run_id,
                 )
             )
