@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from monitor._version import __version__
 from monitor.api.views import clean, json_default, run_to_dict
 from monitor.backends import ModelSpec
 from monitor.cli.output import (
@@ -20,9 +19,7 @@ from monitor.cli.output import (
     progress_bar,
 )
 from monitor.evals.evalset import EvalSet, load_evalset, strategy_name
-from monitor.evals.results import write_results
-
-SUMMARY_FORMAT_VERSION = 1
+from monitor.evals.results import eval_summary, write_results
 
 
 @handle_errors
@@ -72,35 +69,19 @@ def eval_command(
     total_s = time.perf_counter() - started
     if output is not None:
         write_results(output, es.task, outcome.results)
-    summary = {
-        "format_version": SUMMARY_FORMAT_VERSION,
-        "monitor_version": __version__,
-        "model": {
-            "base": model,
-            "adapter": adapter,
-            "fingerprint": fingerprint.digest,
-            "files": fingerprint.files,
-        },
-        "evalset": {
-            "name": es.name,
-            "version": es.version,
-            "path": str(es.path),
-            "task": es.task,
-            "items": len(es.items),
-        },
-        "strategy": strategy_name(k),
-        "fewshot_k": k,
-        "metrics": {m: v.to_dict() for m, v in metrics.items()},
-        "items_failed": outcome.failed,
-        "tokens": {"prompt": outcome.prompt_tokens, "completion": outcome.completion_tokens},
-        "timings": {
-            "load_s": round(load_s, 4),
-            "eval_s": round(outcome.eval_s, 4),
-            "total_s": round(total_s, 4),
-            "items_per_s": round(len(outcome.results) / outcome.eval_s, 2) if outcome.eval_s else None,
-        },
-        "backend": backend.describe(),
-    }
+    summary = eval_summary(
+        base=model,
+        adapter=adapter,
+        fingerprint=fingerprint,
+        evalset=es,
+        strategy=strategy_name(k),
+        fewshot_k=k,
+        metrics={m: v.to_dict() for m, v in metrics.items()},
+        outcome=outcome,
+        load_s=load_s,
+        total_s=total_s,
+        backend=backend.describe(),
+    )
     backend.close()
     if as_json:
         print(json.dumps(clean(summary), default=json_default, indent=2))

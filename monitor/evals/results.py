@@ -7,7 +7,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from monitor._version import __version__
+
+if TYPE_CHECKING:
+    from monitor.backends.base import ModelFingerprint
+    from monitor.evals.evalset import EvalSet
 
 
 @dataclass(frozen=True)
@@ -26,8 +32,71 @@ class ItemResult:
     error: str | None = None
 
 
+#: Version of the summary ``monitor eval --json`` prints (one JSON object).
+SUMMARY_FORMAT_VERSION = 1
 #: Version of the results JSONL that ``monitor eval --output`` writes (one JSON object per line).
 RESULTS_FORMAT_VERSION = 1
+
+
+class EvalTotals(Protocol):
+    """What a summary reads of an evaluation (:class:`monitor.evals.loop.EvalOutcome` has it)."""
+
+    @property
+    def results(self) -> Sequence[ItemResult]: ...
+    @property
+    def eval_s(self) -> float: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+
+
+def eval_summary(
+    *,
+    base: str,
+    adapter: str | None,
+    fingerprint: ModelFingerprint,
+    evalset: EvalSet,
+    strategy: str,
+    fewshot_k: int,
+    metrics: dict[str, Any],
+    outcome: EvalTotals,
+    load_s: float,
+    total_s: float,
+    backend: dict[str, Any],
+) -> dict[str, Any]:
+    """The summary of one evaluation as ``monitor eval --json`` prints it (``metrics``: name -> dict)."""
+    return {
+        "format_version": SUMMARY_FORMAT_VERSION,
+        "monitor_version": __version__,
+        "model": {
+            "base": base,
+            "adapter": adapter,
+            "fingerprint": fingerprint.digest,
+            "files": fingerprint.files,
+        },
+        "evalset": {
+            "name": evalset.name,
+            "version": evalset.version,
+            "path": str(evalset.path),
+            "task": evalset.task,
+            "items": len(evalset.items),
+        },
+        "strategy": strategy,
+        "fewshot_k": fewshot_k,
+        "metrics": metrics,
+        "items_failed": outcome.failed,
+        "tokens": {"prompt": outcome.prompt_tokens, "completion": outcome.completion_tokens},
+        "timings": {
+            "load_s": round(load_s, 4),
+            "eval_s": round(outcome.eval_s, 4),
+            "total_s": round(total_s, 4),
+            "items_per_s": round(len(outcome.results) / outcome.eval_s, 2) if outcome.eval_s else None,
+        },
+        "backend": backend,
+    }
 
 
 def result_line(result: ItemResult, task: str) -> dict[str, Any]:
