@@ -22,6 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def err(message: str) -> None:
+    """One line on stderr, flushed (messages for people, apart from the output on stdout)."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -46,11 +47,13 @@ def handle_errors(func: F) -> F:
 
 
 def is_terminal() -> bool:
+    """Whether stdout is a terminal that can show rich tables."""
     return sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
 
 
 @contextmanager
 def progress_bar(total: int, label: str, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr when it is a terminal: yields ``advance(n)``, else None."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
@@ -70,6 +73,7 @@ def progress_bar(total: int, label: str, enabled: bool) -> Iterator[Callable[[in
 
 
 def format_metric(value: dict[str, Any] | None) -> str:
+    """A metric as ``value ± stderr`` (``-`` when missing or NaN)."""
     if not value or value.get("value") is None or _isnan(value["value"]):
         return "-"
     stderr = value.get("stderr")
@@ -101,6 +105,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]
 
 
 def print_runs(runs: Sequence[tuple[Any, str]]) -> None:
+    """The runs table: one row per (run, model name)."""
     rows = []
     for run, name in runs:
         metric, value = primary_metric(run)

@@ -257,10 +257,9 @@ def run_jobs(
 
     plans = plan_runs(cfg, jobs, trigger=trigger)
     notify = make_notifier(cfg)
-    own_pool = pool is None
-    pool = pool if pool is not None else ModelPool(max_models=1)
     finished: list[tuple[RunRecord, str]] = []
-    try:
+    # A pool of our own is closed here; a caller's pool stays open for the caller.
+    with ModelPool(max_models=1) if pool is None else contextlib.nullcontext(pool) as pool:
         for plan in plans:
             context = progress_for(plan) if progress_for is not None else contextlib.nullcontext(None)
             with context as progress:
@@ -280,7 +279,4 @@ def run_jobs(
         after_job(store, cfg, sorted({plan.model_name for plan in plans}), notify)
         for job in jobs or list(cfg.jobs):
             mark_evaluated(store, cfg, job)
-    finally:
-        if own_pool:
-            pool.close()
     return finished
