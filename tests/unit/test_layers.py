@@ -43,7 +43,7 @@ LAYERS = [
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 #: ``monitor/__init__.py`` and ``__main__`` are entry points, not layers: they are checked on their own.
-ENTRY_POINTS = {"__init__": {"errors", "evals"}, "__main__": {"cli"}}
+ENTRY_POINTS = {"__init__": {"errors", "evals", "_version"}, "__main__": {"cli"}}
 
 
 def _top(module: str) -> str | None:
