@@ -129,6 +129,8 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+            # mkstemp makes the file 0600; a baseline is reviewed in git and read by the service's user
+            os.fchmod(fh.fileno(), 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
