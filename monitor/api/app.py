@@ -133,5 +133,15 @@ def run_daemon(
     if sender is not None:
         sender.wake()
     server.stop()
+    if not clean:
+        # The worker is still inside torch or a tokenizer: the run is recorded interrupted and the
+        # lease released (Daemon.shutdown); leave now, without the interpreter shutdown that would
+        # abort around the native thread ("terminate called without an active exception").
+        _err(
+            "monitor daemon stopped: the chunk or model load in hand outlasted the shutdown timeout; "
+            "its run is recorded interrupted and resumes at the next start"
+        )
+        logging.shutdown()
+        os._exit(0)
     store.close()
-    _err("monitor daemon stopped" + ("" if clean else " (a run was cut short; it resumes at the next start)"))
+    _err("monitor daemon stopped")

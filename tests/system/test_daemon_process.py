@@ -174,3 +174,36 @@ def test_sigterm_stops_within_seconds_and_a_second_daemon_is_refused(
     assert done == query(db, "select count(*) from item_results")[0][0]
     assert "stopped after" in error
     assert query(db, "select count(*) from daemon_lease") == [(0,)]  # released on a clean stop
+
+
+def test_sigterm_during_a_chunk_longer_than_the_timeout_exits_cleanly_and_records_the_run(
+    tiny_models: TinyModels, tmp_path: Path
+) -> None:
+    # One chunk of 4,096 items takes far longer than a 1 s shutdown timeout: the worker is inside torch
+    # when the signal comes, so the daemon must leave without waiting for it, and without SIGABRT.
+    config = write_setup(tmp_path, tiny_models, items=SIGTERM_ITEMS)
+    text = config.read_text().replace("chunk_size: 4", "chunk_size: 4096\n  shutdown_timeout: 1s")
+    config.write_text(text)
+    db, log = tmp_path / "monitor.db", tmp_path / "daemon.log"
+    daemon = start_daemon(config, log)
+    try:
+        wait_for(
+            lambda: bool(query(db, "select 1 from runs where status = 'running'")), 120, "a run", daemon, log
+        )
+        time.sleep(0.5)  # into the first chunk
+        sent = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(20)
+        took = time.monotonic() - sent
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    output = log.read_text()
+    assert code == 0, output
+    assert took < 10
+    assert "terminate called" not in output and "Traceback" not in output
+    assert "outlasted the shutdown timeout" in output
+    ((status, done, error),) = query(db, "select status, items_done, error from runs")
+    assert status == "interrupted" and done == query(db, "select count(*) from item_results")[0][0]
+    assert "shutdown timeout (1s)" in error
+    assert query(db, "select count(*) from daemon_lease") == [(0,)]  # released through the database
