@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
+
+import pytest
 
 from monitor.backends.hf.imports import long_lived_imports
 
@@ -44,3 +47,15 @@ def test_a_block_that_imports_nothing_new_freezes_nothing() -> None:
 
         json.dumps(garbage)
     assert gc.get_freeze_count() == frozen
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_wait_passively_unless_the_user_says_otherwise(
+    given: str | None, expected: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import monitor.backends.hf.backend, os; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == expected
