@@ -23,7 +23,7 @@ releases_app = typer.Typer(help="Base-model releases: list them, or scan the wat
 
 
 def _release_rows(releases: Sequence[Any], cfg: Any) -> list[list[str]]:
-    from monitor.service.releases.watch import challenger_job, model_name
+    from monitor.service.releases.effective import challenger_job, model_name
     from monitor.store import as_utc
 
     return [
@@ -99,7 +99,9 @@ def releases_scan_command(
 ) -> None:
     """Scan every watched family now; evaluate what is new against the old base (as the daemon would)."""
     from monitor.service.after_job import make_notifier
-    from monitor.service.releases.watch import ReleaseWatcher, effective_config, pending_challenger_jobs
+    from monitor.service.releases.challengers import pending_challenger_jobs
+    from monitor.service.releases.effective import effective_config
+    from monitor.service.releases.watch import ReleaseWatcher
     from monitor.store import Store, utcnow
 
     declared = load_config_file(config)

@@ -33,7 +33,7 @@ def run_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
 ) -> None:
     """Run the configured jobs once and record every run (challenger jobs of found releases too)."""
-    from monitor.service.releases.watch import effective_config
+    from monitor.service.releases.effective import effective_config
     from monitor.store import Store
 
     declared = load_config_file(config)

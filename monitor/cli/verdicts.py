@@ -130,7 +130,7 @@ def recommend_command(
 ) -> None:
     """Keep, re-train, re-base or retire each fine-tune, with the evidence (and records the decision)."""
     from monitor.analysis.recommend import assess, record_recommendation
-    from monitor.service.releases.watch import effective_config
+    from monitor.service.releases.effective import effective_config
     from monitor.store import Store, utcnow
 
     cfg = load_config_file(config)

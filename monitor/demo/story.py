@@ -209,7 +209,9 @@ def tell_story(
     from monitor.api.views import status_entries
     from monitor.config import load_config
     from monitor.service.after_job import make_notifier
-    from monitor.service.releases.watch import ReleaseWatcher, effective_config, pending_challenger_jobs
+    from monitor.service.releases.challengers import pending_challenger_jobs
+    from monitor.service.releases.effective import effective_config
+    from monitor.service.releases.watch import ReleaseWatcher
     from monitor.service.runs import ModelPool, run_jobs
     from monitor.store import Store, utcnow
 

@@ -37,14 +37,14 @@ from monitor.evals.evalset import load_evalset, parse_strategy
 from monitor.schedule import JobTimer, latest_missed_fire, make_trigger, typical_interval
 from monitor.service.after_job import after_job, analyze_safely, make_notifier
 from monitor.service.plan import RunPlan, plan_runs
-from monitor.service.releases.watch import (
-    ReleaseSource,
-    ReleaseWatcher,
-    effective_config,
+from monitor.service.releases.challengers import (
     mark_evaluated,
     pending_challenger_jobs,
     stale_challenger_jobs,
 )
+from monitor.service.releases.effective import effective_config
+from monitor.service.releases.sources import ReleaseSource
+from monitor.service.releases.watch import ReleaseWatcher
 from monitor.service.runs import ModelPool, continue_run, execute_run
 from monitor.store import RunRecord, Store, as_utc, utcnow
 

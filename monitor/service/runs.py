@@ -253,7 +253,7 @@ def run_jobs(
     evaluated.  ``progress_for(plan)`` may return a context manager that yields
     a progress callback; ``on_run(plan, run)`` hears of every finished run.
     """
-    from monitor.service.releases.watch import mark_evaluated
+    from monitor.service.releases.challengers import mark_evaluated
 
     plans = plan_runs(cfg, jobs, trigger=trigger)
     notify = make_notifier(cfg)

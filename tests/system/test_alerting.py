@@ -292,7 +292,7 @@ def recommendations(store: Store) -> None:
         record_recommendation,
     )
     from monitor.config import CostsConfig
-    from monitor.service.releases.watch import Release
+    from monitor.service.releases.sources import Release
 
     v2 = store.add_release(Release("acme", "acme-base-v2", "directory", "/srv/releases/acme-base-v2"))
     assert v2 is not None and v2.id is not None

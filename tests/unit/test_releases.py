@@ -20,15 +20,15 @@ from monitor.cli import app
 from monitor.config import MonitorConfig, load_config
 from monitor.errors import ConfigError, WatchError
 from monitor.service.daemon import Daemon
-from monitor.service.releases.watch import (
+from monitor.service.releases.effective import effective_config
+from monitor.service.releases.sources import (
     DirectorySource,
     HubSource,
     OpenAIModelsSource,
     Release,
-    ReleaseWatcher,
-    effective_config,
     release_name,
 )
+from monitor.service.releases.watch import ReleaseWatcher
 from monitor.store import Store
 from tests.unit.test_daemon import ScriptedBackend, make_evalset, pool_for
 
