@@ -27,7 +27,7 @@ def served(tmp_path: Path) -> Iterator[HttpServer]:
         MonitorApp(CollectorRegistry(), store, max_body_bytes=1024),
         "127.0.0.1",
         0,
-        timeout_s=0.5,
+        timeout_s=3.0,
         max_connections=4,
     )
     server.start()
@@ -53,7 +53,7 @@ def test_a_flood_of_half_sent_requests_is_capped_and_then_drained(served: HttpSe
             assert sock.recv(200).startswith(b"HTTP/1.1 503")
         # the read timeout closes the half-sent connections and frees their slots
         for sock in held:
-            sock.settimeout(5)
+            sock.settimeout(10)
             assert sock.recv(100) == b""
         assert httpx.get(f"{served.url}/healthz", timeout=5).status_code == 200
     finally:
@@ -65,7 +65,7 @@ def test_a_client_that_sends_nothing_is_disconnected_after_the_read_timeout(serv
     with socket.create_connection(served.address, timeout=5) as sock:
         started = time.monotonic()
         assert sock.recv(100) == b""
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 8
 
 
 def test_a_body_over_the_limit_is_refused_unread(served: HttpServer) -> None:
