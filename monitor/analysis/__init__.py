@@ -1,1 +1,12 @@
-"""Analysis of the history: baselines (and, next, regression, drift and recommendations)."""
+"""Analysis of the history, on plain data the store hands over.
+
+==========  ===================================================================
+stats       paired and unpaired tests, intervals, Holm, minimum detectable differences
+baselines   pinned baseline files: the versioned format, pin, load, unpin
+regression  comparability of two runs, verdicts against a baseline, confirmations
+behaviour   agreement with the baseline, label and length drift, integrity canaries
+drift/      production inputs against a reference (sources; Evidently behind one door)
+costs       the cost case of each option of a fine-tune
+recommend   the evidence and the pure ``decide()``: keep, retrain, rebase or retire
+==========  ===================================================================
+"""

@@ -370,7 +370,6 @@ def assess_finetune(store: Store, cfg: MonitorConfig, finetune: str) -> Assessme
 
 
 #: The old name of :func:`assess_finetune`, kept until the CLI and the demo call the new one.
-assess = assess_finetune
 
 
 def render_memo(

@@ -75,7 +75,7 @@ def run_daemon(
     store = Store.open(cfg.database_url())
     daemon = Daemon(cfg, store)
     registry = CollectorRegistry(auto_describe=False)
-    baselines = BaselineFiles(cfg.resolve(cfg.baselines))
+    baselines = BaselineFiles(cfg.baselines_dir())
     registry.register(
         StoreCollector(
             store,

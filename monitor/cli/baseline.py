@@ -20,7 +20,7 @@ baseline_app = typer.Typer(help="Pin, show, list and unpin baselines (baselines/
 
 def _baselines_root(config: Path) -> Path:
     cfg = load_config_file(config)
-    return Path(cfg.resolve(cfg.baselines))
+    return cfg.baselines_dir()
 
 
 @baseline_app.command("pin")

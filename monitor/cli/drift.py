@@ -26,7 +26,7 @@ def drift_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Check production inputs for drift against the reference, now, and record the result."""
-    from monitor.service.after_job import make_notifier, run_input_drift
+    from monitor.service.after_job import make_notifier, record_input_drift
     from monitor.store import Store, utcnow
 
     cfg = load_config_file(config)
@@ -44,7 +44,7 @@ def drift_command(
             if not any(m.name == name for m in store.models()):
                 base, adapter = cfg.model_source(name)
                 store.upsert_model(name, kind=cfg.models[name].backend, base=base, adapter=adapter)
-            record = run_input_drift(
+            record = record_input_drift(
                 store,
                 name,
                 cfg.models[name].drift,

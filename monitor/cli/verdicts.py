@@ -129,7 +129,7 @@ def recommend_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Keep, re-train, re-base or retire each fine-tune, with the evidence (and records the decision)."""
-    from monitor.analysis.recommend import assess, record_recommendation
+    from monitor.analysis.recommend import assess_finetune, record_recommendation
     from monitor.service.releases.effective import effective_config
     from monitor.store import Store, utcnow
 
@@ -146,7 +146,7 @@ def recommend_command(
         out = []
         cfg = effective_config(cfg, store.releases())
         for name in names:
-            found = assess(store, cfg, name)
+            found = assess_finetune(store, cfg, name)
             decision, evidence, case = found.decision, found.evidence, found.costs
             record = None
             with contextlib.suppress(NotFoundError):  # never evaluated: nothing to record yet

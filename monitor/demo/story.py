@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -205,7 +206,7 @@ def tell_story(
 ) -> StoryOutcome:
     """Run the four chapters against the demo configuration; the history stays in ``workdir``."""
     from monitor.analysis.baselines import pin_baseline
-    from monitor.analysis.recommend import assess
+    from monitor.analysis.recommend import assess_finetune
     from monitor.api.views import status_entries
     from monitor.config import load_config
     from monitor.service.after_job import make_notifier
@@ -225,7 +226,7 @@ def tell_story(
                 say(f"      {model:<15} {done.evalset_name:<15} {done.strategy:<9} {_score(done)}{suffix}")
 
         def recommendation(cfg: Any) -> str:
-            found = assess(store, cfg, FINETUNE)
+            found = assess_finetune(store, cfg, FINETUNE)
             outcome.recommendations.append(found.decision.action)
             say(
                 f"  -> recommendation for {FINETUNE}: {found.decision.action.upper()}: {found.decision.reasons[0]}"
@@ -262,7 +263,8 @@ def tell_story(
 
         # --- 3 ---------------------------------------------------------------------------------------
         say(f"\n[3/4] Base v2 is released into {workdir / 'releases'}; the watcher picks it up.")
-        shutil.copytree(models.base_v2, workdir / "releases" / RELEASE)
+        released = shutil.copytree(models.base_v2, workdir / "releases" / RELEASE)
+        _landed_a_while_ago(released, declared)
         watcher = ReleaseWatcher(store, declared, notify=make_notifier(declared))
         found = watcher.scan(FAMILY, utcnow())
         outcome.releases = [r.name for r in found]
@@ -275,7 +277,9 @@ def tell_story(
             run(job, cfg)
         action = recommendation(cfg)
         memo = workdir / f"memo-{FINETUNE}.md"
-        memo.write_text(assess(store, cfg, FINETUNE).memo(when=utcnow().strftime("%Y-%m-%d %H:%M UTC")))
+        memo.write_text(
+            assess_finetune(store, cfg, FINETUNE).memo(when=utcnow().strftime("%Y-%m-%d %H:%M UTC"))
+        )
         outcome.memo = memo
         say(f"      memo written to {memo}")
         costs = _cost_sentences(store)
@@ -349,3 +353,15 @@ def _deliver(store: Any, cfg: Any, receiver: DemoReceiver | None) -> list[str]:
 def demo_secret_env() -> dict[str, str]:
     """The environment the demo's processes need for the receiver's secret."""
     return {SECRET_ENV: SECRET}
+
+
+def _landed_a_while_ago(folder: Path, cfg: Any) -> None:
+    """Date the copied release back past the watcher's settle time, as a release that finished landing.
+
+    The watcher skips a folder changed within ``settle`` (it may still be being written); the story
+    scans right after copying, and a freshly built model's files are only seconds old.
+    """
+    watch = cfg.families[FAMILY].watch
+    settled = time.time() - (watch.settle.total_seconds() if watch is not None else 0) - 1
+    for path in [folder, *folder.rglob("*")]:
+        os.utime(path, (settled, settled))

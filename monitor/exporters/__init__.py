@@ -1,4 +1,4 @@
-"""Exporters: Prometheus metrics (and, later, webhooks)."""
+"""Exporters: Prometheus collectors built at scrape time (``metrics``) and alert webhooks (``webhooks/``)."""
 
 from monitor.exporters.metrics import BaselineValue, DaemonCollector, StoreCollector
 

@@ -245,7 +245,7 @@ def check_repeated_failures(store: Store, run: RunRecord, notify: Notify | None,
     return True
 
 
-def run_input_drift(
+def record_input_drift(
     store: Store,
     model_name: str,
     config: Any,
@@ -337,7 +337,7 @@ def after_job(store: Store, cfg: MonitorConfig, models: Sequence[str], notify: N
         if drift is None:
             continue
         try:
-            run_input_drift(store, name, drift, base_dir=cfg.root, now=utcnow(), notify=notify)
+            record_input_drift(store, name, drift, base_dir=cfg.root, now=utcnow(), notify=notify)
         except Exception as exc:
             log.warning("input drift check of %s failed: %s", name, exc)
     for ft_name, ft in cfg.finetunes.items():
