@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict
 
 from monitor.errors import Problem
 
@@ -94,3 +95,10 @@ def pydantic_problems(exc: Any, path: Path, located: LocatedYaml, root: str = ""
         message = message.removeprefix("Value error, ")
         problems.append(Problem(where, f"{dotted}: {message}"))
     return problems
+
+
+class Strict(BaseModel):
+    """The base of every schema of a file we load (``monitor.yaml``, ``evalset.yaml``): unknown keys
+    are refused, a loaded model is frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

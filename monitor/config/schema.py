@@ -14,12 +14,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import httpx
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PlainSerializer,
     ValidationError,
@@ -27,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from monitor._yaml import Strict
 from monitor.events import EVENT_TYPES
 from monitor.schedule import Duration, cron_trigger, format_interval
 
@@ -64,12 +62,6 @@ def _check_strategy(value: str) -> str:
 
 
 Strategy = Annotated[str, AfterValidator(_check_strategy)]
-
-
-class Strict(BaseModel):
-    """The base of every configuration model: unknown keys are refused, a loaded model is frozen."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --- costs: ``finetunes.<name>.costs`` --------------------------------------------------------------
@@ -316,6 +308,8 @@ class WebhookEndpointConfig(Strict):
     @classmethod
     def _http_url(cls, value: str) -> str:
         try:
+            import httpx  # only when a webhook is configured: `monitor --help` does not pay for it
+
             url = httpx.URL(value)
         except (httpx.InvalidURL, TypeError) as exc:
             raise ValueError(f"{value!r} is not a URL: {exc}") from None

@@ -17,8 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from monitor._yaml import load_yaml, pydantic_problems, read_text
-from monitor.config.schema import Strict
+from monitor._yaml import Strict, load_yaml, pydantic_problems, read_text
 from monitor.errors import EvalSetError, Problem
 
 SPEC_FILE = "evalset.yaml"
