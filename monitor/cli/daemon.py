@@ -8,12 +8,9 @@ from typing import Annotated
 
 import typer
 
+from monitor.api.views import print_status
 from monitor.cli.options import DEFAULT_CONFIG, ConfigOption
-from monitor.cli.output import (
-    err,
-    handle_errors,
-    print_status,
-)
+from monitor.cli.output import err, handle_errors
 
 
 @handle_errors

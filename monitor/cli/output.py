@@ -6,8 +6,6 @@ line per problem) and its exit code; tracebacks are left for bugs.
 
 from __future__ import annotations
 
-import math
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,7 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from monitor.api.views import primary_metric
+from monitor.api.views import format_metric, primary_metric, print_table
 from monitor.errors import MonitorError, Problem
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,11 +44,6 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def is_terminal() -> bool:
-    """Whether stdout is a terminal that can show rich tables."""
-    return sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
-
-
 @contextmanager
 def progress_bar(total: int, label: str, enabled: bool) -> Iterator[Callable[[int], None] | None]:
     """A progress bar on stderr when it is a terminal: yields ``advance(n)``, else None."""
@@ -70,38 +63,6 @@ def progress_bar(total: int, label: str, enabled: bool) -> Iterator[Callable[[in
     ) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
-
-
-def format_metric(value: dict[str, Any] | None) -> str:
-    """A metric as ``value ± stderr`` (``-`` when missing or NaN)."""
-    if not value or value.get("value") is None or _isnan(value["value"]):
-        return "-"
-    stderr = value.get("stderr")
-    if stderr is None or _isnan(stderr):
-        return f"{value['value']:.4f}"
-    return f"{value['value']:.4f} ± {stderr:.4f}"
-
-
-def _isnan(x: Any) -> bool:
-    return isinstance(x, float) and math.isnan(x)
-
-
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A rich table on a terminal, tab-separated lines otherwise (for scripts and logs)."""
-    if is_terminal():
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title)
-        for column in columns:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
-        return
-    print("\t".join(columns))
-    for row in rows:
-        print("\t".join(row))
 
 
 def print_runs(runs: Sequence[tuple[Any, str]]) -> None:
@@ -127,52 +88,3 @@ def print_runs(runs: Sequence[tuple[Any, str]]) -> None:
         ["run", "model", "evalset", "strategy", "status", "metric", "value ± stderr", "time", "error"],
         rows,
     )
-
-
-def print_status(entries: Sequence[dict[str, Any]]) -> None:
-    """The status table (rich on a terminal, tab-separated otherwise)."""
-    if not entries:
-        print("no runs recorded yet")
-        return
-    rows = []
-    for entry in entries:
-        when = entry["finished_at"] or entry["started_at"]
-        rows.append(
-            [
-                entry["model"],
-                entry["evalset"],
-                entry["strategy"],
-                entry["status"],
-                entry["metric"],
-                format_metric(entry["value"]),
-                "-" if entry["change"] is None else f"{entry['change']:+.4f}",
-                _verdict_text(entry),
-                "-" if entry["newly_broken"] is None else str(entry["newly_broken"]),
-                str(entry["flaky"]),
-                when.strftime("%Y-%m-%d %H:%M") if when else "-",
-            ]
-        )
-    print_table(
-        "status",
-        [
-            "model",
-            "evalset",
-            "strategy",
-            "status",
-            "metric",
-            "value ± stderr",
-            "change",
-            "vs baseline",
-            "newly broken",
-            "flaky",
-            "when (UTC)",
-        ],
-        rows,
-    )
-
-
-def _verdict_text(entry: dict[str, Any]) -> str:
-    if entry["verdict"] is None:
-        return "-"
-    delta = entry["vs_baseline"]
-    return entry["verdict"] if delta is None else f"{entry['verdict']} ({delta:+.3f})"

@@ -11,17 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from monitor.api.views import clean, json_default, primary_metric, run_to_dict, status_entries
+from monitor.api.views import clean, json_default, primary_metric, print_status, run_to_dict, status_entries
 from monitor.cli.options import DEFAULT_CONFIG, ConfigOption, DbOption, load_config_file, store_for
-from monitor.cli.output import (
-    err,
-    format_metric,
-    handle_errors,
-    print_runs,
-    print_status,
-    print_table,
-    progress_bar,
-)
+from monitor.cli.output import err, format_metric, handle_errors, print_runs, print_table, progress_bar
 from monitor.errors import MonitorError, NotFoundError
 from monitor.evals.evalset import strategy_name
 

@@ -11,14 +11,12 @@ the status table as runs land, until Ctrl-C.  ``--once`` stops after the story
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from monitor.api.views import print_status
 from monitor.demo.story import SECRET, SECRET_ENV, prepare_workdir, tell_story, write_demo_config
 
 DEMO_PORT = 9464
@@ -71,74 +69,3 @@ def run_demo(workdir: Path, *, rebuild: bool = False, once: bool = False, port: 
     finally:
         receiver.stop()
     return config_path
-
-
-_STATUS_COLUMNS = (
-    "model",
-    "evalset",
-    "strategy",
-    "status",
-    "metric",
-    "value ± stderr",
-    "change",
-    "vs baseline",
-    "newly broken",
-    "flaky",
-    "when (UTC)",
-)
-
-
-def print_status(entries: Sequence[dict[str, Any]]) -> None:
-    """The status table of :func:`monitor.api.views.status_entries` (rich on a terminal, tab-separated otherwise).
-
-    The demo's own renderer, the same table as ``monitor status``: the demo sits below the CLI.
-    """
-    if not entries:
-        print("no runs recorded yet")
-        return
-    rows = [_status_row(entry) for entry in entries]
-    if sys.stdout.isatty() and os.environ.get("TERM") != "dumb":
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="status")
-        for column in _STATUS_COLUMNS:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
-        return
-    print("\t".join(_STATUS_COLUMNS))
-    for row in rows:
-        print("\t".join(row))
-
-
-def _status_row(entry: dict[str, Any]) -> list[str]:
-    when = entry["finished_at"] or entry["started_at"]
-    verdict = entry["verdict"]
-    if verdict is not None and entry["vs_baseline"] is not None:
-        verdict = f"{verdict} ({entry['vs_baseline']:+.3f})"
-    return [
-        entry["model"],
-        entry["evalset"],
-        entry["strategy"],
-        entry["status"],
-        entry["metric"],
-        _metric_text(entry["value"]),
-        "-" if entry["change"] is None else f"{entry['change']:+.4f}",
-        "-" if verdict is None else verdict,
-        "-" if entry["newly_broken"] is None else str(entry["newly_broken"]),
-        str(entry["flaky"]),
-        when.strftime("%Y-%m-%d %H:%M") if when else "-",
-    ]
-
-
-def _metric_text(value: dict[str, Any] | None) -> str:
-    def missing(x: Any) -> bool:
-        return x is None or (isinstance(x, float) and math.isnan(x))
-
-    if not value or missing(value.get("value")):
-        return "-"
-    if missing(value.get("stderr")):
-        return f"{value['value']:.4f}"
-    return f"{value['value']:.4f} ± {value['stderr']:.4f}"
