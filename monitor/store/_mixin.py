@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from sqlalchemy import Engine
     from sqlmodel import Session
+
+    from monitor.events import Event, Notify
+
+R = TypeVar("R")
 
 
 class StoreMixin:
@@ -18,3 +23,17 @@ class StoreMixin:
         engine: Engine
 
         def session(self) -> AbstractContextManager[Session]: ...
+
+    def _add_with_events(
+        self, records: Sequence[R], events: Sequence[Event], notify: Notify | None
+    ) -> list[R]:
+        """Insert ``records`` and hand each event to ``notify`` in one transaction: both exist, or neither."""
+        with self.session() as s:
+            s.add_all(records)
+            if notify is not None:
+                for event in events:
+                    notify(s, event)
+            s.flush()
+            for record in records:
+                s.refresh(record)
+        return list(records)

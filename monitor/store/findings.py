@@ -38,15 +38,7 @@ class FindingsMixin(StoreMixin):
         """Store findings; ``notify(session, event)`` writes each event in the same transaction."""
         if not findings:
             return []
-        with self.session() as s:
-            s.add_all(findings)
-            if notify is not None:
-                for event in events:
-                    notify(s, event)
-            s.flush()
-            for f in findings:
-                s.refresh(f)
-        return list(findings)
+        return self._add_with_events(findings, events, notify)
 
     def latest_findings(self) -> list[tuple[DriftRecord, str]]:
         """The newest drift or canary record of every (model, kind, source), with the model's name."""

@@ -60,15 +60,7 @@ class VerdictsMixin(StoreMixin):
         notify: Notify | None = None,
     ) -> list[VerdictRecord]:
         """Store verdicts; ``notify(session, event)`` writes each event in the same transaction."""
-        with self.session() as s:
-            s.add_all(records)
-            if notify is not None:
-                for event in events:
-                    notify(s, event)
-            s.flush()
-            for record in records:
-                s.refresh(record)
-        return list(records)
+        return self._add_with_events(records, events, notify)
 
     def latest_verdicts(self, model_id: int | None = None) -> list[VerdictRecord]:
         """The newest verdict of every (model, eval set, strategy, metric)."""

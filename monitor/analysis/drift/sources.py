@@ -14,8 +14,8 @@ A :class:`Window` is the last N days (``window: 7d``) ending at an injected
 ``[start, end)``.  The reference sample is the fine-tune's training inputs (a
 JSONL file or directory) or its golden eval set's inputs.
 
-This module holds the ``drift:`` configuration schema too (:class:`DriftConfig`),
-and the drift errors, so that loading configuration never imports Evidently::
+The ``drift:`` configuration schema is :class:`monitor.config.DriftConfig`.  This
+module holds the drift errors, so that reading inputs never imports Evidently::
 
     MonitorError
     └── DriftError                   input drift cannot be measured (problems carry file:line)
@@ -40,16 +40,6 @@ from monitor.schedule import Duration, parse_interval
 MAX_PROBLEMS = 20
 #: How far the SQL pre-filter reaches past the window: covers zone offsets and ISO text compared as text.
 SQL_MARGIN = timedelta(days=2)
-
-DescriptorName = Literal["length", "words", "sentences", "non_letter", "novel_words", "oov"]
-#: Descriptors measured unless configured otherwise; ``oov`` needs NLTK corpora on disk (see drift.py).
-DEFAULT_DESCRIPTORS: tuple[DescriptorName, ...] = (
-    "length",
-    "words",
-    "sentences",
-    "non_letter",
-    "novel_words",
-)
 
 
 # --------------------------------------------------------------------------- errors
