@@ -8,7 +8,7 @@ model says.  These checks look at the per-item predictions, not the means.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,18 +64,44 @@ def diff_outcomes(a: Sequence[ItemOutcome], b: Sequence[ItemOutcome]) -> RunDiff
     )
 
 
-def flaky_items(history: Sequence[Mapping[str, bool | None]], min_flips: int = 2) -> dict[str, int]:
-    """Items whose correctness flipped at least ``min_flips`` times over consecutive runs (oldest first)."""
+def flaky_items(
+    history: Sequence[Mapping[str, bool | None]],
+    min_flips: int = 2,
+    *,
+    keys: Sequence[Hashable] | None = None,
+) -> dict[str, int]:
+    """Items whose correctness flipped at least ``min_flips`` times between runs of the same model.
+
+    ``history`` holds one ``{item id: correct}`` per run, oldest first.  An item is
+    flaky when its outcome changes from one run to the next *of the same model under
+    the same settings*: ``keys`` gives each run's identity, e.g. ``(model fingerprint,
+    settings digest)``, and a flip is counted only against the previous run with the
+    same key.  An item that changed because other weights were deployed (and changed
+    back after a rollback) is a change of the model, not noise.  Without ``keys``
+    every run is taken to be of the same model.
+
+    Raises:
+        ValueError: ``keys`` not one per run.
+    """
+    if keys is not None and len(keys) != len(history):
+        raise ValueError(f"keys must give one key per run: {len(keys)} keys for {len(history)} runs")
     flips: Counter[str] = Counter()
-    previous: dict[str, bool] = {}
-    for run in history:
+    previous: dict[tuple[Hashable, str], bool] = {}
+    for index, run in enumerate(history):
+        key = keys[index] if keys is not None else None
         for item, correct in run.items():
             if correct is None:
                 continue
-            if item in previous and previous[item] != correct:
+            last = previous.get((key, item))
+            if last is not None and last != correct:
                 flips[item] += 1
-            previous[item] = correct
+            previous[(key, item)] = correct
     return {item: n for item, n in sorted(flips.items()) if n >= min_flips}
+
+
+def run_identity(fingerprint: str | None, settings_digest: str | None) -> tuple[str | None, str | None]:
+    """What makes two runs repeats of each other for :func:`flaky_items`: the weights and the settings."""
+    return (fingerprint, settings_digest)
 
 
 @dataclass(frozen=True)
