@@ -7,14 +7,27 @@ when the prompt, the few-shot setting or the decoding differ, because then a
 difference says nothing about the model.
 
 A regression is declared for a metric only when the drop exceeds the
-configured tolerance, is significant at ``alpha`` after Holm's correction
-across all the metrics and eval sets of the model, and has been seen in
-``confirmations`` consecutive runs: one bad run makes it ``suspect``, not
-``regressed``.
+configured tolerance, is significant after Holm's correction across all the
+metrics and eval sets of the model, and has been seen in ``confirmations``
+consecutive runs: one bad run makes it ``suspect``, not ``regressed``.
+
+"Significant" is judged at the level the look may spend: the ``k``-th run
+compared with one baseline is tested at ``look_alpha(alpha, k) = alpha * 6 /
+(pi**2 k**2)``, so a baseline compared every night for a year (or for ever)
+raises a false alarm with probability at most ``alpha`` in all (see
+:func:`monitor.analysis.stats.look_alpha` and ``benchmarks/bench_calibration.py``).
+
+The minimum detectable difference of a verdict is a property of the design, not
+of the run: it comes from the number of items, the baseline's pass rate and the
+share of items on which runs of the baseline's own model (same fingerprint, same
+settings) disagree with the baseline run (:class:`DesignNoise`), never from the
+run being judged, so it does not grow when a drop is present.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +37,7 @@ from monitor.analysis.baselines import Baseline
 from monitor.analysis.stats import (
     TestResult,
     holm,
+    look_alpha,
     mcnemar_exact,
     minimum_detectable_difference,
     paired_bootstrap,
@@ -42,13 +56,31 @@ COMPARED_SETTINGS = ("prompt", "target_delimiter", "fewshot_k", "fewshot_separat
 
 @dataclass(frozen=True)
 class RegressionPolicy:
-    """How sure the monitor must be before it calls a drop a regression."""
+    """How sure the monitor must be before it calls a drop a regression.
+
+    Attributes:
+        tolerance: drops up to this (in the metric's units) are tolerated.
+        alpha: the chance of any false alarm over all the looks at one baseline.
+        confirmations: consecutive significant looks before ``regressed``.
+        sequential: spend ``alpha`` over the looks (:func:`look_alpha`); false tests
+            every look at ``alpha`` (one-off comparisons, such as a CI gate).
+        power: the power the minimum detectable difference is stated at.
+        prior_discordance: the share of items two runs of the unchanged model are
+            expected to disagree on, used while the baseline's model has no run other
+            than the baseline; None assumes the two runs independent (conservative).
+        design_runs: at most this many of the newest runs of the baseline's model
+            estimate the discordance.
+    """
 
     tolerance: float = 0.02
     alpha: float = 0.05
     confirmations: int = 2
     n_resamples: int = 5000
     seed: int = 0
+    sequential: bool = True
+    power: float = 0.8
+    prior_discordance: float | None = None
+    design_runs: int = 10
 
 
 @dataclass(frozen=True)
@@ -63,6 +95,91 @@ class Comparison:
     result: TestResult | None = None
     min_detectable: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DesignNoise:
+    """How much runs of the baseline's own model disagree with the baseline run, per metric.
+
+    Estimated from *baseline-era* runs: succeeded runs with the baseline's model
+    fingerprint, settings digest, strategy and eval set version, other than the
+    baseline run and the run being judged.  Each such run gives, per metric, the
+    share of common items whose pass/fail outcome differs from the baseline's and
+    the standard deviation of the per-item score differences; the median over the
+    runs is kept, so one odd run moves nothing.
+
+    Attributes:
+        runs: how many baseline-era runs were read (0: none; priors apply).
+        discordance: per pass/fail metric, the median share of discordant items.
+        sd_difference: per graded metric, the median sd of the per-item differences.
+    """
+
+    runs: int = 0
+    discordance: dict[str, float] = field(default_factory=dict)
+    sd_difference: dict[str, float] = field(default_factory=dict)
+
+
+def baseline_era_runs(
+    store: Store, baseline: Baseline, *, exclude: Sequence[int] = (), limit: int = 10
+) -> list[RunRecord]:
+    """The newest succeeded runs that repeat the baseline run: same fingerprint, settings, strategy, eval set version."""
+    if not baseline.model_fingerprint:
+        return []
+    skip = {baseline.run_id, *exclude}
+    found = []
+    for run, _ in store.runs(model=baseline.model, evalset=baseline.evalset, status="succeeded"):
+        if (
+            run.id not in skip
+            and run.model_fingerprint == baseline.model_fingerprint
+            and run.settings_digest == baseline.settings_digest
+            and run.strategy == baseline.strategy
+            and run.evalset_version == baseline.evalset_version
+        ):
+            found.append(run)
+            if len(found) >= limit:
+                break
+    return found
+
+
+def design_noise(baseline: Baseline, repeats: Sequence[Sequence[Any]]) -> DesignNoise:
+    """The :class:`DesignNoise` of a baseline from the item results of runs that repeat it.
+
+    ``repeats`` holds one sequence of item results (``item_id``, ``scores``,
+    ``error``) per baseline-era run.
+    """
+    base = {i.id: i.scores for i in baseline.items}
+    shares: dict[str, list[float]] = {}
+    spreads: dict[str, list[float]] = {}
+    for items in repeats:
+        current = {r.item_id: r.scores or {} for r in items if not r.error}
+        for metric in baseline.metrics:
+            ids = [i for i in base if i in current and metric in base[i] and metric in current[i]]
+            if len(ids) < 2:
+                continue
+            b = [float(base[i][metric]) for i in ids]
+            c = [float(current[i][metric]) for i in ids]
+            if _is_binary(b) and _is_binary(c):
+                shares.setdefault(metric, []).append(
+                    sum(x != y for x, y in zip(b, c, strict=True)) / len(ids)
+                )
+            else:
+                spreads.setdefault(metric, []).append(
+                    statistics.stdev(y - x for x, y in zip(b, c, strict=True))
+                )
+    return DesignNoise(
+        runs=len(repeats),
+        discordance={m: statistics.median(v) for m, v in shares.items()},
+        sd_difference={m: statistics.median(v) for m, v in spreads.items()},
+    )
+
+
+def detectable_sentence(min_detectable: float | None, power: float = 0.8) -> str:
+    """``this set can detect a drop of 6.1 points (80% power)``, or why it cannot say."""
+    if min_detectable is None:
+        return "the smallest detectable drop is unknown for this comparison"
+    if math.isinf(min_detectable):
+        return f"this set cannot detect any drop with {power:.0%} power"
+    return f"this set can detect a drop of {100 * min_detectable:.1f} points ({power:.0%} power)"
 
 
 def comparability(run: RunRecord, baseline: Baseline) -> tuple[str, str | None]:
@@ -92,9 +209,18 @@ def _is_binary(values: Sequence[float]) -> bool:
 
 
 def compare_run(
-    run: RunRecord, items: Sequence[Any], baseline: Baseline, policy: RegressionPolicy
+    run: RunRecord,
+    items: Sequence[Any],
+    baseline: Baseline,
+    policy: RegressionPolicy,
+    noise: DesignNoise | None = None,
 ) -> list[Comparison]:
-    """Compare every metric the run and its baseline share."""
+    """Compare every metric the run and its baseline share.
+
+    ``noise`` (from :func:`design_noise`) gives the minimum detectable difference;
+    without it the priors of ``policy`` apply.
+    """
+    noise = noise or DesignNoise()
     mode, reason = comparability(run, baseline)
     metrics = [m for m in run.metrics if m in baseline.metrics]
     if mode == "refused":
@@ -117,6 +243,7 @@ def compare_run(
             continue
         binary = _is_binary(b) and _is_binary(c)
         result = _test(mode, binary, b, c, policy)
+        mdd, design = design_min_detectable(metric, mode == "paired", binary, b, len(c), noise, policy)
         out.append(
             Comparison(
                 run.evalset_name,
@@ -125,8 +252,8 @@ def compare_run(
                 mode,
                 reason,
                 result,
-                _min_detectable(result, binary, b, policy),
-                {"binary": binary},
+                mdd,
+                {"binary": binary, "design": design},
             )
         )
     return out
@@ -142,35 +269,62 @@ def _test(mode: str, binary: bool, b: list[float], c: list[float], policy: Regre
     return unpaired_means(b, c, alpha=policy.alpha)
 
 
-def _min_detectable(
-    result: TestResult, binary: bool, b: list[float], policy: RegressionPolicy
-) -> float | None:
-    import numpy as np
+def design_min_detectable(
+    metric: str,
+    paired: bool,
+    binary: bool,
+    baseline_scores: Sequence[float],
+    n_current: int,
+    noise: DesignNoise,
+    policy: RegressionPolicy,
+) -> tuple[float | None, dict[str, Any]]:
+    """The smallest drop the comparison detects with ``policy.power``, and what it was computed from.
 
+    Only the design enters: the baseline's scores (its pass rate, its items), the
+    number of items compared and the run-to-run noise of the baseline's model
+    (``noise``, else ``policy.prior_discordance``, else independent runs), never
+    the outcomes of the run being judged.  A single look at ``policy.alpha``.
+    """
+    n = len(baseline_scores)
+    details: dict[str, Any] = {"power": policy.power, "runs": noise.runs}
     try:
-        if binary:
-            discordance = None
-            if (
-                result.paired
-                and result.pass_to_fail is not None
-                and result.fail_to_pass is not None
-                and result.n
-            ):
-                discordance = max((result.pass_to_fail + result.fail_to_pass) / result.n, 1.0 / result.n)
-            return minimum_detectable_difference(
-                result.n,
-                baseline_rate=result.baseline_mean,
-                alpha=policy.alpha,
-                paired=result.paired,
-                discordance=discordance,
-                n_current=result.n_current,
+        if not binary:
+            if paired and metric in noise.sd_difference:
+                sd = noise.sd_difference[metric]
+                details.update(source="baseline-era runs", sd_difference=sd)
+            else:
+                sd = statistics.stdev(baseline_scores) * (math.sqrt(2.0) if paired else 1.0)
+                details.update(source="assumed: independent runs", sd_difference=sd if paired else None)
+            value = minimum_detectable_difference(
+                n, sd=sd, alpha=policy.alpha, power=policy.power, paired=paired, n_current=n_current
             )
-        sd = float(np.std(b, ddof=1)) if len(b) > 1 else None
-        return minimum_detectable_difference(
-            result.n, sd=sd, alpha=policy.alpha, paired=result.paired, n_current=result.n_current
+            return value, details
+        rate = sum(baseline_scores) / n
+        discordance: float | None = None
+        if paired:
+            if metric in noise.discordance:
+                discordance = noise.discordance[metric]
+                details["source"] = "baseline-era runs"
+            elif policy.prior_discordance is not None:
+                discordance = policy.prior_discordance
+                details["source"] = "configured prior"
+            else:
+                details["source"] = "assumed: independent runs"
+            details["discordance"] = discordance
+        else:
+            details["source"] = "unpaired: the eval set changed"
+        value = minimum_detectable_difference(
+            n,
+            baseline_rate=rate,
+            alpha=policy.alpha,
+            power=policy.power,
+            paired=paired,
+            discordance=discordance,
+            n_current=n_current,
         )
-    except (ValueError, ZeroDivisionError):
-        return None
+        return value, details
+    except (ValueError, ZeroDivisionError, statistics.StatisticsError):
+        return None, details
 
 
 def assess_run(
@@ -181,7 +335,9 @@ def assess_run(
     if run.status != "succeeded" or run.strategy != baseline.strategy:
         return []
     items = store.item_results(run_id)
-    comparisons = compare_run(run, items, baseline, policy)
+    repeats = baseline_era_runs(store, baseline, exclude=[run_id], limit=policy.design_runs)
+    noise = design_noise(baseline, [store.item_results(r.id) for r in repeats if r.id is not None])
+    comparisons = compare_run(run, items, baseline, policy, noise)
     broken = _newly_broken(items, baseline)
     tested = [c for c in comparisons if c.result is not None]
     others = store.other_series_p_values(run.model_id, run.evalset_name, run.strategy)
@@ -227,6 +383,59 @@ def _newly_broken(items: Sequence[Any], baseline: Baseline) -> list[str]:
     return [r.item_id for r in items if not r.error and r.correct is False and r.item_id in passed]
 
 
+@dataclass(frozen=True)
+class LookDecision:
+    """What one look at a baseline decides for one metric."""
+
+    look: int
+    #: the level this look is tested at (``look_alpha(alpha, look)``, or ``alpha`` when not sequential)
+    level: float
+    significant: bool
+    consecutive: int
+    state: str
+
+
+def decide_look(
+    result: TestResult | None,
+    *,
+    adjusted_p: float | None,
+    mode: str,
+    look: int,
+    previous_consecutive: int,
+    policy: RegressionPolicy,
+) -> LookDecision:
+    """The state after the ``look``-th comparison with a baseline (a pure function; the rule in one place).
+
+    Significant: a drop beyond ``policy.tolerance`` whose (Holm-adjusted) p-value is
+    below this look's level and whose interval lies below 0.  ``confirmations``
+    significant looks in a row make ``regressed``; fewer, ``suspect``.
+    """
+    level = look_alpha(policy.alpha, max(look, 1)) if policy.sequential else policy.alpha
+    significant = bool(
+        result is not None
+        and mode != "refused"
+        and regression_decision(result, tolerance=policy.tolerance, alpha=level, adjusted_p=adjusted_p)
+    )
+    consecutive = previous_consecutive + 1 if significant else 0
+    if mode == "refused":
+        state = "refused"
+    elif significant and consecutive >= policy.confirmations:
+        state = "regressed"
+    elif significant:
+        state = "suspect"
+    else:
+        state = "ok"
+    return LookDecision(look, level, significant, consecutive, state)
+
+
+def next_look(previous: VerdictRecord | None, baseline: Baseline, mode: str) -> int:
+    """Which look at ``baseline`` this comparison is: 1 + the looks stored with the previous verdict on it."""
+    earlier = 0
+    if previous is not None and previous.baseline_run_id == baseline.run_id:
+        earlier = int((previous.details or {}).get("look") or 0)
+    return earlier if mode == "refused" else earlier + 1
+
+
 def _verdict(
     run: RunRecord,
     baseline: Baseline,
@@ -237,20 +446,17 @@ def _verdict(
 ) -> VerdictRecord:
     assert run.id is not None
     r = c.result
-    significant = bool(
-        r is not None
-        and regression_decision(r, tolerance=policy.tolerance, alpha=policy.alpha, adjusted_p=adjusted_p)
+    look = next_look(previous, baseline, c.mode)
+    decision = decide_look(
+        r,
+        adjusted_p=adjusted_p,
+        mode=c.mode,
+        look=look,
+        previous_consecutive=previous.consecutive if previous is not None else 0,
+        policy=policy,
     )
-    consecutive = ((previous.consecutive if previous is not None else 0) + 1) if significant else 0
-    if c.mode == "refused":
-        state = "refused"
-    elif significant and consecutive >= policy.confirmations:
-        state = "regressed"
-    elif significant:
-        state = "suspect"
-    else:
-        state = "ok"
     details: dict[str, Any] = dict(c.details)
+    details.update(look=look, look_alpha=decision.level)
     if r is not None:
         details.update(
             baseline_mean=r.baseline_mean,
@@ -260,6 +466,8 @@ def _verdict(
             pass_to_fail=r.pass_to_fail,
             fail_to_pass=r.fail_to_pass,
         )
+    if c.min_detectable is not None:
+        details["detectable"] = detectable_sentence(c.min_detectable, policy.power)
     return VerdictRecord(
         run_id=run.id,
         model_id=run.model_id,
@@ -277,9 +485,9 @@ def _verdict(
         min_detectable=c.min_detectable,
         tolerance=policy.tolerance,
         alpha=policy.alpha,
-        significant_drop=significant,
-        consecutive=consecutive,
-        state=state,
+        significant_drop=decision.significant,
+        consecutive=decision.consecutive,
+        state=decision.state,
         reason=c.reason,
         details=details,
         created_at=utcnow(),

@@ -14,7 +14,10 @@ Which test:
 
 Several metrics or eval sets tested at once: adjust their p-values with
 :func:`holm`, then apply :func:`regression_decision` to each.  How small a drop
-an eval set can see at all: :func:`minimum_detectable_difference`.
+an eval set can see at all: :func:`minimum_detectable_difference`.  The same
+baseline compared night after night: each look spends its share of ``alpha``,
+:func:`look_alpha`, so that the chance of any false alarm over all the looks stays
+at most ``alpha``.
 
 Everything here is a pure function of its inputs (the bootstrap takes a seed), on
 numpy and scipy only.
@@ -36,6 +39,7 @@ __all__ = [
     "PairedTest",
     "TestResult",
     "holm",
+    "look_alpha",
     "mcnemar_exact",
     "minimum_detectable_difference",
     "newcombe_interval",
@@ -585,6 +589,35 @@ def holm(p_values: Sequence[float] | npt.ArrayLike) -> list[float]:
     adjusted = np.empty(m)
     adjusted[order] = np.minimum(scaled, 1.0)
     return [float(v) for v in adjusted]
+
+
+# --- repeated looks --------------------------------------------------------------------------------
+
+#: ``sum(1 / k**2 for k >= 1) = pi**2 / 6``: the spending weights ``6 / (pi**2 k**2)`` add up to 1.
+_SPENDING_NORM = 6.0 / math.pi**2
+
+
+def look_alpha(alpha: float, look: int) -> float:
+    """The level the ``look``-th comparison with one baseline is tested at: ``alpha * 6 / (pi**2 * look**2)``.
+
+    A baseline is compared with a new run every night.  Testing every look at
+    ``alpha`` would make a false alarm over a year of looks all but certain, and
+    the looks are not independent (they share the baseline run), so their number
+    cannot be corrected for after the fact.  Spending ``alpha`` over the looks
+    instead, with shares that add up to ``alpha`` over infinitely many looks
+    (``sum 6 / (pi**2 k**2) = 1``), keeps the chance of *any* false alarm, over all
+    the looks there will ever be, at most ``alpha`` whatever their dependence (the
+    union bound).  The first look gets 61% of ``alpha``, the tenth 0.6%, the 365th
+    4.6e-6: later looks need more evidence, which a real drop of a few points on
+    a few hundred items still gives (``benchmarks/bench_calibration.py --year``).
+
+    Raises:
+        ValueError: alpha out of range or a look below 1.
+    """
+    _check_alpha(alpha)
+    if look < 1:
+        raise ValueError(f"looks are counted from 1, got {look}")
+    return alpha * _SPENDING_NORM / float(look) ** 2
 
 
 # --- planning --------------------------------------------------------------------------------------
