@@ -20,10 +20,26 @@ fixed, seeded pool of items and draws a baseline run and a current run of them:
 interval entirely below 0).  Each (metric, size, change) cell has its own seed,
 derived from ``--seed``, so results do not depend on the number of workers.
 
+**A year of nightly looks** (``--part year``): the monitor compares one pinned
+baseline with a new run every night.  An unchanged model is run 365 nights with
+sampled decoding: item ``i`` passes each night, independently, with probability
+``p_i`` ~ Beta(0.35, 0.15) (mean 0.70; two runs disagree on 14% of the items),
+the baseline run included.  The golden set is refreshed every ``--refresh-days``
+(182): ``--year-items`` (500) new items drawn from the pool, a new baseline pinned
+on the first run of the new set, and the looks counted again from 1.  Each night
+is judged by the monitor's own rule, ``monitor.analysis.regression.decide_look``
+on ``mcnemar_exact`` (tolerance 0.02, alpha 0.05, two confirmations), spending
+``alpha`` over the looks at each baseline (``look_alpha``) and, for comparison,
+testing every look at ``alpha`` (the rule before).  Reported: the share of the
+``--years`` (200) simulated years with any false alarm, and, for true drops of
+2, 5 and 10 points starting on a given night, the nights until the regression
+is confirmed.
+
 Usage::
 
     python benchmarks/bench_calibration.py                 # about 35 s on 2 idle cores
     python benchmarks/bench_calibration.py --replications 4000 --workers 4
+    python benchmarks/bench_calibration.py --part year     # the year only, about 30 s
 """
 
 from __future__ import annotations
@@ -43,11 +59,14 @@ from typing import Any
 
 import numpy as np
 import scipy
+from scipy import stats as sps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from monitor.analysis.regression import RegressionPolicy, decide_look
 from monitor.analysis.stats import (
     TestResult,
+    look_alpha,
     mcnemar_exact,
     minimum_detectable_difference,
     paired_bootstrap,
@@ -56,7 +75,7 @@ from monitor.analysis.stats import (
     unpaired_proportions,
 )
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 SIZES = (50, 100, 200, 500, 1000)
 CHANGES_POINTS = (0, 2, 5, 10, 20)
 POOL_SIZE = 20_000
@@ -183,6 +202,170 @@ def print_table(
         )
 
 
+# --- a year of nightly looks ---------------------------------------------------------------------
+
+YEAR_BETA = (0.35, 0.15)
+YEAR_DROPS_POINTS = (2, 5, 10)
+YEAR_ONSETS = (8, 120)
+
+
+def year_schedule(days: int, refresh_days: int) -> list[int]:
+    """For each night 1..days, its look at the current baseline (0: a refresh night, the new baseline's run)."""
+    return [0 if night % refresh_days == 0 else night % refresh_days for night in range(1, days + 1)]
+
+
+def simulate_years(
+    *,
+    years: int,
+    items: int,
+    days: int = 365,
+    refresh_days: int = 91,
+    drop_points: float = 0.0,
+    onset: int = 1,
+    policy: RegressionPolicy | None = None,
+    seed: int = 0,
+    beta: tuple[float, float] = YEAR_BETA,
+) -> np.ndarray:
+    """The night each simulated year first confirms a regression (0: never), by the monitor's own rule.
+
+    Night 0 pins the first baseline.  On a refresh night the golden set is redrawn and the night's
+    run becomes the new baseline (no look).  From night ``onset`` on, every item's pass probability
+    is scaled down so that the pool's mean drops by ``drop_points``.  ``decide_look`` is called on
+    every look whose exact McNemar p-value and drop could be significant (a necessary condition,
+    checked for all years at once); every other look is not significant, as ``decide_look`` would find.
+    """
+    policy = policy or RegressionPolicy()
+    rng = np.random.default_rng(seed)
+    pool = rng.beta(*beta, size=POOL_SIZE)
+    scale = 1.0 - drop_points / 100.0 / pool.mean()
+    probs = rng.choice(pool, size=(years, items))
+    baseline = rng.random((years, items)) < probs
+    consecutive = np.zeros(years, dtype=np.int64)
+    confirmed = np.zeros(years, dtype=np.int64)
+    for night, look in enumerate(year_schedule(days, refresh_days), start=1):
+        dropped = night >= onset and drop_points > 0
+        if look == 0:
+            probs = rng.choice(pool, size=(years, items))
+            baseline = rng.random((years, items)) < (probs * scale if dropped else probs)
+            continue
+        current = rng.random((years, items)) < (probs * scale if dropped else probs)
+        b = np.count_nonzero(baseline & ~current, axis=1)
+        c = np.count_nonzero(~baseline & current, axis=1)
+        level = look_alpha(policy.alpha, look) if policy.sequential else policy.alpha
+        p_values = np.minimum(1.0, 2.0 * sps.binom.cdf(np.minimum(b, c), b + c, 0.5))
+        p_values[b + c == 0] = 1.0
+        possible = (p_values < level) & ((c - b) / items < -policy.tolerance) & (confirmed == 0)
+        significant = np.zeros(years, dtype=bool)
+        for year in np.flatnonzero(possible):
+            result = mcnemar_exact(baseline[year], current[year], alpha=policy.alpha)
+            decision = decide_look(
+                result,
+                adjusted_p=result.p_value,
+                mode="paired",
+                look=look,
+                previous_consecutive=int(consecutive[year]),
+                policy=policy,
+            )
+            significant[year] = decision.significant
+            if decision.state == "regressed":
+                confirmed[year] = night
+        consecutive = np.where(significant, consecutive + 1, 0)
+        if np.all(confirmed > 0):
+            break
+    return confirmed
+
+
+def run_year(args: argparse.Namespace) -> dict[str, Any]:
+    """False alarms over a year on an unchanged model, and nights to confirm drops, for both rules."""
+    started = time.perf_counter()
+    rules = {
+        "spent": RegressionPolicy(tolerance=args.year_tolerance, alpha=args.alpha, sequential=True),
+        "every_look_at_alpha": RegressionPolicy(
+            tolerance=args.year_tolerance, alpha=args.alpha, sequential=False
+        ),
+    }
+    pool = np.random.default_rng(args.seed).beta(*YEAR_BETA, size=POOL_SIZE)
+    out: dict[str, Any] = {
+        "settings": {
+            "years": args.years,
+            "items": args.year_items,
+            "nights": 365,
+            "refresh_days": args.refresh_days,
+            "pass_probability_beta": list(YEAR_BETA),
+            "pool_mean": float(pool.mean()),
+            "run_to_run_discordance": float(2 * np.mean(pool * (1 - pool))),
+            "tolerance": args.year_tolerance,
+            "alpha": args.alpha,
+            "confirmations": rules["spent"].confirmations,
+            "onsets": list(YEAR_ONSETS),
+        },
+        "rules": {},
+    }
+    for index, (name, policy) in enumerate(rules.items()):
+        confirmed = simulate_years(
+            years=args.years,
+            items=args.year_items,
+            refresh_days=args.refresh_days,
+            policy=policy,
+            seed=args.seed + 1000 * index,
+        )
+        alarms = int(np.count_nonzero(confirmed))
+        rule: dict[str, Any] = {
+            "false_alarm_years": alarms / args.years,
+            "false_alarm_se": math.sqrt(max(alarms, 1) * (args.years - alarms) / args.years**3),
+            "detect": {},
+        }
+        for drop in YEAR_DROPS_POINTS:
+            for onset in YEAR_ONSETS:
+                nights = simulate_years(
+                    years=args.years,
+                    items=args.year_items,
+                    refresh_days=args.refresh_days,
+                    drop_points=drop,
+                    onset=onset,
+                    policy=policy,
+                    seed=args.seed + 1000 * index + 10 * drop + onset,
+                )
+                caught = nights[nights >= onset] - onset + 1
+                rule["detect"][f"{drop}pt@{onset}"] = {
+                    "drop_points": drop,
+                    "onset_night": onset,
+                    "look_at_onset": year_schedule(365, args.refresh_days)[onset - 1],
+                    "detected_share": caught.size / args.years,
+                    "median_nights": float(np.median(caught)) if caught.size else None,
+                    "p90_nights": float(np.quantile(caught, 0.9)) if caught.size else None,
+                }
+        out["rules"][name] = rule
+    out["elapsed_s"] = round(time.perf_counter() - started, 2)
+    return out
+
+
+def print_year(year: dict[str, Any]) -> None:
+    cfg = year["settings"]
+    print(
+        f"\n== a year of nightly looks: {cfg['years']} simulated years of {cfg['nights']} nights, "
+        f"{cfg['items']} items, golden set refreshed (and the baseline re-pinned) every "
+        f"{cfg['refresh_days']} days; sampled decoding, two runs disagree on "
+        f"{100 * cfg['run_to_run_discordance']:.0f}% of items; tolerance {cfg['tolerance']:g}, "
+        f"alpha {cfg['alpha']:g}, {cfg['confirmations']} confirmations"
+    )
+    for name, rule in year["rules"].items():
+        label = "alpha spent over looks" if name == "spent" else "every look at alpha (before)"
+        print(
+            f"\n{label}: years with a false alarm {100 * rule['false_alarm_years']:.1f}% "
+            f"(s.e. {100 * rule['false_alarm_se']:.1f} pt)"
+        )
+        print(" drop | onset night (look) | confirmed within the year | median nights | 90% within")
+        for cell in rule["detect"].values():
+            median = "-" if cell["median_nights"] is None else f"{cell['median_nights']:.0f}"
+            p90 = "-" if cell["p90_nights"] is None else f"{cell['p90_nights']:.0f}"
+            print(
+                f" {cell['drop_points']:3d} pt | {cell['onset_night']:4d} ({cell['look_at_onset']:3d})"
+                f"         | {100 * cell['detected_share']:5.1f}%                    | {median:>6s}"
+                f"        | {p90:>5s}"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replications", type=int, default=1000, help="replications per pass/fail cell")
@@ -193,7 +376,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20240521)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--report", type=Path, default=Path(__file__).with_name("calibration.json"))
+    parser.add_argument("--part", choices=("all", "cells", "year"), default="all", help="what to simulate")
+    parser.add_argument("--years", type=int, default=200, help="simulated years of nightly looks")
+    parser.add_argument("--year-items", type=int, default=500, help="items of the golden set in the year")
+    parser.add_argument("--refresh-days", type=int, default=182, help="golden set refreshed every N nights")
+    parser.add_argument("--year-tolerance", type=float, default=0.02, help="the tolerance in the year")
     args = parser.parse_args(argv)
+    report: dict[str, Any] = {
+        "report_version": REPORT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
+    }
+    if args.part in ("all", "cells"):
+        report.update(run_cells(args))
+    if args.part in ("all", "year"):
+        report["year"] = run_year(args)
+        print_year(report["year"])
+    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.report}")
+    return 0
+
+
+def run_cells(args: argparse.Namespace) -> dict[str, Any]:
+    """Every (metric, size, change) cell: printed, and returned for the report."""
 
     settings = {
         "seed": args.seed,
@@ -265,9 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print_table(label, kind, name, results, mdd[f"{kind}/{name}"])
     print(f"\n{len(tasks)} cells in {elapsed:.1f} s on {args.workers} worker(s)")
 
-    report = {
-        "report_version": REPORT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return {
         "settings": settings,
         "pools": summaries,
         "minimum_detectable_difference": {
@@ -288,17 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cell_seconds": {f"{o['kind']}/{o['n']}/{o['points']}": round(o["seconds"], 3) for o in outcomes},
         "elapsed_s": round(elapsed, 2),
         "workers": args.workers,
-        "machine": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "scipy": scipy.__version__,
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
     }
-    args.report.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.report}")
-    return 0
 
 
 if __name__ == "__main__":
