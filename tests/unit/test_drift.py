@@ -24,7 +24,6 @@ from monitor.analysis.drift.evidently import (
     DriftAnalysis,
     MiniLMEmbedder,
     analyze_input_drift,
-    auc_threshold,
     check_input_drift,
     embeddings_unavailable,
     sample_down,

