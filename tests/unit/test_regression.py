@@ -296,3 +296,109 @@ def test_confirmed_regression_and_behaviour_drift_reach_a_webhook_receiver(
         confirmed = next(r.json() for r in received if r.json()["type"] == "regression.confirmed")
         assert confirmed["version"] == 1
         assert confirmed["data"]["model"] == "router" and confirmed["data"]["delta"] == pytest.approx(-0.3)
+
+
+# --- flaky items, the design's minimum detectable difference, repeated looks -------------------------
+
+
+def test_flaky_items_are_flips_between_runs_of_the_same_model() -> None:
+    from monitor.analysis.behaviour import flaky_items, run_identity
+
+    good, bad = run_identity("f" * 64, "s1"), run_identity("e" * 64, "s1")
+    ok = {f"i{k}": k % 10 != 0 for k in range(100)}
+    broken = {f"i{k}": k % 10 not in (0, 1, 2, 3) for k in range(100)}  # 30 items change with the bad deploy
+    noisy = {**ok, "i5": False}
+    history = [ok, broken, ok, broken, ok, noisy, ok, noisy]  # deploy, rollback, deploy, rollback, then noise
+    keys = [good, bad, good, bad, good, good, good, good]
+    # without the model's identity the deploys and rollbacks read as flaky items (the reported bug)
+    assert len(flaky_items(history)) == 31  # the 30 items the deploys changed, and i5
+    assert flaky_items(history, keys=keys) == {"i5": 3}
+    with pytest.raises(ValueError, match="one key per run"):
+        flaky_items(history, keys=keys[:2])
+
+
+def _mdd(verdict: Any) -> tuple[float, str]:
+    return verdict.min_detectable, verdict.details["design"]["source"]
+
+
+def test_min_detectable_is_a_property_of_the_design_not_of_the_run(h: Harness) -> None:
+    good = RuleBackend(lambda k: k % 10 != 0)
+    pin_baseline(h.store, h.root, "router", "routing", h.run(good))
+    h.analyze(h.run(good))  # a re-run of the baseline's model: the design's run-to-run noise (none here)
+    (same,) = h.analyze(h.run(good)).verdicts
+    (dropped,) = h.analyze(h.run(RuleBackend(lambda k: k % 10 not in (0, 1, 2, 3), digest="e"))).verdicts
+    (dropped_same_weights,) = h.analyze(h.run(RuleBackend(lambda k: k % 10 not in (0, 1, 2, 3)))).verdicts
+    assert dropped.state == "suspect" and same.state == "ok"
+    assert _mdd(same) == _mdd(dropped) == _mdd(dropped_same_weights)
+    mdd, source = _mdd(same)
+    assert source == "baseline-era runs" and same.details["design"]["discordance"] == 0.0
+    # with no run-to-run disagreement, 200 items at 90% see about 4 points
+    assert 0.02 < mdd < 0.06
+    assert same.details["detectable"] == f"this set can detect a drop of {100 * mdd:.1f} points (80% power)"
+
+
+def test_min_detectable_with_the_baseline_run_alone(tmp_path: Path) -> None:
+    """Only the baseline run of its model exists: the prior decides, and the judged run does not."""
+    found = {}
+    for prior, source in ((None, "assumed: independent runs"), (0.05, "configured prior")):
+        for name, rule in (
+            ("same", lambda k: k % 10 != 0),
+            ("dropped", lambda k: k % 10 not in (0, 1, 2, 3)),
+        ):
+            h = Harness(tmp_path / f"{prior}-{name}", RegressionPolicy(prior_discordance=prior))
+            pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+            (verdict,) = h.analyze(h.run(RuleBackend(rule, digest="e"))).verdicts
+            found[prior, name] = _mdd(verdict)
+        assert found[prior, "same"] == found[prior, "dropped"] and found[prior, "same"][1] == source
+    # independent runs are the conservative reading: a larger drop is needed than with a 5% prior
+    assert found[None, "same"][0] > found[0.05, "same"][0]
+
+
+def test_each_look_at_a_baseline_spends_its_share_of_alpha(h: Harness) -> None:
+    from monitor.analysis.stats import look_alpha
+
+    good = RuleBackend(lambda k: k % 10 != 0)
+    first_baseline = h.run(good)
+    pin_baseline(h.store, h.root, "router", "routing", first_baseline)
+    looks = [h.analyze(h.run(good)).verdicts[0] for _ in range(3)]
+    assert [v.details["look"] for v in looks] == [1, 2, 3]
+    assert [v.details["look_alpha"] for v in looks] == [pytest.approx(look_alpha(0.05, k)) for k in (1, 2, 3)]
+    pin_baseline(h.store, h.root, "router", "routing", h.run(good))  # a new baseline: its own looks
+    (again,) = h.analyze(h.run(good)).verdicts
+    assert again.details["look"] == 1
+
+
+def _years(**kwargs: Any) -> Any:
+    from benchmarks.bench_calibration import simulate_years
+
+    return simulate_years(**kwargs)
+
+
+def test_a_year_of_nightly_looks_raises_a_false_alarm_at_most_at_alpha() -> None:
+    """An unchanged model with sampled decoding (14% of items disagree between two runs), compared
+    with one baseline every night for a year: the chance of any false alarm in the year."""
+    import numpy as np
+
+    years = 400
+    spent = _years(years=years, items=200, days=365, refresh_days=1000, seed=3)
+    se = np.sqrt(0.05 * 0.95 / years)
+    assert np.mean(spent > 0) <= 0.05 + 2 * se
+    # the rule before (every look at alpha, two confirmations) alarms in far more than 5% of years
+    before = _years(
+        years=years, items=200, days=365, refresh_days=1000, seed=3, policy=RegressionPolicy(sequential=False)
+    )
+    assert np.mean(before > 0) > 0.08
+    # a golden set refreshed twice a year (new items, a new baseline) stays within alpha too
+    refreshed = _years(years=years, items=200, days=365, refresh_days=182, seed=4)
+    assert np.mean(refreshed > 0) <= 0.05 + 2 * se
+
+
+def test_a_real_drop_is_still_confirmed_within_days() -> None:
+    import numpy as np
+
+    early = _years(years=100, items=500, days=20, refresh_days=1000, drop_points=10, onset=1, seed=5)
+    assert np.mean((early > 0) & (early <= 5)) >= 0.95
+    # late in a baseline's life a look needs more evidence, and still gets it for 10 points
+    late = _years(years=100, items=500, days=130, refresh_days=1000, drop_points=10, onset=100, seed=6)
+    caught = late[late >= 100] - 100 + 1
+    assert caught.size >= 85 and np.median(caught) <= 7

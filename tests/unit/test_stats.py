@@ -518,3 +518,16 @@ def test_unpaired_tests_are_calibrated() -> None:
         means += unpaired_means(rng.beta(2, 1, 60), rng.beta(2, 1, 90)).p_value < ALPHA
     assert proportions / replications <= ALPHA + margin
     assert means / replications <= ALPHA + margin
+
+
+def test_look_alpha_spends_at_most_alpha_over_all_looks() -> None:
+    from monitor.analysis.stats import look_alpha
+
+    assert look_alpha(0.05, 1) == pytest.approx(0.05 * 6 / math.pi**2)
+    assert look_alpha(0.05, 10) == pytest.approx(look_alpha(0.05, 1) / 100)
+    assert sum(look_alpha(0.05, k) for k in range(1, 100_000)) < 0.05
+    assert sum(look_alpha(0.05, k) for k in range(1, 100_000)) > 0.05 * 0.9999
+    with pytest.raises(ValueError, match="counted from 1"):
+        look_alpha(0.05, 0)
+    with pytest.raises(ValueError, match="alpha"):
+        look_alpha(1.5, 1)
