@@ -87,7 +87,7 @@ def test_no_drift_rarely_raises_an_alarm() -> None:
     assert len(alarms) <= 1, [(r.score, r.triggered_by) for r in results]
     assert np.mean([r.score for r in results]) < 0.56
     for r in results:
-        assert r.domain_classifier.method == "abs_text_content_drift"
+        assert r.domain_classifier.method == "grouped_naive_bayes"
         assert 0.0 <= r.domain_classifier.p_value <= 1.0
         assert r.domain_classifier.threshold >= 0.55
 
@@ -109,19 +109,18 @@ def test_drift_is_detected_and_the_score_grows_with_it() -> None:
     assert descriptors["novel_words"].current_mean > 5 * max(descriptors["novel_words"].reference_mean, 0.1)
     assert descriptors["length"].descriptor == "TextLength"
     assert descriptors["novel_words"].descriptor == "CustomColumnDescriptor"
-    assert all(d.method == "ks" and d.drifted == (d.p_value < d.threshold) for d in strong.descriptors)
+    assert all(d.method == "weighted_ks" and d.drifted == (d.p_value < d.threshold) for d in strong.descriptors)
 
 
 def test_power_grows_with_sample_size() -> None:
     reference = reference_texts(300)
     small = analyze(reference[:40], traffic_texts(0.5, n=40), seed=0)
     large = analyze(reference, traffic_texts(0.5, n=300), seed=0)
-    assert large.domain_classifier.p_value < small.domain_classifier.p_value
-    assert large.domain_classifier.threshold < small.domain_classifier.threshold
+    assert large.domain_classifier.p_value <= small.domain_classifier.p_value
     assert large.drifted
-    # The classifier's bar follows the null distribution of the AUC: higher for small test sets.
-    assert auc_threshold(40, 40, floor=0.55, alpha=0.01) > 0.7
-    assert auc_threshold(2000, 2000, floor=0.55, alpha=0.01) == 0.55
+    # The classifier's bar follows the permutation null of the AUC: higher for small samples.
+    assert small.domain_classifier.threshold > large.domain_classifier.threshold
+    assert small.domain_classifier.threshold > 0.65
 
 
 def test_deterministic_for_a_seed_and_sampled_down() -> None:
@@ -164,10 +163,15 @@ def test_too_few_inputs_is_a_clear_error() -> None:
         analyze(reference_texts(50), [])
 
 
-def test_evidently_failures_become_drift_errors() -> None:
-    # Only stop words: scikit-learn's TF-IDF inside Evidently's text drift has no vocabulary.
+def test_evidently_failures_become_drift_errors(tmp_path: Path) -> None:
+    # One distinct text a side: the verdict cannot call it drift, whatever the row counts ...
+    one_each = analyze(["the and of"] * 30, ["and the of"] * 30)
+    assert not one_each.drifted and one_each.domain_classifier.p_value >= 0.5
+    assert one_each.current_repetition.distinct == 1 and one_each.current_repetition.repeated_share > 0.96
+    # ... and in the HTML report, scikit-learn's TF-IDF inside Evidently's text drift finds no vocabulary
+    # (only stop words): a DriftError, not a traceback.
     with pytest.raises(DriftError, match="Evidently failed to compare the samples: ValueError"):
-        analyze(["the and of"] * 30, ["and the of"] * 30)
+        write_drift_report(["the and of"] * 30, ["and the of"] * 30, tmp_path / "r.html", min_samples=20)
     with pytest.raises(DriftError, match="unknown descriptor"):
         analyze(reference_texts(30), traffic_texts(0.0, n=30), descriptors=["length", "colour"])
 
@@ -203,7 +207,7 @@ def test_embedding_drift_through_an_injected_embedder() -> None:
     drifted = analyze(reference, traffic_texts(1.0, n=150), embeddings=True, embedder=embedder)
     assert calm.embeddings is not None and drifted.embeddings is not None
     assert drifted.embedding_model == "hashing-64"
-    assert drifted.embeddings.method == "model"
+    assert drifted.embeddings.method == "grouped_linear_discriminant"
     assert not calm.embeddings.drifted and drifted.embeddings.drifted
     assert drifted.embeddings.roc_auc > calm.embeddings.roc_auc
     assert "embeddings" in drifted.triggered_by
