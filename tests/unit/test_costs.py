@@ -11,14 +11,16 @@ from pydantic import ValidationError
 from monitor.analysis.costs import (
     DAYS_PER_MONTH,
     OPTIONS,
+    Condition,
     TokenProfile,
     break_even_days,
     cost_case,
-    explain,
     format_amount,
     format_money,
     format_number,
+    monthly_difference,
     option_costs,
+    pricing_for,
 )
 from monitor.config import CostsConfig, PricingConfig
 
@@ -43,8 +45,8 @@ def config(**overrides: Any) -> CostsConfig:
 
 def test_per_token_option_costs_by_hand() -> None:
     options = option_costs(config(), FINE_TUNE, FEW_SHOT, REBASED, challenger="v2")
-    assert tuple(options) == OPTIONS
-    keep, retrain, rebase, retire = (options[o] for o in OPTIONS)
+    assert tuple(options) == ("keep", "retrain", "rebase", "retire")  # no rollback unless one is offered
+    keep, retrain, rebase, retire = (options[o] for o in OPTIONS if o != "rollback")
 
     # keep: 20,000 requests/day x (100 prompt x 0.001/1k + 20 completion x 0.002/1k)
     #     = 20,000 x (0.0001 + 0.00004) = 20,000 x 0.00014 = 2.80 a day x 30.44 = 85.232 a month
@@ -142,6 +144,52 @@ def test_per_gpu_hour_with_tokens_a_second_uses_each_options_token_profile() -> 
     )
 
 
+def test_requests_an_hour_scale_with_each_options_measured_tokens() -> None:
+    """The reported case: with ``requests_per_hour`` pricing a 274-token few-shot request cost the same as
+    a 33-token one.  The rate is read as measured on the fine-tune's requests; few-shot takes longer."""
+    costs = config(requests_per_day=100_000, pricing={"gpu_hour": 2.0, "requests_per_hour": 3_300})
+    fine, few = TokenProfile(28, 5, "fine-tune"), TokenProfile(269, 5, "few-shot")
+    options = option_costs(costs, fine, few)
+    keep, retire = options["keep"], options["retire"]
+    # keep: 100,000 / 3,300 = 30.3 GPU-hours x 2 = 60.61 a day
+    assert keep.requests_per_replica_hour == pytest.approx(3_300)
+    assert keep.inference_per_month == pytest.approx(100_000 / 3_300 * 2 * DAYS_PER_MONTH)
+    # retire: 3,300 x 33 / 274 = 397.4 requests an hour: 274 / 33 = 8.3 times the GPU-hours
+    assert retire.requests_per_replica_hour == pytest.approx(3_300 * 33 / 274)
+    assert retire.inference_per_month / keep.inference_per_month == pytest.approx(274 / 33)
+    # a challenger block of its own is read as measured on its own (few-shot) requests: not scaled
+    own = config(
+        requests_per_day=100_000,
+        pricing={"gpu_hour": 2.0, "requests_per_hour": 3_300},
+        challenger_pricing={"gpu_hour": 2.0, "requests_per_hour": 400},
+    )
+    assert option_costs(own, fine, few)["retire"].requests_per_replica_hour == pytest.approx(400)
+    # completion tokens count too: twice the completions, fewer requests an hour
+    longer = option_costs(costs, fine, TokenProfile(28, 38, "long answers"))["retire"]
+    assert longer.requests_per_replica_hour == pytest.approx(3_300 * 33 / 66)
+
+
+def test_a_rebase_is_priced_as_the_fine_tunes_prompt_with_the_fine_tunes_deployment() -> None:
+    """The re-base used to take the challenger's price block: its extra cost was an artefact of the config."""
+    costs = config(
+        pricing={"gpu_hour": 2.0, "requests_per_hour": 10_000},
+        challenger_pricing={"prompt_per_1k": 0.5, "completion_per_1k": 1.5},
+    )
+    rebased = TokenProfile(110, 22, "the fine-tune's prompt under the v2 tokenizer")
+    options = option_costs(costs, FINE_TUNE, FEW_SHOT, rebased)
+    rebase, keep = options["rebase"], options["keep"]
+    assert rebase.pricing == costs.pricing and options["retire"].pricing == costs.challenger_pricing
+    # 10,000 requests an hour at 120 tokens: 10,000 x 120 / 132 at the re-based 132 tokens
+    assert rebase.requests_per_replica_hour == pytest.approx(10_000 * 120 / 132)
+    assert rebase.inference_per_month == pytest.approx(keep.inference_per_month * 132 / 120)
+
+
+def test_the_monthly_difference_is_the_total_inference_plus_upkeep() -> None:
+    options = option_costs(config(), FINE_TUNE, FEW_SHOT, REBASED, challenger="v2")
+    # 389.632 (no upkeep) - (85.232 + 40) = 264.40, not the 304.40 of inference alone
+    assert monthly_difference(options["retire"], options["keep"]) == pytest.approx(264.4)
+
+
 def test_the_challenger_and_the_rebase_take_their_own_price_blocks() -> None:
     costs = config(
         pricing={"gpu_hour": 2.0, "requests_per_hour": 10_000},
@@ -159,7 +207,12 @@ def test_the_challenger_and_the_rebase_take_their_own_price_blocks() -> None:
         pricing={"gpu_hour": 2.0, "requests_per_hour": 10_000},
         challenger_pricing={"prompt_per_1k": 0.01, "completion_per_1k": 0.03},
     )
-    assert without_rebase_block.pricing_for("rebase") == without_rebase_block.challenger_pricing
+    # a re-based adapter is served like the fine-tune, not like the challenger
+    assert pricing_for(without_rebase_block, "rebase") == (without_rebase_block.pricing, "pricing")
+    assert pricing_for(without_rebase_block, "retire") == (
+        without_rebase_block.challenger_pricing,
+        "challenger_pricing",
+    )
 
 
 # --- break-even ---------------------------------------------------------------------------------
@@ -192,23 +245,24 @@ def test_break_even_refuses_nonsense(one_time: float, saving: float) -> None:
 def test_explanation_when_the_fine_tune_is_cheaper() -> None:
     case = cost_case(config(), FINE_TUNE, FEW_SHOT, REBASED, challenger="v2")
     assert case.sentences == (
-        # 389.632 - 85.232 = 304.40 a month; 120 / 304.40 x 30.44 = 12 days
-        "Few-shot on v2 costs 304 USD a month more than the fine-tune at 20,000 requests a day; "
-        "the re-train costs 120 USD; it pays for itself in 12 days.",
-        # (389.632 - 125.232) x 12 = 264.40 x 12 = 3,172.80; 365.28 / 4 = 91.32 days between re-trains
-        "With 4 re-trains a year (one every 91 days), upkeep included, "
-        "the fine-tune costs 3,173 USD a year less than few-shot on v2.",
-        # 389.632 - 79.144 = 310.488 a month; 300 / 310.488 x 30.44 = 29.4 days
-        "Few-shot on v2 costs 310 USD a month more than the adapter re-based on v2; "
-        "the re-base costs 300 USD; it pays for itself in 29 days.",
-        # 79.144 - 85.232 = -6.088
-        "Serving the adapter re-based on v2 costs 6.09 USD a month less than serving the fine-tune.",
-        "Over the first year, one-time costs included, the cheapest option is keep (the fine-tune) at 1,503 USD.",
+        # keep: 85.232 inference + 40 upkeep = 125.232 a month; x 12 = 1,502.78
+        "Of the options that qualify, the cheapest over the first year is keep (the fine-tune): "
+        "125 USD a month, nothing once, 1,503 USD in the first year.",
+        # retrain: the same 125.232 a month, 120 once: 1,622.78
+        "Retrain (the re-trained fine-tune) costs the same a month as keep and 120 USD more once, "
+        "1,623 USD in the first year.",
+        # rebase: 79.144 + 40 = 119.144 a month, 6.088 less; 300 / 6.088 x 30.44 = 1,500 days
+        "Rebase (the adapter re-based on v2) costs 6.09 USD a month less than keep and 300 USD more once, "
+        "1,730 USD in the first year; it becomes the cheaper after 1,500 days.",
+        # retire: 389.632 - 125.232 = 264.40 a month more
+        "Retire (few-shot on v2) costs 264 USD a month more than keep, 4,676 USD in the first year.",
     )
     assert case.cheapest == "keep"
-    assert case.retrain_break_even_days == pytest.approx(12)
-    assert case.rebase_break_even_days == pytest.approx(29.4118, rel=1e-4)
+    # the break-evens use the same monthly difference: 120 / (389.632 - 125.232) x 30.44 = 13.8 days
+    assert case.retrain_break_even_days == pytest.approx(120 / 264.4 * 30.44)
+    assert case.rebase_break_even_days == pytest.approx(300 / (389.632 - 119.144) * 30.44)
     assert case.retrain_interval_days == pytest.approx(91.32)
+    assert case.monthly_difference("retire", "keep") == pytest.approx(264.4)
 
 
 def test_explanation_when_few_shot_is_cheaper() -> None:
@@ -217,98 +271,127 @@ def test_explanation_when_few_shot_is_cheaper() -> None:
         pricing={"gpu_hour": 2.0, "requests_per_hour": 3_600, "utilisation": 0.5, "min_replicas": 1},
         challenger_pricing={"prompt_per_1k": 0.01, "completion_per_1k": 0.03},
     )
-    case = cost_case(costs, FINE_TUNE, FEW_SHOT, challenger="v2")
-    # keep: 48 a day (the always-on replica, above); rebase is served like the challenger (per token)
-    # retire: 1,000 x (600 x 0.01/1k + 20 x 0.03/1k) = 1,000 x 0.0066 = 6.60 a day
-    # 6.60 - 48 = -41.40 a day x 30.44 = -1,260.22 a month; x 12 = -15,122.59 a year
-    # rebase: 1,000 x (100 x 0.01/1k + 20 x 0.03/1k) = 1.60 a day x 30.44 = 48.70 a month
-    # few-shot - rebase = (6.60 - 1.60) x 30.44 = 152.20 a month; 300 / 5 a day = 60 days
-    # rebase - keep = (1.60 - 48) x 30.44 = -1,412.42 a month
-    # first year: retire 6.60 x 30.44 x 12 = 2,410.85; rebase (48.70 + 40) x 12 + 300 = 1,364.45
-    assert case.sentences == (
-        "Few-shot on v2 costs 1,260 USD a month less than the fine-tune at 1,000 requests a day; "
-        "retiring the fine-tune saves 15,123 USD a year and the upkeep of 4 re-trains (480 USD a year).",
-        "Few-shot on v2 costs 152 USD a month more than the adapter re-based on v2; "
-        "the re-base costs 300 USD; it pays for itself in 60 days.",
-        "Serving the adapter re-based on v2 costs 1,412 USD a month less than serving the fine-tune.",
-        "Over the first year, one-time costs included, the cheapest option is rebase "
-        "(the adapter re-based on v2) at 1,364 USD.",
+    case = cost_case(costs, FINE_TUNE, FEW_SHOT, challenger="v2", recommended="retire")
+    # keep: the always-on replica, 48 a day = 1,461.12 a month + 40 upkeep; the re-base is served like
+    # the fine-tune (same replica floor). retire: 1,000 x (600 x 0.01/1k + 20 x 0.03/1k) = 6.60 a day
+    # = 200.90 a month, 2,410.85 in the first year
+    assert case.cheapest == "retire"
+    assert case.sentences[0] == (
+        "Of the options that qualify, the cheapest over the first year is retire (few-shot on v2): "
+        "201 USD a month, nothing once, 2,411 USD in the first year."
     )
+    # keep - retire = 1,501.12 - 200.90 = 1,300.22 a month
+    assert case.sentences[1] == (
+        "Keep (the fine-tune) costs 1,300 USD a month more than retire, 18,013 USD in the first year."
+    )
+    assert case.sentences[-1] == "The recommended option, retire, is the cheapest that qualifies."
     assert case.retrain_break_even_days is None
-    assert case.rebase_break_even_days == pytest.approx(60)
+    assert case.rebase_break_even_days is None
 
 
-def test_explanation_when_the_upkeep_outweighs_the_serving_saving() -> None:
-    costs = config(pricing={"prompt_per_1k": 0.0001, "completion_per_1k": 0})
-    sentences = explain(option_costs(costs, FINE_TUNE, FEW_SHOT, challenger="v2"), costs)
-    # few-shot - fine-tune: 20,000 x 500 x 0.0001/1k = 1.00 a day x 30.44 = 30.44 a month; 120 / 1 a day = 120 days
-    # upkeep 40 a month: 30.44 - 40 = -9.56 a month x 12 = -114.72 a year
-    assert sentences[:2] == (
-        "Few-shot on v2 costs 30 USD a month more than the fine-tune at 20,000 requests a day; "
-        "the re-train costs 120 USD; it pays for itself in 120 days.",
-        "With 4 re-trains a year (one every 91 days), the upkeep outweighs the saving: "
-        "the fine-tune costs 115 USD a year more than few-shot on v2.",
+def test_an_option_that_fails_its_quality_condition_is_never_the_cheapest() -> None:
+    """The reported memo: the fine-tune at 0.98, few-shot on the new base at 0.105, and the memo bolded
+    'retire (cheapest)'.  Few-shot is the cheapest here by far, and is ruled out."""
+    costs = config(challenger_pricing={"prompt_per_1k": 0.0001, "completion_per_1k": 0.0001})
+    conditions = {
+        "retire": Condition(
+            False, "needs few-shot on v2 within 2 points of the fine-tune; routing: 0.105 against 0.980"
+        ),
+        "keep": Condition(True, "no confirmed regression against the baseline"),
+    }
+    case = cost_case(
+        costs, FINE_TUNE, FEW_SHOT, REBASED, challenger="v2", conditions=conditions, recommended="keep"
+    )
+    assert case.option("retire").annual < case.option("keep").annual  # cheapest by price ...
+    assert case.cheapest == "keep"  # ... but not among the options that qualify
+    assert case.sentences[0] == (
+        "Ruled out on quality, so never the cheapest: retire (few-shot on v2) needs few-shot on v2 within "
+        "2 points of the fine-tune; routing: 0.105 against 0.980."
+    )
+    assert case.sentences[1].startswith(
+        "Of the options that qualify, the cheapest over the first year is keep"
+    )
+    assert not any(
+        "retire" in s.lower() and "cheapest" in s and "ruled out" not in s.lower() for s in case.sentences
+    )
+    assert case.sentences[-1] == "The recommended option, keep, is the cheapest that qualifies."
+    table = case.markdown_table()
+    assert "| **keep** (cheapest that qualifies, recommended) |" in table
+    assert "| retire | few-shot on v2 | ruled out |" in table
+    data = case.to_dict()
+    assert data["ruled_out"] == ["retire"] and data["options"]["retire"]["qualifies"] is False
+    assert data["options"]["retire"]["condition"].startswith("needs few-shot on v2")
+
+
+def test_no_option_qualifies() -> None:
+    bad = Condition(False, "fails")
+    conditions = dict.fromkeys(("keep", "retrain", "rebase", "retire"), bad)
+    case = cost_case(config(), FINE_TUNE, FEW_SHOT, conditions=conditions)
+    assert case.cheapest is None
+    assert case.sentences[-1] == "No option meets its quality condition, so none is called the cheapest."
+    assert "cheapest that qualifies" not in case.markdown_table()
+
+
+def test_the_recommended_option_against_the_cheapest_that_qualifies() -> None:
+    ruled_out = {"keep": Condition(False, "needs no confirmed regression against the baseline, and has one")}
+    case = cost_case(
+        config(), FINE_TUNE, FEW_SHOT, REBASED, challenger="v2", conditions=ruled_out, recommended="rebase"
+    )
+    assert case.cheapest == "retrain"  # keep is ruled out: the demo's "the cheapest option is keep" is gone
+    # rebase 1,729.73 - retrain 1,622.78 = 106.94 over the first year
+    assert case.sentences[-1] == (
+        "The recommended option, rebase, costs 107 USD more than retrain over the first year: "
+        "it is recommended on quality, not on cost."
     )
 
 
-def test_explanation_of_a_free_retrain_and_equal_costs() -> None:
+def test_a_rollback_is_priced_like_keeping_with_no_one_time_cost() -> None:
+    case = cost_case(
+        config(), FINE_TUNE, FEW_SHOT, rollback="the baseline's weights (fingerprint 1a2b3c4d5e6f)"
+    )
+    rollback, keep = case.option("rollback"), case.option("keep")
+    assert [cost.option for cost in case.options] == list(OPTIONS)
+    assert rollback.total_per_month == keep.total_per_month and rollback.one_time == 0
+    assert rollback.label == "the baseline's weights (fingerprint 1a2b3c4d5e6f)"
+
+
+def test_no_sentence_is_said_twice() -> None:
+    # equal costs everywhere are the easiest way to make sentences alike
     costs = config(retrain_cost=0, rebase_cost=0, retrains_per_year=0)
-    sentences = explain(option_costs(costs, FINE_TUNE, FEW_SHOT, FINE_TUNE), costs)
-    assert sentences[0] == (
-        "Few-shot on the newer base costs 304 USD a month more than the fine-tune at 20,000 requests a day; "
-        "the re-train costs nothing; it saves money immediately."
-    )
-    assert (
-        sentences[2]
-        == "Serving the adapter re-based on the newer base costs the same as serving the fine-tune."
-    )
-
-    same = explain(option_costs(costs, FINE_TUNE, FINE_TUNE, FINE_TUNE), costs)
-    assert same[0] == (
-        "Few-shot on the newer base costs the same as the fine-tune at 20,000 requests a day; "
-        "on cost alone neither wins."
-    )
-    assert same[1] == (
-        "Few-shot on the newer base costs the same as the adapter re-based on the newer base; "
-        "the re-base costs nothing; on cost alone neither wins."
-    )
-    upkeep = config(retrains_per_year=1)
-    same_with_upkeep = explain(option_costs(upkeep, FINE_TUNE, FINE_TUNE, FINE_TUNE), upkeep)
-    assert same_with_upkeep[0].endswith(
-        "; retiring the fine-tune saves the upkeep of 1 re-train (120 USD a year)."
-    )
-    assert same_with_upkeep[1].endswith("; the re-base costs 300 USD and never pays for itself.")
+    for case in (
+        cost_case(costs, FINE_TUNE, FINE_TUNE, FINE_TUNE, recommended="keep"),
+        cost_case(
+            config(), FINE_TUNE, FEW_SHOT, REBASED, rollback="the baseline's weights", recommended="rollback"
+        ),
+    ):
+        assert len(case.sentences) == len(set(case.sentences))
 
 
 def test_singular_and_plural() -> None:
-    # 1 request a day of 100,000 extra prompt tokens at 0.3/1k = 30 a day: 30 / 30 = 1 day
+    # 1 request a day of 100,000 extra prompt tokens at 0.3/1k = 30 a day = 913.20 a month; the re-train
+    # of 30 against 2.50 a month of upkeep
     costs = config(
         requests_per_day=1,
         pricing={"prompt_per_1k": 0.3, "completion_per_1k": 0},
         retrain_cost=30,
         retrains_per_year=1,
+        rebase_cost=30,
     )
-    sentences = explain(
-        option_costs(costs, TokenProfile(1, 1, "ft"), TokenProfile(100_001, 1, "fs"), challenger="v2"), costs
-    )
-    assert sentences[0] == (
-        "Few-shot on v2 costs 913 USD a month more than the fine-tune at 1 request a day; "
-        "the re-train costs 30 USD; it pays for itself in 1 day."
-    )
-    assert sentences[1].startswith("With 1 re-train a year (one every 365 days), upkeep included,")
+    case = cost_case(costs, TokenProfile(1, 1, "ft"), TokenProfile(100_001, 1, "fs"), challenger="v2")
+    assert "at 1 request a day" not in " ".join(case.sentences)
+    assert case.assumptions[2] == "1 request a day for every option"
+    assert "1 re-train a year of upkeep" in case.assumptions[3]
     half = config(retrains_per_year=0.5, requests_per_day=1.5)
-    text = explain(option_costs(half, FINE_TUNE, FEW_SHOT), half)
-    assert "at 1.5 requests a day;" in text[0]
-    assert text[1].startswith("With 0.5 re-trains a year (one every 731 days)")
+    assert cost_case(half, FINE_TUNE, FEW_SHOT).assumptions[2] == "1.5 requests a day for every option"
 
 
-def test_a_payback_under_a_day() -> None:
-    costs = config(retrain_cost=5)
-    # 5 / 10 a day = 0.5 days
-    assert (
-        "it pays for itself in less than a day."
-        in explain(option_costs(costs, FINE_TUNE, FEW_SHOT), costs)[0]
-    )
+def test_when_a_dearer_start_becomes_the_cheaper() -> None:
+    # the re-base serves one prompt token fewer: 20,000 x 1 x 0.001/1k = 0.02 a day cheaper than keep,
+    # and costs 10 once: 10 / 0.02 = 500 days
+    costs = config(pricing={"prompt_per_1k": 0.001, "completion_per_1k": 0}, rebase_cost=10)
+    case = cost_case(costs, FINE_TUNE, FEW_SHOT, TokenProfile(99, 20, "rebased"))
+    assert case.cheapest == "keep"
+    assert case.sentences[2].endswith("; it becomes the cheaper after 500 days.")
 
 
 # --- rounding -----------------------------------------------------------------------------------
@@ -358,9 +441,9 @@ def test_money_carries_its_currency() -> None:
 def test_to_dict_is_json_ready_and_versioned() -> None:
     case = cost_case(config(), FINE_TUNE, FEW_SHOT, REBASED, challenger="v2")
     data = json.loads(json.dumps(case.to_dict(), allow_nan=False))
-    assert data["format_version"] == 1
+    assert data["format_version"] == 2
     assert data["days_per_month"] == 30.44
-    assert list(data["options"]) == list(OPTIONS)
+    assert list(data["options"]) == ["keep", "retrain", "rebase", "retire"]
     assert data["options"]["retire"]["tokens"] == {
         "prompt_tokens": 600,
         "completion_tokens": 20,
@@ -373,7 +456,7 @@ def test_to_dict_is_json_ready_and_versioned() -> None:
     }
     assert data["options"]["keep"]["annual"] == pytest.approx(1502.784)
     assert data["cheapest"] == "keep"
-    assert data["retrain_break_even_days"] == pytest.approx(12)
+    assert data["retrain_break_even_days"] == pytest.approx(120 / 264.4 * 30.44)  # the monthly total
     assert data["sentences"] == list(case.sentences)
     assert case.option("rebase").one_time == 300
 
@@ -384,33 +467,41 @@ def test_assumptions_list_days_prices_and_token_sources() -> None:
     )
     case = cost_case(costs, FINE_TUNE, FEW_SHOT, challenger="v2")
     assert case.assumptions[0] == "a month is 30.44 days and a year 12 months (365.28 days)"
-    assert case.assumptions[1] == "20,000 requests a day for every option"
-    assert case.assumptions[2] == (
-        "a re-train costs 120 USD, a re-base 300 USD; 4 re-trains a year of upkeep for every option "
-        "that keeps an adapter (keep, retrain, rebase)"
+    assert case.assumptions[1] == (
+        "a month's cost is inference plus upkeep (re-trains amortised), and every monthly difference "
+        "compares those totals; the first year adds the one-time costs"
     )
+    assert case.assumptions[2] == "20,000 requests a day for every option"
     assert case.assumptions[3] == (
-        "keep (the fine-tune): 0.001 USD per 1k prompt tokens, 0.002 USD per 1k completion tokens; "
-        "100 prompt and 20 completion tokens a request (run 7 (router, zero-shot))"
+        "a re-train costs 120 USD, a re-base 300 USD; 4 re-trains a year of upkeep for every option "
+        "that keeps an adapter"
     )
-    assert case.assumptions[6] == (
+    assert case.assumptions[4] == (
+        "keep (the fine-tune): 0.001 USD per 1k prompt tokens, 0.002 USD per 1k completion tokens "
+        "(`pricing`); 100 prompt and 20 completion tokens a request (run 7 (router, zero-shot))"
+    )
+    # 1,500 tokens a second x 3,600 / 620 tokens = 8,710 requests an hour
+    assert case.assumptions[7] == (
         "retire (few-shot on v2): 2.50 USD a GPU-hour, 2 GPUs a replica serving 1,500 tokens a second "
-        "(prompt and completion) at 70% utilisation; 600 prompt and 20 completion tokens a request "
-        "(run 9 (v2, 5-shot, v2 tokenizer))"
+        "(prompt and completion) at 70% utilisation (`challenger_pricing`); 600 prompt and 20 completion "
+        "tokens a request (run 9 (v2, 5-shot, v2 tokenizer)); 8,710 requests an hour a replica"
     )
-    assert "not measured on v2" in case.assumptions[5]
+    # the re-base is served like the fine-tune
+    assert "not measured on v2" in case.assumptions[6] and "(`pricing`)" in case.assumptions[6]
 
 
 def test_markdown_table() -> None:
     case = cost_case(config(), FINE_TUNE, FEW_SHOT, REBASED, challenger="v2")
     assert case.markdown_table() == (
-        "| option | served | prompt tokens | completion tokens | per 1k requests | inference / month (USD) "
-        "| upkeep / month (USD) | one-time (USD) | total / month (USD) | first year (USD) |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-        "| **keep** (cheapest) | the fine-tune | 100 | 20 | 0.14 | 85 | 40 | 0 | 125 | 1,503 |\n"
-        "| retrain | the re-trained fine-tune | 100 | 20 | 0.14 | 85 | 40 | 120 | 125 | 1,623 |\n"
-        "| rebase | the adapter re-based on v2 | 90 | 20 | 0.13 | 79 | 40 | 300 | 119 | 1,730 |\n"
-        "| retire | few-shot on v2 | 600 | 20 | 0.64 | 390 | 0 | 0 | 390 | 4,676 |\n"
+        "| option | served | quality | prompt tokens | completion tokens | per 1k requests "
+        "| inference / month (USD) | upkeep / month (USD) | one-time (USD) | total / month (USD) "
+        "| first year (USD) |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| **keep** (cheapest that qualifies) | the fine-tune | qualifies | 100 | 20 | 0.14 | 85 | 40 | 0 | 125 "
+        "| 1,503 |\n"
+        "| retrain | the re-trained fine-tune | qualifies | 100 | 20 | 0.14 | 85 | 40 | 120 | 125 | 1,623 |\n"
+        "| rebase | the adapter re-based on v2 | qualifies | 90 | 20 | 0.13 | 79 | 40 | 300 | 119 | 1,730 |\n"
+        "| retire | few-shot on v2 | qualifies | 600 | 20 | 0.64 | 390 | 0 | 0 | 390 | 4,676 |\n"
     )
 
 
