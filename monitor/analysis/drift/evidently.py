@@ -294,19 +294,36 @@ def _words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower()))
 
 
-def _novel_words(document_frequency: Counter[str], *, own: bool) -> Callable[[DatasetColumn], DatasetColumn]:
-    """Per input, the percentage of its words no *other* reference input contains.
+@dataclass(frozen=True)
+class _ReferenceVocabulary:
+    """In how many distinct reference texts each word occurs, and which texts those are."""
 
-    Reference inputs are counted leave-one-out (a word seen only in the input
-    itself is novel), so that both sides are measured the same way.
+    document_frequency: Counter[str]
+    texts: frozenset[str]
+
+    @classmethod
+    def of(cls, reference_texts: Sequence[str]) -> _ReferenceVocabulary:
+        distinct = frozenset(reference_texts)
+        frequency: Counter[str] = Counter()
+        for text in distinct:
+            frequency.update(_words(text))
+        return cls(frequency, distinct)
+
+
+def _novel_words(vocabulary: _ReferenceVocabulary) -> Callable[[DatasetColumn], DatasetColumn]:
+    """Per input, the percentage of its words no *other* distinct reference text contains.
+
+    A text is compared with the reference without itself (leave-one-out), on
+    either side: a text found in both samples has the same value in both, and a
+    reference text is measured against as many others as a production text.
     """
-    seen_elsewhere = 1 if own else 0
 
     def share(column: DatasetColumn) -> DatasetColumn:
         values = []
         for text in column.data:
+            own = 1 if str(text) in vocabulary.texts else 0
             words = _WORD.findall(str(text).lower())
-            novel = sum(1 for w in words if document_frequency.get(w, 0) <= seen_elsewhere)
+            novel = sum(1 for w in words if vocabulary.document_frequency.get(w, 0) <= own)
             values.append(100.0 * novel / len(words) if words else 0.0)
         return DatasetColumn(type=ColumnType.Numerical, data=pd.Series(values, index=column.data.index))
 
@@ -330,11 +347,11 @@ def _descriptor_class(name: str) -> str:
     return "CustomColumnDescriptor" if name == "novel_words" else _EVIDENTLY_DESCRIPTORS[name][0]
 
 
-def _descriptors_for(names: Sequence[str], vocabulary: Counter[str], *, own: bool) -> list[Any]:
+def _descriptors_for(names: Sequence[str], vocabulary: _ReferenceVocabulary) -> list[Any]:
     out = []
     for name in names:
         if name == "novel_words":
-            out.append(CustomColumnDescriptor(_TEXT, _novel_words(vocabulary, own=own), alias="novel_words"))
+            out.append(CustomColumnDescriptor(_TEXT, _novel_words(vocabulary), alias="novel_words"))
         else:
             out.append(_EVIDENTLY_DESCRIPTORS[name][1]())
     return out
@@ -463,27 +480,28 @@ def _all_descriptor_names() -> list[str]:
     return [*_EVIDENTLY_DESCRIPTORS, "novel_words"]
 
 
-def _descriptor_frames(plan: _Plan, data: permutation.Pool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Evidently's descriptors of each side's distinct texts, in the pool's entry order."""
+def _side_datasets(plan: _Plan, data: permutation.Pool) -> tuple[Any, Any]:
+    """Evidently datasets of each side's distinct texts (in the pool's entry order), with the descriptors."""
     reference_texts = data.entry_texts(reference=True)
-    vocabulary: Counter[str] = Counter()
-    if "novel_words" in plan.descriptors:
-        # Distinct reference texts: a text repeated in the reference does not make its own words familiar.
-        for text in reference_texts:
-            vocabulary.update(_words(text))
+    vocabulary = _ReferenceVocabulary.of(reference_texts if "novel_words" in plan.descriptors else ())
 
-    def frame(texts: list[str], *, own: bool) -> pd.DataFrame:
-        dataset = Dataset.from_pandas(
+    def dataset(texts: list[str]) -> Any:
+        return Dataset.from_pandas(
             pd.DataFrame({_TEXT: texts}),
             data_definition=DataDefinition(text_columns=[_TEXT]),
-            descriptors=_descriptors_for(plan.descriptors, vocabulary, own=own),
+            descriptors=_descriptors_for(plan.descriptors, vocabulary),
         )
-        return dataset.as_dataframe()
 
+    return dataset(reference_texts), dataset(data.entry_texts(reference=False))
+
+
+def _descriptor_frames(plan: _Plan, data: permutation.Pool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Evidently's descriptors of each side's distinct texts, in the pool's entry order."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Evidently warns about its own internals (pandas copies)
-            return frame(reference_texts, own=True), frame(data.entry_texts(reference=False), own=False)
+            reference_data, current_data = _side_datasets(plan, data)
+            return reference_data.as_dataframe(), current_data.as_dataframe()
     except Exception as exc:  # Evidently raises bare ValueError/KeyError/...: convert at the boundary
         raise DriftError(f"Evidently failed to compute the descriptors: {type(exc).__name__}: {exc}") from exc
 
@@ -697,25 +715,11 @@ def _evidently_snapshot(plan: _Plan, data: permutation.Pool, thresholds: DriftTh
                 num_threshold=thresholds.descriptor_p_value,
             )
         )
-    reference_texts = data.entry_texts(reference=True)
-    vocabulary: Counter[str] = Counter()
-    if "novel_words" in plan.descriptors:
-        for item in reference_texts:
-            vocabulary.update(_words(item))
-
-    def dataset(texts: list[str], *, own: bool) -> Any:
-        return Dataset.from_pandas(
-            pd.DataFrame({_TEXT: texts}),
-            data_definition=DataDefinition(text_columns=[_TEXT]),
-            descriptors=_descriptors_for(plan.descriptors, vocabulary, own=own),
-        )
-
     try:
         with warnings.catch_warnings():
             # Evidently and scikit-learn warn about their own internals (convergence, pandas copies).
             warnings.simplefilter("ignore")
-            reference_data = dataset(reference_texts, own=True)
-            current_data = dataset(data.entry_texts(reference=False), own=False)
+            reference_data, current_data = _side_datasets(plan, data)
             return Report(metrics, include_tests=True).run(current_data, reference_data)
     except Exception as exc:  # Evidently raises bare ValueError/KeyError/...: convert at the boundary
         raise DriftError(f"Evidently failed to compare the samples: {type(exc).__name__}: {exc}") from exc
