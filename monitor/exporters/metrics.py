@@ -199,7 +199,8 @@ class StoreCollector(Collector):
 
         current = GaugeMetricFamily(
             "monitor_recommendation",
-            "1 for the current recommendation for a fine-tune (keep, retrain, rebase, retire), 0 for the others.",
+            "1 for the current recommendation for a fine-tune (keep, rollback, retrain, rebase, retire), 0 for the "
+            "others.",
             labels=["model", "action"],
         )
         since = GaugeMetricFamily(
@@ -486,14 +487,20 @@ def _cost_metrics(records: Sequence[tuple[Any, str]]) -> Iterator[Metric]:
     """Monthly cost of every option and the break-even of a re-train or re-base, from the cost cases."""
     monthly = GaugeMetricFamily(
         "monitor_option_cost_per_month",
-        "Inference plus amortised upkeep of an option (keep the fine-tune, re-train, re-base, prompt a newer "
-        "base), a month, in the configured currency.",
+        "Inference plus amortised upkeep of an option (keep the fine-tune, roll back, re-train, re-base, prompt "
+        "a newer base), a month, in the configured currency: the figure every monthly difference in the memo "
+        "compares.",
         labels=["model", "option", "currency"],
     )
     per_request = GaugeMetricFamily(
         "monitor_option_cost_per_request",
         "Inference cost of one request under an option, in the configured currency.",
         labels=["model", "option", "currency"],
+    )
+    qualifies = GaugeMetricFamily(
+        "monitor_option_qualifies",
+        "1 when an option meets its quality condition, 0 when it is ruled out (never called the cheapest).",
+        labels=["model", "option"],
     )
     break_even = GaugeMetricFamily(
         "monitor_break_even_seconds",
@@ -508,11 +515,13 @@ def _cost_metrics(records: Sequence[tuple[Any, str]]) -> Iterator[Metric]:
                 monthly.add_metric([model, option, currency], float(cost["total_per_month"]))
             if _finite(cost.get("cost_per_request")):
                 per_request.add_metric([model, option, currency], float(cost["cost_per_request"]))
+            if isinstance(cost.get("qualifies"), bool):
+                qualifies.add_metric([model, option], 1.0 if cost["qualifies"] else 0.0)
         for option in ("retrain", "rebase"):
             days = costs.get(f"{option}_break_even_days")
             if days is not None and _finite(days):
                 break_even.add_metric([model, option], float(days) * 86400.0)
-    yield from (monthly, per_request, break_even)
+    yield from (monthly, per_request, qualifies, break_even)
 
 
 def _watcher_metrics(watcher: Any) -> Iterator[Metric]:

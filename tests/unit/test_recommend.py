@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 from monitor.analysis.recommend import (
     ChallengerEvidence,
     DriftEvidence,
@@ -102,25 +109,7 @@ def test_retire_beats_retrain_and_rebase() -> None:
     assert decide(ev).action == "retire"
 
 
-def test_recommend_end_to_end_on_recorded_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import json
-
-    from typer.testing import CliRunner
-
-    from monitor.cli import app
-    from monitor.config import load_config
-    from monitor.service.plan import plan_runs
-    from monitor.service.runs import ModelPool, execute_run
-    from monitor.store import Store
-    from tests.unit.test_daemon import make_evalset
-    from tests.unit.test_regression import RuleBackend
-
-    make_evalset(tmp_path / "evals", 200)
-    for name in ("v1", "v2", "lora"):
-        (tmp_path / name).mkdir()
-    config = tmp_path / "monitor.yaml"
-    config.write_text(
-        """\
+CONFIG = """\
 database: sqlite:///m.db
 models:
   router: {base: ./v1, adapter: ./lora}
@@ -146,61 +135,282 @@ finetunes:
     costs:
       requests_per_day: 20000
       pricing: {prompt_per_1k: 0.5, completion_per_1k: 1.5}
-      retrain_cost: 120
+COSTS_EXTRA      retrain_cost: 120
       retrains_per_year: 4
 """
-    )
-    spec = tmp_path / "evals" / "routing" / "evalset.yaml"
-    (tmp_path / "evals" / "routing" / "fewshot.jsonl").write_text(
-        "".join(json.dumps({"id": f"p{k}", "target": "billing"}) + "\n" for k in range(5))
-    )
-    spec.write_text(spec.read_text() + "fewshot: {k: 5, pool: fewshot.jsonl}\n")
-    cfg = load_config(config)
-    store = Store.open(cfg.database_url())
-    accuracy = {  # (base path, adapter?, few-shot?) -> which items the model gets right
-        ("v1", True, False): lambda k: k % 10 != 0,  # the fine-tune: 90 %
+
+Rule = Callable[[int], bool]
+
+
+class Recorded:
+    """A configured fine-tune, its bases and a newer base, each answering the routing items by a rule;
+    runs recorded in a real store, analysed against pinned baselines as the daemon does."""
+
+    def __init__(
+        self, tmp_path: Path, rules: dict[tuple[str, bool, bool], Rule], costs_extra: str = ""
+    ) -> None:
+        from monitor.config import load_config
+        from monitor.store import Store
+        from tests.unit.test_daemon import make_evalset
+
+        self.tmp_path = tmp_path
+        make_evalset(tmp_path / "evals", 200)
+        for name in ("v1", "v2", "lora"):
+            (tmp_path / name).mkdir()
+        self.config = tmp_path / "monitor.yaml"
+        self.config.write_text(CONFIG.replace("COSTS_EXTRA", costs_extra))
+        spec = tmp_path / "evals" / "routing" / "evalset.yaml"
+        (tmp_path / "evals" / "routing" / "fewshot.jsonl").write_text(
+            "".join(json.dumps({"id": f"p{k}", "target": "billing"}) + "\n" for k in range(5))
+        )
+        spec.write_text(spec.read_text() + "fewshot: {k: 5, pool: fewshot.jsonl}\n")
+        self.cfg = load_config(self.config)
+        self.store = Store.open(self.cfg.database_url())
+        #: (base path, adapter?, few-shot?) -> which items the model gets right
+        self.rules = rules
+        #: the fine-tune's fingerprint digit (a new adapter deployed: another digit)
+        self.adapter_digest = "a"
+
+    def run(self, job: str | None = None) -> None:
+        from monitor.service.after_job import analysis_policy, analyze_run
+        from monitor.service.plan import plan_runs
+        from monitor.service.runs import ModelPool, execute_run
+        from tests.unit.test_regression import RuleBackend
+
+        for plan in plan_runs(self.cfg, [job] if job else [], trigger="test"):
+            key = (plan.spec.base.rsplit("/", 1)[-1], plan.spec.adapter is not None, plan.fewshot_k > 0)
+            digest = self.adapter_digest if key[1] else key[0][-1]
+            backend = RuleBackend(self.rules[key], digest=digest)
+            run = execute_run(self.store, ModelPool(loader=lambda s, b=backend: b), plan)  # type: ignore[misc]
+            assert run.id is not None
+            analyze_run(self.store, run.id, self.cfg.baselines_dir(), analysis_policy(self.cfg.regression))
+
+    def pin(self) -> None:
+        from monitor.analysis.baselines import pin_baseline
+
+        pin_baseline(self.store, self.cfg.baselines_dir(), "router", "routing")
+
+    def recommend(self, *args: str) -> list[dict[str, Any]]:
+        from typer.testing import CliRunner
+
+        from monitor.cli import app
+
+        result = CliRunner().invoke(app, ["recommend", "--config", str(self.config), "--json", *args])
+        assert result.exit_code == 0, result.stderr
+        return list(json.loads(result.stdout))
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def rules(finetune: Rule, new_few_shot: Rule) -> dict[tuple[str, bool, bool], Rule]:
+    return {
+        ("v1", True, False): finetune,
         ("v1", False, False): lambda k: k % 10 < 4,  # old base zero-shot: 40 %
         ("v1", False, True): lambda k: k % 10 < 5,  # old base 5-shot: 50 %
         ("v2", False, False): lambda k: k % 10 < 6,  # new base zero-shot: 60 %
-        ("v2", False, True): lambda k: True,  # new base 5-shot: 100 %
+        ("v2", False, True): new_few_shot,
     }
 
-    def run_all() -> None:
-        for plan in plan_runs(cfg, [], trigger="test"):
-            key = (plan.spec.base.rsplit("/", 1)[-1], plan.spec.adapter is not None, plan.fewshot_k > 0)
-            backend = RuleBackend(accuracy[key])
-            execute_run(store, ModelPool(loader=lambda s, b=backend: b), plan)  # type: ignore[misc]
 
-    run_all()
-    result = CliRunner().invoke(
-        app, ["recommend", "--config", str(config), "--json", "--memo", str(tmp_path / "memo.md")]
-    )
-    assert result.exit_code == 0, result.stderr
-    (rec,) = json.loads(result.stdout)
+def test_recommend_end_to_end_on_recorded_runs(tmp_path: Path) -> None:
+    # the newer base prompted few-shot is served at a fiftieth of the fine-tune's price per token
+    cheap = "      challenger_pricing: {prompt_per_1k: 0.01, completion_per_1k: 0.03}\n"
+    h = Recorded(
+        tmp_path, rules(lambda k: k % 10 != 0, lambda k: True), cheap
+    )  # fine-tune 90 %, few-shot 100 %
+    h.run()
+    (rec,) = h.recommend("--memo", str(tmp_path / "memo.md"))
     assert rec["action"] == "retire" and rec["release"] == "base-v2" and rec["strategy"] == "5-shot"
     assert rec["changed"] is True
-    assert rec["costs"]["requests_per_day"] == 20000 and rec["costs"]["cheapest"] in ("keep", "retire")
-    sentences = rec["costs"]["sentences"]
+    costs = rec["costs"]
     assert (
-        sentences[0].startswith("Few-shot on base-v2 costs ")
-        and "a month more than the fine-tune" in sentences[0]
+        costs["requests_per_day"] == 20000
+        and costs["cheapest"] == "retire"
+        and costs["recommended"] == "retire"
     )
-    assert "the re-train costs 120 USD; it pays for itself in" in sentences[0]
+    sentences = costs["sentences"]
+    assert sentences[0].startswith("Of the options that qualify, the cheapest over the first year is retire")
+    assert sentences[-1] == "The recommended option, retire, is the cheapest that qualifies."
     memo = (tmp_path / "memo.md").read_text()
     assert "## The numbers" in memo and sentences[0] in memo
     assert (
         memo.startswith("# ticket-router: retire")
         and "| base-v2 | 5-shot | routing | 1.000 | 0.900 |" in memo
     )
+    assert_no_sentence_twice(memo)
     # the same evidence again: recorded, but not a change
-    again = json.loads(CliRunner().invoke(app, ["recommend", "--config", str(config), "--json"]).stdout)
-    assert again[0]["changed"] is False
+    assert h.recommend()[0]["changed"] is False
     # the new base's few-shot run falls back: a re-base remains (v2 beats v1 by 20 points zero-shot)
-    accuracy[("v2", False, True)] = lambda k: k % 10 < 7
-    run_all()
-    (rec,) = json.loads(CliRunner().invoke(app, ["recommend", "--config", str(config), "--json"]).stdout)
+    h.rules[("v2", False, True)] = lambda k: k % 10 < 7
+    h.run()
+    (rec,) = h.recommend()
     assert rec["action"] == "rebase" and rec["changed"] is True
-    store.close()
+    assert rec["costs"]["options"]["retire"]["qualifies"] is False
+    h.close()
+
+
+def test_retire_that_would_cost_more_is_not_recommended(tmp_path: Path) -> None:
+    """Few-shot as good as the fine-tune, but its long prompt at the same price per token costs more:
+    the fine-tune still pays for itself, and the memo says so instead of 'recommended on quality'."""
+    h = Recorded(tmp_path, rules(lambda k: k % 10 != 0, lambda k: True))
+    h.run()
+    (rec,) = h.recommend("--memo", str(tmp_path / "memo.md"))
+    assert rec["action"] == "rebase"  # the next rule: v2 beats v1 by 20 points
+    assert "the fine-tune still pays for itself" in rec["reasons"][-1]
+    assert rec["costs"]["cheapest"] == "keep"
+    assert_no_sentence_twice((tmp_path / "memo.md").read_text())
+    h.close()
+
+
+def test_an_option_failing_its_condition_is_never_called_cheapest_and_the_memo_agrees_with_the_metrics(
+    tmp_path: Path,
+) -> None:
+    """The reported memo: the fine-tune at 0.98, few-shot on the new base at 0.105, cheap to serve, and the
+    memo bolded 'retire (cheapest)' and ended 'the cheapest option is retire'."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor.analysis.recommend import memo_sentences
+    from monitor.exporters import StoreCollector
+
+    cheap = "      challenger_pricing: {prompt_per_1k: 0.001, completion_per_1k: 0.003}\n"
+    h = Recorded(tmp_path, rules(lambda k: k % 50 != 0, lambda k: k % 200 < 21), cheap)  # 0.98 and 0.105
+    h.run()
+    (rec,) = h.recommend("--memo", str(tmp_path / "memo.md"))
+    costs = rec["costs"]
+    options = costs["options"]
+    assert options["retire"]["annual"] < options["keep"]["annual"]  # the cheapest by price ...
+    assert options["retire"]["qualifies"] is False and costs["cheapest"] != "retire"  # ... but ruled out
+    memo = (tmp_path / "memo.md").read_text()
+    assert "**retire** (cheapest" not in memo and "| retire | few-shot on base-v2 | ruled out |" in memo
+    for sentence in memo_sentences(memo):
+        if "cheapest" in sentence and "Ruled out" not in sentence:
+            assert "retire" not in sentence.lower(), sentence
+    assert (
+        "Ruled out on quality, so never the cheapest: retire (few-shot on base-v2) needs few-shot on base-v2"
+        in memo
+    )
+    assert "0.105 against 0.980" in memo
+    assert_no_sentence_twice(memo)
+
+    # the decision, the cost paragraph and the metrics give the same monthly figures
+    cheapest = costs["cheapest"]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(h.store))
+
+    def metric(option: str) -> float:
+        value = registry.get_sample_value(
+            "monitor_option_cost_per_month", {"model": "router", "option": option, "currency": "USD"}
+        )
+        assert value is not None
+        return value
+
+    from monitor.analysis.costs import format_money
+
+    for option, cost in options.items():
+        assert metric(option) == pytest.approx(cost["total_per_month"])
+        assert registry.get_sample_value(
+            "monitor_option_qualifies", {"model": "router", "option": option}
+        ) == (1.0 if cost["qualifies"] else 0.0)
+        if option != cheapest and cost["qualifies"]:
+            difference = metric(option) - metric(cheapest)
+            words = "more" if difference > 0 else "less"
+            said = (
+                f"costs {format_money(abs(difference), 'USD')} a month {words} than {cheapest}"
+                if abs(difference) > 1e-6
+                else f"costs the same a month as {cheapest}"
+            )
+            assert said in memo, said
+    assert f"the cheapest over the first year is {cheapest}" in memo
+    h.close()
+
+
+def test_a_bad_adapter_deploy_recommends_rollback_naming_the_baseline_fingerprint(tmp_path: Path) -> None:
+    """A regression that came with a new adapter fingerprint since the baseline: roll back, not re-train."""
+    h = Recorded(tmp_path, rules(lambda k: k % 10 != 0, lambda k: k % 10 < 3))
+    h.rules[("v2", False, False)] = lambda k: k % 10 < 4  # the newer base is no better: no rebase
+    h.run()
+    h.pin()
+    assert h.recommend()[0]["action"] == "keep"
+    # a new adapter is deployed, and it is worse (70 % against 90 %): two runs confirm the regression
+    h.adapter_digest = "b"
+    h.rules[("v1", True, False)] = lambda k: k % 10 < 7
+    h.run("all")
+    h.run("all")
+    (rec,) = h.recommend("--memo", str(tmp_path / "memo.md"))
+    assert rec["action"] == "rollback", rec["reasons"]
+    reason = rec["reasons"][0]
+    assert (
+        "the baseline ran fingerprint aaaaaaaaaaaa" in reason
+        and "the model serves fingerprint bbbbbbbbbbbb" in reason
+    )
+    (deploy,) = rec["evidence"]["deploys"]
+    changed = h.store.get_run(deploy["changed_run_id"])
+    assert changed.model_fingerprint == "b" * 64 and deploy["baseline_fingerprint"] == "a" * 64
+    assert deploy["changed_at"] is not None and deploy["changed_at"] in reason
+    memo = (tmp_path / "memo.md").read_text()
+    assert memo.startswith("# ticket-router: rollback")
+    assert "roll the fine-tune back to the baseline's weights (fingerprint aaaaaaaaaaaa)" in memo
+    assert rec["costs"]["options"]["rollback"]["qualifies"] is True
+    assert rec["costs"]["options"]["keep"]["qualifies"] is False
+    assert_no_sentence_twice(memo)
+    # the same drop with the baseline's own weights is not a deploy: re-train
+    h.adapter_digest = "a"
+    h.run("all")
+    h.run("all")
+    assert h.recommend()[0]["action"] == "retrain"
+    h.close()
+
+
+def test_rollback_comes_first_and_needs_the_whole_streak() -> None:
+    from monitor.analysis.recommend import DeployEvidence
+
+    regressed = (RegressionEvidence("routing", "acc", "regressed", -0.12, -0.16, -0.08),)
+
+    def deploy(whole: bool, changed: tuple[str, ...] = ("fingerprint",)) -> DeployEvidence:
+        return DeployEvidence(
+            "routing",
+            3,
+            "sha256:" + "1" * 64,
+            "d1",
+            None,
+            "2" * 64,
+            "d1",
+            7,
+            "2026-12-01 10:00 UTC",
+            changed,
+            whole,
+        )
+
+    better = (challenger("5-shot", iv(0.01, half=0.01), iv(0.1)),)
+    assert (
+        decide(
+            Evidence("router", ("routing",), regressed, challengers=better, deploys=(deploy(True),))
+        ).action
+        == "rollback"
+    )
+    assert decide(Evidence("router", ("routing",), regressed, deploys=(deploy(False),))).action == "retrain"
+    assert (
+        decide(Evidence("router", ("routing",), regressed, deploys=(deploy(True, ()),))).action == "retrain"
+    )
+    settings = decide(Evidence("router", ("routing",), regressed, deploys=(deploy(True, ("settings",)),)))
+    assert (
+        settings.action == "rollback" and "other serving settings than the baseline's" in settings.reasons[0]
+    )
+    assert summarize(settings).startswith(
+        "roll the fine-tune back to the baseline's weights (fingerprint 111111111111)"
+    )
+    # no confirmed regression: nothing to roll back
+    suspect = (RegressionEvidence("routing", "acc", "suspect", -0.12, -0.16, -0.08),)
+    assert decide(Evidence("router", ("routing",), suspect, deploys=(deploy(True),))).action == "keep"
+
+
+def assert_no_sentence_twice(memo: str) -> None:
+    from monitor.analysis.recommend import memo_sentences
+
+    sentences = memo_sentences(memo)
+    repeated = {s for s in sentences if sentences.count(s) > 1}
+    assert not repeated, repeated
 
 
 def test_recommendations_reach_the_metrics(tmp_path) -> None:  # type: ignore[no-untyped-def]
