@@ -70,6 +70,25 @@ def run_to_dict(run: RunRecord, model_name: str) -> dict[str, Any]:
     )
 
 
+def recommendation_to_dict(record: Any, model_name: str) -> dict[str, Any]:
+    """A stored recommendation as the API returns it: the action, its reasons and the cost case exactly as
+    recorded (:meth:`monitor.analysis.costs.CostCase.to_dict`), so that its monthly figures are the ones the
+    memo, the CLI and ``monitor_option_cost_per_month`` show."""
+    from monitor.store import as_utc
+
+    return clean(
+        {
+            "model": model_name,
+            "action": record.action,
+            "previous_action": record.previous_action,
+            "summary": record.summary,
+            "reasons": list(record.reasons or []),
+            "costs": record.costs,
+            "created_at": as_utc(record.created_at),
+        }
+    )
+
+
 def status_entries(store: Store, *, flaky_window: int = 10) -> list[dict[str, Any]]:
     """The latest run per model, eval set and strategy, with the change from the previous succeeded run,
     the verdict against the baseline, the items newly broken since it and the flaky items."""

@@ -128,7 +128,8 @@ def recommend_command(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Keep, re-train, re-base or retire each fine-tune, with the evidence (and records the decision)."""
+    """Keep, roll back, re-train, re-base or retire each fine-tune, with the evidence and the cost case
+    (and records the decision)."""
     from monitor.analysis.recommend import assess_finetune, record_recommendation
     from monitor.service.releases.effective import effective_config
     from monitor.store import Store, utcnow

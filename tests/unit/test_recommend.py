@@ -322,6 +322,14 @@ def test_an_option_failing_its_condition_is_never_called_cheapest_and_the_memo_a
             )
             assert said in memo, said
     assert f"the cheapest over the first year is {cheapest}" in memo
+    # the API's view of the stored recommendation carries the same figures
+    from monitor.api.views import recommendation_to_dict
+
+    ((record, name),) = h.store.latest_recommendations()
+    view = recommendation_to_dict(record, name)
+    assert view["action"] == rec["action"] and view["costs"]["cheapest"] == cheapest
+    for option in options:
+        assert view["costs"]["options"][option]["total_per_month"] == pytest.approx(metric(option))
     h.close()
 
 
