@@ -2,7 +2,7 @@
 
 Each command group lives in its own module (:mod:`.eval`, :mod:`.check`,
 :mod:`.runs`, :mod:`.verdicts`, :mod:`.drift`, :mod:`.baseline`,
-:mod:`.releases`, :mod:`.webhooks`, :mod:`.daemon`); what they print is in :mod:`.output`.
+:mod:`.releases`, :mod:`.webhooks`, :mod:`.daemon`, :mod:`.gate`); what they print is in :mod:`.output`.
 Commands are added here in the order ``monitor --help`` lists them.
 """
 
@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from monitor._version import __version__
-from monitor.cli import baseline, check, daemon, drift, releases, runs, verdicts, webhooks
+from monitor.cli import baseline, check, daemon, drift, gate, releases, runs, verdicts, webhooks
 from monitor.cli import eval as eval_
 
 app = typer.Typer(
@@ -35,6 +35,7 @@ app.command("run-now")(runs.run_now_command)
 app.command("diff")(runs.diff_command)
 app.command("regressions")(verdicts.regressions_command)
 app.command("recommend")(verdicts.recommend_command)
+app.command("gate")(gate.gate_command)
 app.command("drift")(drift.drift_command)
 app.add_typer(drift.report_app, name="report")
 app.add_typer(baseline.baseline_app, name="baseline")
