@@ -41,6 +41,12 @@ per four characters.  The fingerprint hashes what ``/v1/models`` says about the
 served model: its id, ``root``, ``parent``, ``max_model_len`` and ``owned_by``
 (not ``created``, which vLLM sets at every start).
 
+A refused API key (401 or 403) is never retried, and after
+:data:`AUTH_FAILURES_TO_STOP` consecutive refusals the backend stops sending:
+every later request fails at once with the same "authentication failed ...
+(HTTP 401)" reason, so a wrong key costs a few calls, not one per item, and
+the run fails with that reason.  A refusal while loading fails the load.
+
 The API key is read from the environment variable named in the configuration
 when the backend loads; it is sent as ``Authorization: Bearer`` and kept out of
 every message, log line and record (any text that would carry it is redacted).
@@ -97,6 +103,15 @@ MAX_BACKOFF_S = 30.0
 MAX_STOP_SEQUENCES = 4
 #: Model facts from ``/v1/models`` that identify the weights (``created`` changes at every vLLM start).
 FINGERPRINT_FIELDS = ("id", "root", "parent", "max_model_len", "owned_by")
+#: Consecutive authentication failures (401, 403) after which the backend sends nothing more.
+AUTH_FAILURES_TO_STOP = 3
+AUTH_STATUSES = (401, 403)
+
+
+class EndpointAuthError(EndpointError):
+    """The server refused the API key (HTTP 401 or 403): retrying, or asking again for other items,
+    cannot help.  After :data:`AUTH_FAILURES_TO_STOP` in a row every further request fails at once,
+    without being sent."""
 
 
 class TokenBucket:
@@ -219,6 +234,9 @@ class OpenAIBackend:
         self.server_facts: dict[str, Any] = {"id": model}
         self._can_tokenize: bool | None = None
         self.stats: Counter[str] = Counter()
+        self._auth_failures = 0
+        #: Why the backend stopped sending (the last authentication failure), once it has.
+        self._auth_stopped: str | None = None
         # One event loop on a thread of its own and one connection pool, kept from call to call.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -280,6 +298,8 @@ class OpenAIBackend:
         payload = {**self._logprob_payload(["Hello world"])}
         try:
             data = await self._call(client, "POST", "/completions", payload, tokens=4)
+        except EndpointAuthError:
+            raise
         except EndpointError as exc:
             if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
                 return False  # no completions endpoint, or no echo/logprobs: answer by generation
@@ -336,9 +356,8 @@ class OpenAIBackend:
             "api": e.api,
             "mc_method": self.mc_method,
             "server": dict(self.server_facts),
-            "token_counts": {None: "unknown yet", True: "server /tokenize", False: "estimate"}[
-                self._can_tokenize
-            ],
+            "token_counts": self.token_counts(),
+            "tokenize": {None: "not asked", True: "server /tokenize", False: "estimate"}[self._can_tokenize],
             "api_key_env": e.api_key_env,
             "headers": sorted(name for name, _ in e.headers),
             "timeout_s": e.timeout_s,
@@ -349,6 +368,17 @@ class OpenAIBackend:
             "requests": dict(self.stats),
             "httpx": httpx.__version__,
         }
+
+    def token_counts(self) -> str:
+        """Where the stored token counts of this backend's items come from, in words."""
+        if self.mc_method == "logprobs":
+            source = "echoed prompt tokens (multiple choice); the responses' usage (generation)"
+        else:
+            source = "the responses' usage, prompt and completion tokens"
+        estimated = self.stats.get("usage_estimated", 0)
+        if estimated:
+            source += f"; estimated at 4 characters a token for {estimated} responses without usage"
+        return source
 
     def close(self) -> None:
         """Close the connections and stop the backend's event loop."""
@@ -475,7 +505,10 @@ class OpenAIBackend:
             text = choice["message"]["content"] if chat else choice["text"]
         except (KeyError, TypeError):
             raise EndpointError(f"{path}: the response has no {'message' if chat else 'text'}") from None
-        usage = data.get("usage") or {}
+        usage = data.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        if _int(usage.get("prompt_tokens"), -1) < 0 or _int(usage.get("completion_tokens"), -1) < 0:
+            self.stats["usage_estimated"] += 1
         prompt_tokens = _int(usage.get("prompt_tokens"), estimate_tokens(prompt))
         completion_tokens = _int(usage.get("completion_tokens"), estimate_tokens(text or ""))
         return text or "", prompt_tokens, completion_tokens
@@ -502,6 +535,8 @@ class OpenAIBackend:
                 tokens=0,
                 base=root,
             )
+        except EndpointAuthError:
+            raise
         except EndpointError as exc:
             if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
                 self._can_tokenize = False
@@ -570,6 +605,9 @@ class OpenAIBackend:
         attempts = self.endpoint.max_retries + 1
         for attempt in range(1, attempts + 1):
             await self._wait_turn(tokens)
+            if self._auth_stopped is not None:
+                self.stats["not_sent"] += 1
+                raise EndpointAuthError(self._auth_stopped, None)
             self.stats["requests"] += 1
             retry_after: float | None = None
             status: int | None = None
@@ -589,6 +627,7 @@ class OpenAIBackend:
                     except ValueError:
                         data = None
                     if isinstance(data, dict):
+                        self._auth_failures = 0
                         self._charge(tokens, data)
                         return data
                     self.stats["malformed"] += 1
@@ -596,6 +635,8 @@ class OpenAIBackend:
                 else:
                     self.stats[f"http_{status}"] += 1
                     problem = f"HTTP {status} {response.reason_phrase}: {_error_message(response)}"
+                    if status in AUTH_STATUSES:
+                        raise self._refused(method, path, status, _error_message(response))
                     if status != 429 and status < 500:
                         raise EndpointError(self._redact(f"{method} {path}: {problem}"), status)
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -632,6 +673,20 @@ class OpenAIBackend:
         raise EndpointError(
             self._redact(f"{method} {path} failed after {attempts} attempts: {problem}"), status
         )
+
+    def _refused(self, method: str, path: str, status: int, message: str) -> EndpointAuthError:
+        """The error of a refused key; the backend stops sending after enough of them in a row."""
+        self._auth_failures += 1
+        key = f" (the key in ${self.endpoint.api_key_env})" if self.endpoint.api_key_env else ""
+        reason = self._redact(
+            f"authentication failed at {self.safe_url}{key} (HTTP {status}): {method} {path}: {message}"
+        )
+        if self._auth_failures >= AUTH_FAILURES_TO_STOP and self._auth_stopped is None:
+            self._auth_stopped = (
+                f"{reason}; {self._auth_failures} requests in a row were refused, so no more are sent"
+            )
+            log.error("%s: %s", self.model, self._auth_stopped)
+        return EndpointAuthError(reason, status)
 
     async def _wait_turn(self, tokens: float) -> None:
         """Wait out a server's Retry-After pause and the rate limits, then go."""

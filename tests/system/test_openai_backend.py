@@ -208,7 +208,7 @@ def test_count_tokens_fingerprint_and_describe(
 ) -> None:
     backend = connect(server, "tiny-lora")
     assert backend.count_tokens(FEWSHOT) == in_process["tiny"].count_tokens(FEWSHOT)
-    assert backend.describe()["token_counts"] == "server /tokenize"
+    assert backend.describe()["tokenize"] == "server /tokenize"
     fingerprint = backend.fingerprint()
     assert fingerprint == connect(server, "tiny-lora").fingerprint()  # stable across loads
     assert fingerprint.digest != connect(server, "tiny").fingerprint().digest
@@ -221,7 +221,7 @@ def test_count_tokens_estimates_without_tokenize(served: dict[str, ServedModel])
     with OpenAIServer(served, tokenize=False) as plain:
         backend = connect(plain)
         assert backend.count_tokens("x" * 41) == 11  # four characters a token, rounded up
-        assert backend.describe()["token_counts"] == "estimate"
+        assert backend.describe()["tokenize"] == "estimate"
 
 
 def test_unknown_model_and_unreachable_server_fail_to_load(server: OpenAIServer) -> None:
@@ -353,6 +353,131 @@ def test_other_client_errors_are_not_retried(served: dict[str, ServedModel], sta
         (result,) = backend.generate([GenerationRequest(PROMPT, 2)])
     assert result.error is not None and f"HTTP {status}" in result.error
     assert backend.stats["requests"] == 2 and backend.stats["retries"] == 0  # the model list and one try
+
+
+# ---------------------------------------------------------------------- a refused API key
+
+
+def refuse_every_inference(status: int = 401) -> FaultPlan:
+    """The model list answers, every inference request is refused: a key that lost its rights mid-run,
+    or a server that lists models without a key."""
+    return FaultPlan(rules=(FaultRule("status", status=status, probability=1.0),))
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_stops_the_backend_after_three_refusals(
+    served: dict[str, ServedModel], status: int
+) -> None:
+    """The reported case: 400 items, a 401 on every one of them, 400 wasted calls on a paid API."""
+    with OpenAIServer(served, faults=refuse_every_inference(status)) as refusing:
+        backend = connect(refusing, max_concurrency=1, api_key_env=None)
+        results = backend.generate([GenerationRequest(PROMPT, 2)] * 400)
+        sent = refusing.stats["/v1/completions"]
+    assert sent == 3  # three refusals in a row, then nothing more is sent
+    assert backend.stats["not_sent"] == 397 and backend.stats["retries"] == 0
+    assert all(r.error is not None for r in results)
+    assert results[0].error is not None and results[0].error.startswith(
+        f"EndpointAuthError: authentication failed at {refusing.url} (HTTP {status}): POST /completions:"
+    )
+    assert results[-1].error is not None and "3 requests in a row were refused, so no more are sent" in (
+        results[-1].error
+    )
+
+
+def test_requests_in_flight_when_the_key_is_refused_are_few(served: dict[str, ServedModel]) -> None:
+    with OpenAIServer(served, faults=refuse_every_inference()) as refusing:
+        backend = connect(refusing, max_concurrency=4)
+        backend.generate([GenerationRequest(PROMPT, 2)] * 400)
+        assert refusing.stats["/v1/completions"] <= 4 + 3  # those already in flight, at most
+
+
+def test_an_answer_between_refusals_starts_the_count_again(served: dict[str, ServedModel]) -> None:
+    flaky = FaultPlan(rules=(FaultRule("status", status=401, requests=frozenset({1, 2, 4, 5})),))
+    with OpenAIServer(served, faults=flaky) as refusing:
+        backend = connect(refusing, max_concurrency=1)
+        results = backend.generate([GenerationRequest(PROMPT, 2)] * 6)
+    assert [r.error is None for r in results] == [False, False, True, False, False, True]
+
+
+def test_a_run_with_a_refused_key_fails_early_and_says_why(
+    served: dict[str, ServedModel], tmp_path: Path
+) -> None:
+    from tests.unit.test_daemon import make_evalset
+
+    es = load_evalset(make_evalset(tmp_path / "evals", 400))
+    store = Store.open(f"sqlite:///{tmp_path / 'm.db'}")
+    with OpenAIServer(served, faults=refuse_every_inference()) as refusing:
+        spec = ModelSpec("openai", "router", endpoint=EndpointSpec(refusing.url, mc_method="generate"))
+        started = time.monotonic()
+        run = execute_run(store, ModelPool(max_models=1), RunPlan("router", spec, es, 0))
+        took = time.monotonic() - started
+        sent = refusing.stats["/v1/completions"]
+    assert run.status == "failed" and run.error is not None
+    assert "authentication failed at" in run.error and "(HTTP 401)" in run.error
+    assert sent <= 8 + 3, sent  # max_concurrency (8) in flight at most, not 400
+    assert took < 30
+    store.close()
+
+
+def test_a_refused_key_fails_the_load(
+    served: dict[str, ServedModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_WRONG_KEY", WRONG_KEY)
+    with OpenAIServer(served, api_key=KEY) as secured:
+        spec = EndpointSpec(secured.url, api_key_env="TEST_WRONG_KEY")
+        with pytest.raises(ModelLoadError, match=r"authentication failed at .* \(HTTP 401\)") as caught:
+            OpenAIBackend.load("tiny", spec, backoff_s=0.01)
+        assert WRONG_KEY not in str(caught.value)
+    # a probe refused for the key is not "this server has no log-probabilities"
+    with (
+        OpenAIServer(served, faults=refuse_every_inference()) as refusing,
+        pytest.raises(ModelLoadError, match=r"authentication failed"),
+    ):
+        OpenAIBackend.load("router", EndpointSpec(refusing.url), backoff_s=0.01)
+
+
+# ---------------------------------------------------------------------- token counts
+
+
+def test_finished_runs_say_where_their_token_counts_come_from(
+    served: dict[str, ServedModel], tmp_path: Path
+) -> None:
+    routing, _ = make_evalsets(tmp_path)
+    es = load_evalset(routing)
+    store = Store.open(f"sqlite:///{tmp_path / 'm.db'}")
+    with OpenAIServer(served) as running:
+        for method in ("logprobs", "generate"):
+            model = "tiny" if method == "logprobs" else "router"
+            spec = ModelSpec("openai", model, endpoint=EndpointSpec(running.url, mc_method=method))
+            run = execute_run(store, ModelPool(max_models=1), RunPlan(model, spec, es, 0))
+            assert run.status == "succeeded"
+            assert "unknown yet" not in json.dumps(run.backend_info)
+            assert run.backend_info["token_counts"] == (
+                "echoed prompt tokens (multiple choice); the responses' usage (generation)"
+                if method == "logprobs"
+                else "the responses' usage, prompt and completion tokens"
+            )
+    store.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="evals/loop.py stores no completion tokens for a choice picked by generation (see the report)",
+)
+def test_a_generation_method_run_stores_the_completion_tokens_the_server_reports(
+    served: dict[str, ServedModel], tmp_path: Path
+) -> None:
+    routing, _ = make_evalsets(tmp_path)
+    es = load_evalset(routing)
+    store = Store.open(f"sqlite:///{tmp_path / 'm.db'}")
+    with OpenAIServer(served) as running:
+        spec = ModelSpec("openai", "router", endpoint=EndpointSpec(running.url, mc_method="generate"))
+        run = execute_run(store, ModelPool(max_models=1), RunPlan("router", spec, es, 0))
+    items = store.item_results(run.id or 0)
+    store.close()
+    # the keyword router answers in 3 tokens, as the server's usage says
+    assert [i.completion_tokens for i in items] == [3] * len(items)
+    assert run.completion_tokens == 3 * len(items)
 
 
 def test_retry_after_in_seconds_is_honoured(served: dict[str, ServedModel]) -> None:
