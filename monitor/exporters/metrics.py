@@ -104,7 +104,8 @@ class StoreCollector(Collector):
         info.add_metric([__version__], 1.0)
         yield info
         store_up = GaugeMetricFamily(
-            "monitor_store_up", "1 when the last scrape could read the store, else 0."
+            "monitor_store_up",
+            "1 when this scrape could read the store and the store's last write succeeded, else 0.",
         )
         try:
             families = list(self._collect_from_store())
@@ -112,7 +113,8 @@ class StoreCollector(Collector):
             store_up.add_metric([], 0.0)
             yield store_up
             return
-        store_up.add_metric([], 1.0)
+        # A read-only or full database still answers reads: the last write's outcome tells.
+        store_up.add_metric([], 1.0 if self._store.write_error is None else 0.0)
         yield store_up
         yield from families
         yield from self._collect_config()
