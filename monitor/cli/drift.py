@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -64,6 +64,8 @@ def drift_command(
                 "p_value": r.p_value,
                 "threshold": r.threshold,
                 "reason": r.reason,
+                "triggered_by": (r.details or {}).get("triggered_by"),
+                "repetition": _repetition(r.details or {}),
             }
         )
         for n, r in results
@@ -73,7 +75,7 @@ def drift_command(
     else:
         print_table(
             "input drift",
-            ["model", "source", "state", "score", "threshold", "reason"],
+            ["model", "source", "state", "score", "threshold", "repeated rows (ref / cur)", "reason"],
             [
                 [
                     r["model"],
@@ -81,11 +83,15 @@ def drift_command(
                     r["state"],
                     "-" if r["score"] is None else f"{r['score']:.3f}",
                     "-" if r["threshold"] is None else f"{r['threshold']:.3f}",
+                    _repeated_cell(r.get("repetition")),
                     (r["reason"] or "")[:80],
                 ]
                 for r in rows
             ],
         )
+        for name, record in results:
+            for line in describe_checks(record.details or {}):
+                print(f"{name}: {line}")
     if any(r.state == "error" for _, r in results):
         raise typer.Exit(1)
 
@@ -112,3 +118,66 @@ def report_drift_command(
     check = check_input_drift(cfg.models[model].drift, now=utcnow(), base_dir=cfg.root, report_path=output)
     verdict = "drifted" if check.analysis.drifted else "no drift"
     print(f"{model}: {verdict} (score {check.analysis.score:.3f}); report written to {output}")
+    for line in describe_checks(check.analysis.to_dict()):
+        print(f"{model}: {line}")
+    print(
+        f"{model}: the HTML report is Evidently's view of each side's distinct texts; its drift flags assume"
+        " independent rows, the verdict above is calibrated for repetition"
+    )
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.0f}%" if share == 0 or share >= 0.01 else "<1%"
+
+
+def _repetition(details: dict[str, Any]) -> dict[str, Any] | None:
+    reference, current = details.get("reference_repetition"), details.get("current_repetition")
+    if not isinstance(reference, dict) or not isinstance(current, dict):
+        return None  # an error, or a finding stored before repetition was measured
+    return {"reference": reference, "current": current}
+
+
+def _repeated_cell(repetition: dict[str, Any] | None) -> str:
+    if not repetition:
+        return "-"
+    return (
+        f"{_percent(repetition['reference']['repeated_share'])} / "
+        f"{_percent(repetition['current']['repeated_share'])}"
+    )
+
+
+def _sides(check: dict[str, Any]) -> str:
+    parts = []
+    for side, label in (("reference_repetition", "reference"), ("current_repetition", "current")):
+        r = check.get(side)
+        if isinstance(r, dict):
+            parts.append(f"{label} {_percent(r['repeated_share'])} of {r['rows']} ({r['distinct']} distinct)")
+    return "repeated rows: " + ", ".join(parts) if parts else ""
+
+
+def describe_checks(details: dict[str, Any]) -> list[str]:
+    """One line per component of an input drift finding (its ``details``): statistic, bar, p-value, repetition."""
+    if not details.get("domain_classifier"):
+        return []
+    lines = []
+    alpha = details.get("component_alpha")
+    at = f" at alpha {alpha:.3g}" if isinstance(alpha, float) else ""
+    for key, label in (("domain_classifier", "domain classifier"), ("embeddings", "embeddings")):
+        check = details.get(key)
+        if not isinstance(check, dict):
+            continue
+        verdict = "drifted" if check.get("drifted") else "ok"
+        line = f"{label} {verdict}: AUC {check['roc_auc']:.3f} (bar {check['threshold']:.3f}), p {check['p_value']:.3g}{at}"
+        sides = _sides(check)
+        lines.append(f"{line}; {sides}" if sides else line)
+    descriptors = details.get("descriptors") or []
+    if descriptors:
+        drifted = [d["name"] for d in descriptors if d.get("drifted")]
+        verdict = "drifted" if "descriptors" in (details.get("triggered_by") or ()) else "ok"
+        p_value = details.get("descriptors_p_value")
+        tail = f", p {p_value:.3g}{at}" if isinstance(p_value, float) else ""
+        names = f" ({', '.join(drifted)})" if drifted else ""
+        line = f"descriptors {verdict}: {len(drifted)} of {len(descriptors)} drifted{names}{tail}"
+        sides = _sides(details)
+        lines.append(f"{line}; {sides}" if sides else line)
+    return lines
