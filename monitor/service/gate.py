@@ -275,11 +275,11 @@ def _check(
         )
     elif c.min_detectable is None or c.min_detectable > policy.tolerance:
         outcome = "inconclusive"
+        can = detectable_sentence(c.min_detectable, policy.power).replace("this set can", "it can")
         message = (
-            f"{where}: this set cannot detect the configured tolerance of {points:g} points "
-            f"({detectable_sentence(c.min_detectable, policy.power)}); change {100 * r.delta:+.1f} points, "
-            f"{100 * r.confidence:.0f}% CI {100 * r.ci_low:+.1f} to {100 * r.ci_high:+.1f}: "
-            "add items or raise the tolerance"
+            f"{where}: this set cannot detect the configured tolerance of {points:g} points: {can}; "
+            f"change {100 * r.delta:+.1f} points, {100 * r.confidence:.0f}% CI {100 * r.ci_low:+.1f} to "
+            f"{100 * r.ci_high:+.1f}; add items or raise the tolerance"
         )
     else:
         outcome = "passed"
@@ -326,7 +326,10 @@ def _report(candidate: str, reference: str, checks: list[GateCheck], policy: Reg
         summary = "inconclusive: " + "; ".join(c.message for c in checks if c.outcome == "inconclusive")
     else:
         outcome = "passed"
-        summary = f"passed: no regression beyond {100 * policy.tolerance:g} points on {len(checks)} checks"
+        plural = "s" if len(checks) != 1 else ""
+        summary = (
+            f"passed: no regression beyond {100 * policy.tolerance:g} points on {len(checks)} check{plural}"
+        )
     return GateReport(
         candidate=candidate,
         reference=reference,
