@@ -81,6 +81,7 @@ def test_the_story_runs_every_chapter_on_real_models(
     finally:
         store.close()
     assert (workdir / "baselines" / FINETUNE / "ticket-routing.json").exists()
+    assert_memo_agrees_with_the_metrics(outcome, config)
 
     # Telling it again starts afresh: no history, releases or baselines are left (the models stay).
     prepare_workdir(workdir)
@@ -105,13 +106,55 @@ def test_a_tampered_delivery_is_rejected_by_the_receiver(tmp_path: Path) -> None
 def test_the_full_story_keep_retrain_rebase(
     full_demo: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    outcome, _, _ = tell(tmp_path / "demo", full_demo, monkeypatch)
+    outcome, _, config = tell(tmp_path / "demo", full_demo, monkeypatch)
     assert outcome.recommendations == ["keep", "retrain", "rebase"], outcome
     assert outcome.verdicts[0].startswith("suspect") and outcome.verdicts[1].startswith("regressed"), outcome
     assert outcome.input_drift == [False, True], outcome
     memo = outcome.memo.read_text() if outcome.memo else ""
     assert "# ticket-router: rebase" in memo and RELEASE in memo and "USD" in memo
+    # the fine-tune is 25 points down: keeping it is ruled out, never "the cheapest option"
+    costs = assert_memo_agrees_with_the_metrics(outcome, config)
+    assert costs["options"]["keep"]["qualifies"] is False and costs["cheapest"] != "keep"
+    assert "Ruled out on quality, so never the cheapest: keep (the fine-tune)" in memo
     types = [line.split()[1] for line in outcome.webhooks]
     assert types.count("recommendation.changed") == 3
     assert {"drift.detected", "regression.confirmed", "release.discovered"} <= set(types)
     assert os.environ[SECRET_ENV] == SECRET
+
+
+def assert_memo_agrees_with_the_metrics(outcome: StoryOutcome, config: Path) -> dict[str, Any]:
+    """The memo's decision, its cost paragraph and the metrics agree: one monthly figure per option,
+    the cheapest named only among the options that qualify, no sentence twice."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor.analysis.costs import format_money
+    from monitor.analysis.recommend import memo_sentences
+    from monitor.exporters import StoreCollector
+
+    memo = outcome.memo.read_text() if outcome.memo else ""
+    sentences = memo_sentences(memo)
+    assert len(sentences) == len(set(sentences)), [s for s in sentences if sentences.count(s) > 1]
+    cfg = load_config(config)
+    store = Store.open(cfg.database_url())
+    try:
+        ((record, model),) = [(r, m) for r, m in store.latest_recommendations() if m == FINETUNE]
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(StoreCollector(store))
+        costs = record.costs
+        assert memo.startswith(f"# {FINETUNE}: {record.action}")
+        assert costs["recommended"] == record.action
+        for option, cost in costs["options"].items():
+            value = registry.get_sample_value(
+                "monitor_option_cost_per_month", {"model": model, "option": option, "currency": "USD"}
+            )
+            assert value == pytest.approx(cost["total_per_month"])
+            assert f"| {format_money(cost['total_per_month'], 'USD').split()[0]} |" in memo
+        cheapest = costs["cheapest"]
+        if cheapest is not None:
+            assert costs["options"][cheapest]["qualifies"] is True
+            assert f"the cheapest over the first year is {cheapest} " in memo
+        for option in costs["ruled_out"]:
+            assert f"the cheapest over the first year is {option} " not in memo
+    finally:
+        store.close()
+    return dict(costs)
