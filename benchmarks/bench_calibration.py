@@ -284,14 +284,15 @@ def run_year(args: argparse.Namespace) -> dict[str, Any]:
             tolerance=args.year_tolerance, alpha=args.alpha, sequential=False
         ),
     }
-    pool = np.random.default_rng(args.seed).beta(*YEAR_BETA, size=POOL_SIZE)
+    beta = (float(args.year_beta[0]), float(args.year_beta[1]))
+    pool = np.random.default_rng(args.seed).beta(*beta, size=POOL_SIZE)
     out: dict[str, Any] = {
         "settings": {
             "years": args.years,
             "items": args.year_items,
             "nights": 365,
             "refresh_days": args.refresh_days,
-            "pass_probability_beta": list(YEAR_BETA),
+            "pass_probability_beta": list(beta),
             "pool_mean": float(pool.mean()),
             "run_to_run_discordance": float(2 * np.mean(pool * (1 - pool))),
             "tolerance": args.year_tolerance,
@@ -308,6 +309,7 @@ def run_year(args: argparse.Namespace) -> dict[str, Any]:
             refresh_days=args.refresh_days,
             policy=policy,
             seed=args.seed + 1000 * index,
+            beta=beta,
         )
         alarms = int(np.count_nonzero(confirmed))
         rule: dict[str, Any] = {
@@ -325,6 +327,7 @@ def run_year(args: argparse.Namespace) -> dict[str, Any]:
                     onset=onset,
                     policy=policy,
                     seed=args.seed + 1000 * index + 10 * drop + onset,
+                    beta=beta,
                 )
                 caught = nights[nights >= onset] - onset + 1
                 rule["detect"][f"{drop}pt@{onset}"] = {
@@ -381,6 +384,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--year-items", type=int, default=500, help="items of the golden set in the year")
     parser.add_argument("--refresh-days", type=int, default=182, help="golden set refreshed every N nights")
     parser.add_argument("--year-tolerance", type=float, default=0.02, help="the tolerance in the year")
+    parser.add_argument(
+        "--year-beta",
+        type=float,
+        nargs=2,
+        default=YEAR_BETA,
+        metavar=("A", "B"),
+        help="pass probabilities ~ Beta(A, B) in the year (0.02 0.01: runs disagree on 1.3%% of items)",
+    )
     args = parser.parse_args(argv)
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
