@@ -135,16 +135,16 @@ def test_repeated_no_drift_windows_never_alarm(pattern: str) -> None:
 
 
 def test_false_alarm_rate_is_at_most_alpha_across_seeds() -> None:
-    """Forty unchanged, heavily repeated windows at alpha 0.05, with no AUC floor to hide behind."""
+    """Thirty unchanged, heavily repeated windows at alpha 0.05, with no AUC floor to hide behind."""
     thresholds = DriftThresholds(alpha=0.05, classifier_auc=0.5)
     alarms = []
-    for seed in range(40):
+    for seed in range(30):
         window = resampled(messages(120, seed=300 + seed), 500, seed=seed)
         result = analyze(window, seed=seed, thresholds=thresholds, max_samples=500)
         alarms.append(result.drifted)
         assert result.component_alpha == pytest.approx(0.05 / 2)  # classifier and descriptors
-    # At most alpha: 2 expected; 7 or more would happen by chance less than 1 time in 300.
-    assert sum(alarms) <= 6, sum(alarms)
+    # At most alpha: 1.5 expected; 6 or more would happen by chance about 1 time in 300.
+    assert sum(alarms) <= 5, sum(alarms)
 
 
 def test_permutation_p_values_are_uniform_under_no_change() -> None:
@@ -258,3 +258,10 @@ def test_relabellings_keep_each_sides_count_pattern() -> None:
         assert sorted(cur_w[cur_w > 0]) == [1.0, 1.0, 5.0]
         assert not (ref_w > 0)[cur_w > 0].any()  # an entry is on one side per labelling
     assert data.current == permutation.Repetition(7, 3, round(4 / 7, 4), round(5 / 7, 4))
+
+
+def test_a_tiny_alpha_gets_enough_permutations() -> None:
+    # alpha 0.001 over two components: 0.0005 each, below what 999 permutations can resolve.
+    result = analyze(messages(200, seed=11, drift=1.0), thresholds=DriftThresholds(alpha=0.001))
+    assert result.permutations == 3999 and result.domain_classifier.permutations == 3999
+    assert result.drifted and result.domain_classifier.p_value <= result.component_alpha

