@@ -26,7 +26,7 @@ from monitor.analysis.drift.evidently import (
     analyze_input_drift,
     check_input_drift,
     embeddings_unavailable,
-    sample_down,
+    sample_distinct,
     write_drift_report,
 )
 from monitor.analysis.drift.sources import (
@@ -109,7 +109,9 @@ def test_drift_is_detected_and_the_score_grows_with_it() -> None:
     assert descriptors["novel_words"].current_mean > 5 * max(descriptors["novel_words"].reference_mean, 0.1)
     assert descriptors["length"].descriptor == "TextLength"
     assert descriptors["novel_words"].descriptor == "CustomColumnDescriptor"
-    assert all(d.method == "weighted_ks" and d.drifted == (d.p_value < d.threshold) for d in strong.descriptors)
+    assert all(
+        d.method == "weighted_ks" and d.drifted == (d.p_value < d.threshold) for d in strong.descriptors
+    )
 
 
 def test_power_grows_with_sample_size() -> None:
@@ -133,10 +135,14 @@ def test_deterministic_for_a_seed_and_sampled_down() -> None:
     assert strip(first) != strip(other)
     assert (first.reference_size, first.current_size) == (120, 120)
     assert (first.reference_total, first.current_total) == (300, 300)
-    assert sample_down(current, 120, seed=7, side="current") == sample_down(
+    assert sample_distinct(current, 120, seed=7, side="current") == sample_distinct(
         current, 120, seed=7, side="current"
     )
-    assert sample_down(current, 500, seed=7, side="current") == current
+    assert sample_distinct(current, 500, seed=7, side="current") == current
+    # A drawn text keeps all its rows.
+    repeated = [t for t in current[:50] for _ in range(3)]
+    sampled = sample_distinct(repeated, 10, seed=7, side="current")
+    assert len(set(sampled)) == 10 and len(sampled) == 30
 
 
 def test_result_is_frozen_and_serialisable() -> None:

@@ -185,22 +185,35 @@ def test_drifted_windows_still_alarm_when_repeated() -> None:
 
 def test_repeated_share_is_reported_with_each_check() -> None:
     window = resampled(messages(150, seed=7), 800, seed=3)
-    result = analyze(window, embeddings=True, embedder=HashingEmbedder(), embedding_max_samples=400)
+    result = analyze(window, embeddings=True, embedder=HashingEmbedder(), embedding_max_samples=100)
     assert result.reference_repetition == permutation.Repetition(200, 200, 0.0, 0.005)
     current = result.current_repetition
     assert current.rows == 800 and current.distinct == len(set(window)) <= 150
     assert current.repeated_share == pytest.approx(1 - current.distinct / 800, abs=1e-4)
     assert result.domain_classifier.current_repetition == current
     assert result.domain_classifier.test_size == 1000 and result.domain_classifier.permutations == 999
-    # The embeddings use their own, smaller sample: its repetition is reported with them.
+    # The embeddings use their own sample, fewer distinct texts with all their rows: reported with them.
     assert result.embeddings is not None
-    assert result.embeddings.current_repetition.rows == 400
-    assert result.embeddings.current_repetition.distinct <= 150
+    embedded = result.embeddings.current_repetition
+    assert embedded.distinct == 100 and 300 < embedded.rows < 800
     data = result.to_dict()
     assert data["format_version"] == 2
     assert data["current_repetition"]["repeated_share"] == current.repeated_share
     assert data["domain_classifier"]["reference_repetition"]["repeated_share"] == 0.0
-    assert data["embeddings"]["current_repetition"]["rows"] == 400
+    assert data["embeddings"]["current_repetition"]["distinct"] == 100
+
+
+def test_sampling_keeps_whole_texts_and_reports_the_windows_repetition() -> None:
+    window = resampled(messages(600, seed=21), 3000, seed=5)
+    result = analyze(window, max_samples=200)
+    # The window as given ...
+    assert result.current_repetition.rows == 3000
+    assert result.current_repetition.distinct == len(set(window))
+    # ... and what the classifier analysed: 200 distinct texts, each with all its rows.
+    analysed = result.domain_classifier.current_repetition
+    assert analysed.distinct == 200 and analysed.rows == result.current_size
+    assert 200 < result.current_size < 3000
+    assert not result.drifted
 
 
 def test_only_distinct_texts_are_encoded_and_the_reference_once() -> None:

