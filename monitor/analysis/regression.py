@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from monitor import events
@@ -70,6 +70,9 @@ class RegressionPolicy:
             than the baseline; None assumes the two runs independent (conservative).
         design_runs: at most this many of the newest runs of the baseline's model
             estimate the discordance.
+        slice_by: an item field whose values name slices (besides items' ``tags``).
+        max_slices: at most this many slices are judged (the largest; a bounded label set).
+        min_slice_items: slices with fewer items are not judged.
     """
 
     tolerance: float = 0.02
@@ -81,6 +84,9 @@ class RegressionPolicy:
     power: float = 0.8
     prior_discordance: float | None = None
     design_runs: int = 10
+    slice_by: str | None = None
+    max_slices: int = 20
+    min_slice_items: int = 20
 
 
 @dataclass(frozen=True)
@@ -327,10 +333,138 @@ def design_min_detectable(
         return None, details
 
 
+# --- slices ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SliceVerdict:
+    """One slice of an eval set (items sharing a tag or a field's value) against the baseline, one metric."""
+
+    slice: str
+    metric: str
+    n: int
+    mode: str
+    delta: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    adjusted_p: float | None
+    min_detectable: float | None
+    significant: bool
+    consecutive: int
+    state: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (an infinite minimum detectable difference is None: JSON has no infinity)."""
+        data = dict(self.__dict__)
+        if data["min_detectable"] is not None and math.isinf(data["min_detectable"]):
+            data["min_detectable"] = None
+        return data
+
+
+def item_slices(items: Sequence[Any], slice_by: str | None = None) -> dict[str, tuple[str, ...]]:
+    """The slices of each item: its ``tags`` (a string or a list of them) and ``FIELD=value`` for ``slice_by``.
+
+    ``items`` are eval set items (``id`` and ``fields``).
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        fields = getattr(item, "fields", {}) or {}
+        tags = fields.get("tags")
+        labels = [tags] if isinstance(tags, str) else [str(t) for t in tags or () if isinstance(t, str | int)]
+        if slice_by is not None and fields.get(slice_by) is not None:
+            labels.append(f"{slice_by}={fields[slice_by]}")
+        if labels:
+            out[item.id] = tuple(dict.fromkeys(labels))
+    return out
+
+
+def compare_slices(
+    run: RunRecord,
+    items: Sequence[Any],
+    baseline: Baseline,
+    policy: RegressionPolicy,
+    slices: dict[str, tuple[str, ...]],
+    *,
+    noise: DesignNoise | None = None,
+    level: float | None = None,
+    previous: dict[str, dict[str, Any]] | None = None,
+) -> list[SliceVerdict]:
+    """Every slice with at least ``policy.min_slice_items`` items, for every metric, Holm across them all.
+
+    The largest ``policy.max_slices`` slices are judged (ties by name), so the set of labels
+    stays bounded whatever the items carry.  A slice's drop is significant when it is beyond
+    the tolerance, its Holm-adjusted p-value (across every slice and metric of the run) is
+    below ``level`` (the look's level; default ``policy.alpha``) and its interval lies below 0;
+    ``previous`` (the last verdict's slices, by ``slice/metric``) carries the consecutive count.
+    Its minimum detectable difference is that of its own items.
+    """
+    sizes: dict[str, int] = {}
+    for labels in slices.values():
+        for label in labels:
+            sizes[label] = sizes.get(label, 0) + 1
+    kept = sorted(
+        (label for label, size in sizes.items() if size >= policy.min_slice_items),
+        key=lambda label: (-sizes[label], label),
+    )[: policy.max_slices]
+    pending: list[tuple[str, Comparison]] = []
+    for label in sorted(kept):
+        ids = {item for item, labels in slices.items() if label in labels}
+        part = replace(baseline, items=tuple(i for i in baseline.items if i.id in ids))
+        mine = [r for r in items if r.item_id in ids]
+        pending.extend((label, c) for c in compare_run(run, mine, part, policy, noise))
+    tested = [c.result.p_value for _, c in pending if c.result is not None]
+    adjusted = iter(holm(tested))
+    level = policy.alpha if level is None else level
+    out = []
+    for label, c in pending:
+        r = c.result
+        p = next(adjusted) if r is not None else None
+        significant = bool(
+            r is not None and regression_decision(r, tolerance=policy.tolerance, alpha=level, adjusted_p=p)
+        )
+        before = int(((previous or {}).get(f"{label}/{c.metric}") or {}).get("consecutive") or 0)
+        consecutive = before + 1 if significant else 0
+        if c.mode == "refused":
+            state = "refused"
+        elif significant:
+            state = "regressed" if consecutive >= policy.confirmations else "suspect"
+        else:
+            state = "ok"
+        out.append(
+            SliceVerdict(
+                slice=label,
+                metric=c.metric,
+                n=r.n if r is not None else 0,
+                mode=c.mode,
+                delta=r.delta if r else None,
+                ci_low=r.ci_low if r else None,
+                ci_high=r.ci_high if r else None,
+                p_value=r.p_value if r else None,
+                adjusted_p=p,
+                min_detectable=c.min_detectable,
+                significant=significant,
+                consecutive=consecutive,
+                state=state,
+            )
+        )
+    return out
+
+
 def assess_run(
-    store: Store, run_id: int, baseline: Baseline, policy: RegressionPolicy, notify: Notify | None = None
+    store: Store,
+    run_id: int,
+    baseline: Baseline,
+    policy: RegressionPolicy,
+    notify: Notify | None = None,
+    slices: dict[str, tuple[str, ...]] | None = None,
 ) -> list[VerdictRecord]:
-    """Compare a succeeded run with its baseline, correct across the model's series, store the verdicts."""
+    """Compare a succeeded run with its baseline, correct across the model's series, store the verdicts.
+
+    ``slices`` (item id to slice labels, :func:`item_slices`) defaults to the tags and the
+    ``policy.slice_by`` field of the run's eval set, read from where its version was
+    recorded when it is still that version there; each verdict's details carry its slices.
+    """
     run = store.get_run(run_id)
     if run.status != "succeeded" or run.strategy != baseline.strategy:
         return []
@@ -338,17 +472,24 @@ def assess_run(
     repeats = baseline_era_runs(store, baseline, exclude=[run_id], limit=policy.design_runs)
     noise = design_noise(baseline, [store.item_results(r.id) for r in repeats if r.id is not None])
     comparisons = compare_run(run, items, baseline, policy, noise)
+    if slices is None:
+        slices = _recorded_slices(store, run, policy.slice_by)
     broken = _newly_broken(items, baseline)
     tested = [c for c in comparisons if c.result is not None]
     others = store.other_series_p_values(run.model_id, run.evalset_name, run.strategy)
     adjusted = holm([c.result.p_value for c in tested if c.result is not None] + others)[: len(tested)]
     adjusted_by_metric = {c.metric: p for c, p in zip(tested, adjusted, strict=True)}
+    previous_by_metric = {
+        c.metric: store.previous_verdict(
+            run.model_id, run.evalset_name, run.strategy, c.metric, before_run=run_id
+        )
+        for c in comparisons
+    }
+    by_metric = _slice_verdicts(run, items, baseline, policy, slices, noise, comparisons, previous_by_metric)
     records = []
     confirmed = []
     for c in comparisons:
-        previous = store.previous_verdict(
-            run.model_id, run.evalset_name, run.strategy, c.metric, before_run=run_id
-        )
+        previous = previous_by_metric[c.metric]
         record = _verdict(run, baseline, c, adjusted_by_metric.get(c.metric), previous, policy)
         if c.mode == "paired":
             record.details = {
@@ -356,6 +497,8 @@ def assess_run(
                 "newly_broken": len(broken),
                 "newly_broken_ids": broken[:50],
             }
+        if c.metric in by_metric:
+            record.details = {**record.details, "slices": [v.to_dict() for v in by_metric[c.metric]]}
         records.append(record)
         if record.state == "regressed" and (previous is None or previous.state != "regressed"):
             confirmed.append(
@@ -375,6 +518,53 @@ def assess_run(
             )
     # the events are written in the verdicts' transaction: both exist, or neither
     return store.add_verdicts(records, confirmed, notify)
+
+
+def _slice_verdicts(
+    run: RunRecord,
+    items: Sequence[Any],
+    baseline: Baseline,
+    policy: RegressionPolicy,
+    slices: dict[str, tuple[str, ...]],
+    noise: DesignNoise,
+    comparisons: Sequence[Comparison],
+    previous_by_metric: dict[str, VerdictRecord | None],
+) -> dict[str, list[SliceVerdict]]:
+    """The slices' verdicts by metric, at the level of this look (the first compared metric's)."""
+    compared = [c for c in comparisons if c.mode != "refused"]
+    if not slices or not compared:
+        return {}
+    earlier: dict[str, dict[str, Any]] = {}
+    for previous in previous_by_metric.values():
+        if previous is not None and previous.baseline_run_id == baseline.run_id:
+            for v in (previous.details or {}).get("slices") or []:
+                earlier[f"{v['slice']}/{v['metric']}"] = v
+    look = next_look(previous_by_metric[compared[0].metric], baseline, compared[0].mode)
+    level = look_alpha(policy.alpha, look) if policy.sequential else policy.alpha
+    verdicts = compare_slices(
+        run, items, baseline, policy, slices, noise=noise, level=level, previous=earlier
+    )
+    out: dict[str, list[SliceVerdict]] = {}
+    for v in verdicts:
+        out.setdefault(v.metric, []).append(v)
+    return out
+
+
+def _recorded_slices(store: Store, run: RunRecord, slice_by: str | None) -> dict[str, tuple[str, ...]]:
+    """The slices of the run's eval set, when its recorded folder still holds that version."""
+    from monitor.errors import EvalSetError
+    from monitor.evals.evalset import load_evalset
+
+    version = store.evalset_version(run.evalset_version_id)
+    if version is None:
+        return {}
+    try:
+        evalset = load_evalset(version.path)
+    except (EvalSetError, OSError):
+        return {}
+    if evalset.version != run.evalset_version:
+        return {}
+    return item_slices(evalset.items, slice_by)
 
 
 def _newly_broken(items: Sequence[Any], baseline: Baseline) -> list[str]:

@@ -18,7 +18,7 @@ from monitor.config import MonitorConfig
 from monitor.service.after_job import AnalysisPolicy, analyze_run, latest_findings
 from monitor.service.plan import plan_runs
 from monitor.service.runs import ModelPool, execute_run
-from monitor.store import Store
+from monitor.store import Store, utcnow
 from tests.unit.test_daemon import CHOICES, ScriptedBackend, make_config
 
 N = 200
@@ -402,3 +402,101 @@ def test_a_real_drop_is_still_confirmed_within_days() -> None:
     late = _years(years=100, items=500, days=130, refresh_days=1000, drop_points=10, onset=100, seed=6)
     caught = late[late >= 100] - 100 + 1
     assert caught.size >= 85 and np.median(caught) <= 7
+
+
+def test_slices_have_their_own_verdicts_with_holm_across_them(tmp_path: Path) -> None:
+    """Items tagged ``billing`` (50 of 200) lose 15 answers: 30 points in the slice, 7.5 overall."""
+    h = Harness(tmp_path, RegressionPolicy(slice_by="lang", min_slice_items=20))
+    data = tmp_path / "evals" / "routing" / "data.jsonl"
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    for k, row in enumerate(rows):
+        row["tags"] = ["billing"] if k < 50 else ["other"]
+        row["lang"] = "de" if k % 2 else "en"
+        if k == 7:
+            row["tags"] = "vip"  # a slice of one item: too small to judge
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+    broken_billing = RuleBackend(lambda k: k % 10 != 0 and not (k < 50 and k % 10 in (1, 2, 3)))
+    (first,) = h.analyze(h.run(broken_billing)).verdicts
+    slices = {v["slice"]: v for v in first.details["slices"]}
+    assert set(slices) == {"billing", "other", "lang=de", "lang=en"}  # "vip" has 1 item
+    billing = slices["billing"]
+    assert (
+        billing["n"] == 49 and billing["delta"] == pytest.approx(-15 / 49) and billing["state"] == "suspect"
+    )
+    assert billing["adjusted_p"] == pytest.approx(
+        min(1.0, 4 * billing["p_value"]), rel=1e-6
+    )  # Holm, 4 slices
+    assert slices["other"]["state"] == "ok" and slices["other"]["delta"] == 0.0
+    assert billing["min_detectable"] > slices["other"]["min_detectable"]  # fewer items, a larger drop needed
+    (second,) = h.analyze(h.run(broken_billing)).verdicts
+    again = {v["slice"]: v for v in second.details["slices"]}
+    assert again["billing"]["state"] == "regressed" and again["billing"]["consecutive"] == 2
+
+
+def test_no_slices_without_tags_or_slice_by(h: Harness) -> None:
+    pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+    (verdict,) = h.analyze(h.run(RuleBackend(lambda k: k % 10 != 0))).verdicts
+    assert "slices" not in verdict.details
+
+
+def _slice_trial(rng: Any, drop_in_first: float) -> list[Any]:
+    """One baseline and one current run of 200 items in 5 slices of 40, sampled decoding."""
+    from types import SimpleNamespace
+
+    from monitor.analysis.baselines import Baseline, BaselineItem
+    from monitor.analysis.regression import compare_slices
+    from monitor.store import RunRecord
+
+    p = rng.beta(0.35, 0.15, size=200)
+    q = p.copy()
+    q[:40] *= 1 - drop_in_first
+    base, cur = rng.random(200) < p, rng.random(200) < q
+    settings = {"prompt": "x"}
+    baseline = Baseline(
+        model="m",
+        evalset="e",
+        evalset_version="v",
+        strategy="zero-shot",
+        fewshot_k=0,
+        settings_digest="d",
+        settings=settings,
+        model_fingerprint="f",
+        run_id=1,
+        run_finished_at=None,
+        pinned_at="",
+        metrics={"acc": {}},
+        items=tuple(
+            BaselineItem(f"i{k}", None, bool(b), float(b), {"acc": float(b)}) for k, b in enumerate(base)
+        ),
+    )
+    run = RunRecord(
+        id=2,
+        model_id=1,
+        evalset_version_id=1,
+        evalset_name="e",
+        status="succeeded",
+        trigger="t",
+        strategy="zero-shot",
+        settings_digest="d",
+        settings=settings,
+        evalset_version="v",
+        metrics={"acc": {}},
+        started_at=utcnow(),
+    )
+    items = [
+        SimpleNamespace(item_id=f"i{k}", scores={"acc": float(c)}, error=None) for k, c in enumerate(cur)
+    ]
+    slices = {f"i{k}": (f"s{k // 40}",) for k in range(200)}
+    return compare_slices(run, items, baseline, RegressionPolicy(min_slice_items=20), slices)
+
+
+def test_slice_verdicts_are_calibrated_across_slices_and_see_a_slice_drop() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    trials = 300
+    alarms = sum(any(v.significant for v in _slice_trial(rng, 0.0)) for _ in range(trials))
+    assert alarms / trials <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / trials)
+    caught = sum(next(v for v in _slice_trial(rng, 0.6) if v.slice == "s0").significant for _ in range(100))
+    assert caught >= 80
