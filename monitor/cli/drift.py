@@ -178,6 +178,6 @@ def describe_checks(details: dict[str, Any]) -> list[str]:
         tail = f", p {p_value:.3g}{at}" if isinstance(p_value, float) else ""
         names = f" ({', '.join(drifted)})" if drifted else ""
         line = f"descriptors {verdict}: {len(drifted)} of {len(descriptors)} drifted{names}{tail}"
-        sides = _sides(details)
+        sides = _sides(details["domain_classifier"])  # the descriptors measure the classifier's sample
         lines.append(f"{line}; {sides}" if sides else line)
     return lines
