@@ -741,9 +741,10 @@ def regression_decision(
 
     NaN anywhere means no regression.  The p-value is two-sided and only drops
     count, so the false-alarm rate of this rule on an unchanged model is at most
-    about ``alpha / 2``.  The interval is at the level the test was run with; run
-    it with the same ``alpha``.  Confirming over consecutive runs is left to the
-    caller.
+    about ``alpha / 2``.  The interval is at the level the test was run with.  For a
+    baseline looked at again and again, pass each look's share, :func:`look_alpha`, as
+    ``alpha`` (the interval may stay at the run's level); confirming over consecutive
+    runs is left to the caller (``monitor.analysis.regression.decide_look``).
 
     Raises:
         ValueError: negative tolerance or alpha out of range.
