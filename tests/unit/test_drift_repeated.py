@@ -278,3 +278,24 @@ def test_a_tiny_alpha_gets_enough_permutations() -> None:
     result = analyze(messages(200, seed=11, drift=1.0), thresholds=DriftThresholds(alpha=0.001))
     assert result.permutations == 3999 and result.domain_classifier.permutations == 3999
     assert result.drifted and result.domain_classifier.p_value <= result.component_alpha
+
+
+def test_a_repeated_reference_does_not_alarm_either() -> None:
+    """Training sets repeat too (duplicated examples, augmentation): both sides repeated, no change."""
+    for seed in range(3):
+        reference = resampled(REFERENCE, 600, seed=40 + seed)
+        window = zipf_traffic(messages(150, seed=600 + seed), 800, seed=seed)
+        result = analyze_input_drift(reference, window, embeddings=False, min_samples=20, seed=seed)
+        assert not result.drifted, (seed, result.triggered_by, result.domain_classifier)
+        assert result.reference_repetition.repeated_share > 0.5
+
+
+def test_the_summary_names_the_components_and_the_repetition() -> None:
+    drifted = analyze(resampled(messages(150, seed=8, drift=1.0), 800, seed=4))
+    distinct = drifted.current_repetition.distinct
+    assert drifted.summary().startswith("drift in domain_classifier")
+    assert drifted.summary().endswith(
+        f"repeated rows: reference 0% of 200, current {drifted.current_repetition.repeated_share:.0%}"
+        f" of 800 ({distinct} distinct)"
+    )
+    assert analyze(messages(200, seed=9)).summary().startswith("no drift; repeated rows: reference 0% of 200")

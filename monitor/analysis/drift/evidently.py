@@ -206,6 +206,19 @@ class DriftAnalysis:
     def descriptors_drifted(self) -> bool:
         return "descriptors" in self.triggered_by
 
+    def summary(self) -> str:
+        """One line: the verdict, the components that drifted, and how much each side repeats itself.
+
+        For example ``drift in domain_classifier, descriptors; repeated rows: reference 0%
+        of 200, current 81% of 800 (150 distinct)``.
+        """
+        verdict = ("drift in " + ", ".join(self.triggered_by)) if self.drifted else "no drift"
+        ref, cur = self.reference_repetition, self.current_repetition
+        return (
+            f"{verdict}; repeated rows: reference {ref.repeated_share:.0%} of {ref.rows}, "
+            f"current {cur.repeated_share:.0%} of {cur.rows} ({cur.distinct} distinct)"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, versioned with ``format_version``."""
         return {"format_version": DRIFT_FORMAT_VERSION, **asdict(self)}
