@@ -133,7 +133,9 @@ def baseline_era_runs(
         return []
     skip = {baseline.run_id, *exclude}
     found = []
-    for run, _ in store.runs(model=baseline.model, evalset=baseline.evalset, status="succeeded"):
+    # the newest runs of the series are scanned (a bounded read however long the history)
+    scanned = store.runs(model=baseline.model, evalset=baseline.evalset, status="succeeded", limit=50 * limit)
+    for run, _ in scanned:
         if (
             run.id not in skip
             and run.model_fingerprint == baseline.model_fingerprint
