@@ -307,11 +307,18 @@ def break_even_days(one_time_cost: float, monthly_saving: float) -> float | None
     return None
 
 
-def cheapest_option(options: Mapping[CostOption, OptionCost]) -> OptionCost | None:
-    """The option that qualifies with the lowest first-year cost (ties: the earlier in :data:`OPTIONS`);
-    ``None`` when no option qualifies."""
+def cheapest_option(options: Mapping[CostOption, OptionCost], prefer: str | None = None) -> OptionCost | None:
+    """The option that qualifies with the lowest first-year cost; ``None`` when no option qualifies.
+
+    Ties go to ``prefer`` (the recommended option) when it is among them, else to the earlier in
+    :data:`OPTIONS`, so that a recommendation that costs no more than another is called the cheapest.
+    """
     qualifying = [options[option] for option in OPTIONS if option in options and options[option].qualifies]
-    return min(qualifying, key=lambda cost: cost.annual) if qualifying else None
+    if not qualifying:
+        return None
+    lowest = min(cost.annual for cost in qualifying)
+    tied = [cost for cost in qualifying if _difference(cost.annual, lowest) == 0]
+    return next((cost for cost in tied if cost.option == prefer), tied[0])
 
 
 def explain(
@@ -334,7 +341,7 @@ def explain(
             "ruled out on quality, so never the cheapest: "
             + "; ".join(f"{cost.option} ({cost.label}) {_condition_text(cost)}" for cost in ruled_out)
         )
-    cheapest = cheapest_option(options)
+    cheapest = cheapest_option(options, recommended)
     if cheapest is None:
         sentences.append("no option meets its quality condition, so none is called the cheapest")
         return _finish(sentences)
@@ -523,7 +530,7 @@ def cost_case(
             if cost.pricing.requests_per_hour is not None:
                 text += f" (the configured rate, measured on {references[block]} requests, scaled by tokens)"
         assumptions.append(text)
-    cheapest = cheapest_option(options)
+    cheapest = cheapest_option(options, recommended)
     return CostCase(
         currency=currency,
         requests_per_day=config.requests_per_day,

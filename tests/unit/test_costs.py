@@ -345,6 +345,20 @@ def test_the_recommended_option_against_the_cheapest_that_qualifies() -> None:
     )
 
 
+def test_a_recommendation_that_ties_with_the_cheapest_is_called_the_cheapest() -> None:
+    """The demo: rebase and retrain cost the same (same tokens, same one-time cost), and the memo said
+    'the recommended option, rebase, costs 0 USD more than retrain'."""
+    ruled_out = {"keep": Condition(False, "needs no confirmed regression against the baseline, and has one")}
+    costs = config(rebase_cost=None)
+    case = cost_case(costs, FINE_TUNE, FEW_SHOT, conditions=ruled_out, recommended="rebase")
+    assert case.option("rebase").annual == case.option("retrain").annual
+    assert case.cheapest == "rebase"
+    assert case.sentences[-1] == "The recommended option, rebase, is the cheapest that qualifies."
+    assert not any("0 USD more" in sentence for sentence in case.sentences)
+    # without a recommendation the tie goes to the earlier option
+    assert cost_case(costs, FINE_TUNE, FEW_SHOT, conditions=ruled_out).cheapest == "retrain"
+
+
 def test_a_rollback_is_priced_like_keeping_with_no_one_time_cost() -> None:
     case = cost_case(
         config(), FINE_TUNE, FEW_SHOT, rollback="the baseline's weights (fingerprint 1a2b3c4d5e6f)"
