@@ -12,8 +12,9 @@ anything else reaching the CLI is a bug and keeps its traceback::
     ├── BackendError               inference failed inside a run (stored with the run)
     │   └── EndpointError          an OpenAI-compatible server refused or kept failing a request
     ├── WatchError                 a release watcher cannot read its source (counted, retried)
-    ├── StoreError                 the database is unreachable or cannot be migrated (exit code 4)
+    ├── StoreError                 the database is unreachable, cannot be written or migrated (exit code 4)
     ├── LeaseHeldError             another daemon holds this database (exit code 5)
+    │   └── LeaseLostError         a daemon's lease was taken over while it worked: it stops, fenced
     └── NotFoundError              an unknown job, model, eval set or run (exit code 2)
 
 Input errors carry a list of :class:`Problem`, one per finding, each with the
@@ -98,6 +99,10 @@ class LeaseHeldError(MonitorError):
     """Another daemon is running against the same database."""
 
     exit_code = 5
+
+
+class LeaseLostError(LeaseHeldError):
+    """The lease this daemon held was taken over (it was paused past its TTL): its writes are fenced off."""
 
 
 class NotFoundError(MonitorError):

@@ -15,6 +15,7 @@ RECOMMENDATION_CHANGED = "recommendation.changed"
 REGRESSION_CONFIRMED = "regression.confirmed"
 DRIFT_DETECTED = "drift.detected"
 RUN_FAILED_REPEATEDLY = "run.failed_repeatedly"
+RUN_RECOVERED = "run.recovered"
 RELEASE_DISCOVERED = "release.discovered"
 #: The event types the monitor sends; an endpoint subscribes to all of them unless it lists some.
 EVENT_TYPES = (
@@ -22,6 +23,7 @@ EVENT_TYPES = (
     REGRESSION_CONFIRMED,
     DRIFT_DETECTED,
     RUN_FAILED_REPEATEDLY,
+    RUN_RECOVERED,
     RELEASE_DISCOVERED,
 )
 
@@ -106,6 +108,13 @@ def run_failed_repeatedly(
     return Event(
         RUN_FAILED_REPEATEDLY,
         {"model": model, "evalset": evalset, "job": job, "failures": failures, "error": error, "run": run},
+    )
+
+
+def run_recovered(*, model: str, evalset: str, job: str | None, failures: int, run: int | None) -> Event:
+    """A job's run of a model on an eval set succeeded after ``failures`` failed runs in a row."""
+    return Event(
+        RUN_RECOVERED, {"model": model, "evalset": evalset, "job": job, "failures": failures, "run": run}
     )
 
 

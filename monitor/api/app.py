@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from monitor.errors import MonitorError
+from monitor.errors import LeaseLostError, MonitorError
 
 #: Hears the status entries (:func:`monitor.api.views.status_entries`) after every finished run.
 StatusListener = Callable[[Sequence[dict[str, Any]]], None]
@@ -54,6 +54,12 @@ def run_daemon(
 
     ``host`` and ``port`` override ``daemon.host`` and ``daemon.port``;
     ``on_status`` hears the status entries after every finished run.
+
+    Start-up goes configuration, database, lease, port, so that each failure is
+    the one that matters, in one line with its exit code: a bad configuration
+    (2), a database that cannot be opened or written (4), another daemon holding
+    the lease (5, naming it), a port in use (1).  A daemon whose lease was taken
+    over while it worked stops fenced and exits 5.
     """
     from prometheus_client import CollectorRegistry
 
@@ -74,6 +80,11 @@ def run_daemon(
         _err(f"warning: {problem} (the jobs that need it will fail and be counted)")
     store = Store.open(cfg.database_url())
     daemon = Daemon(cfg, store)
+    try:
+        daemon.acquire()
+    except MonitorError:
+        store.close()
+        raise
     registry = CollectorRegistry(auto_describe=False)
     baselines = BaselineFiles(cfg.baselines_dir())
     registry.register(
@@ -93,6 +104,7 @@ def run_daemon(
     try:
         server = HttpServer(MonitorApp(registry, store, daemon, token), listen_host, listen_port)
     except OSError as exc:
+        daemon.release()
         store.close()
         raise MonitorError(f"cannot listen on {listen_host}:{listen_port}: {exc.strerror or exc}") from exc
     stopped = threading.Event()
@@ -111,6 +123,7 @@ def run_daemon(
         daemon.start()
     except MonitorError:
         server.stop()
+        daemon.release()
         store.close()
         raise
     server.start()
@@ -137,6 +150,10 @@ def run_daemon(
         # The worker is still inside torch or a tokenizer: the run is recorded interrupted and the
         # lease released (Daemon.shutdown); leave now, without the interpreter shutdown that would
         # abort around the native thread ("terminate called without an active exception").
+        if daemon.lost_lease is not None:
+            _err(f"error: {daemon.lost_lease}")
+            logging.shutdown()
+            os._exit(LeaseLostError.exit_code)
         _err(
             "monitor daemon stopped: the chunk or model load in hand outlasted the shutdown timeout; "
             "its run is recorded interrupted and resumes at the next start"
@@ -144,4 +161,6 @@ def run_daemon(
         logging.shutdown()
         os._exit(0)
     store.close()
+    if daemon.lost_lease is not None:
+        raise LeaseLostError(daemon.lost_lease)
     _err("monitor daemon stopped")

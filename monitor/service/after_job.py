@@ -214,35 +214,39 @@ def latest_findings(store: Store) -> list[tuple[DriftRecord, str]]:
 
 
 def check_repeated_failures(store: Store, run: RunRecord, notify: Notify | None, threshold: int = 3) -> bool:
-    """After the ``threshold``-th failed run in a row of one job, model and eval set: an event (once per streak)."""
-    if notify is None or run.status != "failed" or run.job is None or run.id is None:
+    """One event when a job's runs of a model on an eval set have failed ``threshold`` times in a row
+    (once per streak), and one when the first run after such a streak succeeds.
+
+    Only the job's own runs count: several jobs on the same model and eval set keep
+    their own streaks.  Returns whether an event was recorded.
+    """
+    if notify is None or run.job is None or run.id is None or run.status not in ("succeeded", "failed"):
         return False
-    recent = [
-        r
-        for r, _ in store.runs(
-            model=store.model_name(run.model_id), evalset=run.evalset_name, limit=threshold + 5
+    recent = store.job_runs(run.job, model_id=run.model_id, evalset=run.evalset_name, limit=STREAK_LOOKBACK)
+    if not recent or recent[0].id != run.id:
+        return False  # an older run finishing late (a resumed one) says nothing about the streak
+    model = store.model_name(run.model_id)
+    if run.status == "failed":
+        streak = next((i for i, r in enumerate(recent) if r.status != "failed"), len(recent))
+        if streak != threshold:
+            return False
+        event = events.run_failed_repeatedly(
+            model=model, evalset=run.evalset_name, job=run.job, failures=streak, error=run.error, run=run.id
         )
-        if r.job == run.job and r.status in ("succeeded", "failed")
-    ]
-    streak = 0
-    for r in recent:
-        if r.status != "failed":
-            break
-        streak += 1
-    if streak != threshold:
-        return False
-    store.record_event(
-        events.run_failed_repeatedly(
-            model=store.model_name(run.model_id),
-            evalset=run.evalset_name,
-            job=run.job,
-            failures=streak,
-            error=run.error,
-            run=run.id,
-        ),
-        notify,
-    )
+    else:
+        before = recent[1:]
+        streak = next((i for i, r in enumerate(before) if r.status != "failed"), len(before))
+        if streak < threshold:
+            return False
+        event = events.run_recovered(
+            model=model, evalset=run.evalset_name, job=run.job, failures=streak, run=run.id
+        )
+    store.record_event(event, notify)
     return True
+
+
+#: How many of a job's newest runs a failure streak is counted over.
+STREAK_LOOKBACK = 200
 
 
 def record_input_drift(

@@ -11,11 +11,24 @@ Threads and their jobs:
 - A release watcher scans the watched base-model families when due; a new
   release is stored and its challenger job queued (:mod:`monitor.service.releases.watch`).
 
+Every fire the daemon takes (scheduled, catch-up, run-now, release) is recorded
+before its runs (:mod:`monitor.store.fires`), so that a restart completes it: the
+interrupted run resumes, the runs not made yet are made, then the after-job work
+(input drift, recommendations) runs once and the fire is closed.  A fire already
+done is never redone.
+
 Runs commit their items in chunks.  A run found ``running`` at start was
 interrupted by a crash; it is marked so and resumed, skipping the items already
 stored.  On SIGTERM/SIGINT the worker stops after the chunk in hand, the run is
 marked ``interrupted`` (and resumed at the next start), and the daemon exits
 within the configured shutdown timeout.
+
+Faults: every run and fire write checks the lease's epoch in its own transaction
+(fencing), so a daemon paused past its lease and taken over writes nothing when
+it wakes: it stops (:attr:`Daemon.lost_lease`).  A write that fails (a read-only
+or full database) makes readiness false until one succeeds; the run in hand is
+left ``interrupted`` with the reason once the database takes writes again, and
+its fire is resumed.
 """
 
 from __future__ import annotations
@@ -32,11 +45,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from monitor.config import JobConfig, MonitorConfig
-from monitor.errors import LeaseHeldError, MonitorError
+from monitor.errors import LeaseHeldError, LeaseLostError, MonitorError, StoreError
 from monitor.evals.evalset import load_evalset, parse_strategy
 from monitor.schedule import JobTimer, latest_missed_fire, make_trigger, typical_interval
 from monitor.service.after_job import after_job, analyze_safely, make_notifier
-from monitor.service.plan import RunPlan, plan_runs
+from monitor.service.plan import RunPlan, plan_key, plan_runs
 from monitor.service.releases.challengers import (
     mark_evaluated,
     pending_challenger_jobs,
@@ -45,21 +58,32 @@ from monitor.service.releases.challengers import (
 from monitor.service.releases.effective import effective_config
 from monitor.service.releases.sources import ReleaseSource
 from monitor.service.releases.watch import ReleaseWatcher
-from monitor.service.runs import ModelPool, continue_run, execute_run
-from monitor.store import RunRecord, Store, as_utc, utcnow
+from monitor.service.runs import ModelPool, continue_run, open_run
+from monitor.store import FireRecord, RunRecord, Store, as_utc, fire_key, utcnow
 
 log = logging.getLogger("monitor.service.daemon")
 Clock = Callable[[], datetime]
 
 
+#: Seconds between attempts to record a run after a storage fault (doubling up to the last).
+STORAGE_RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
 @dataclass(frozen=True)
 class WorkItem:
-    """One entry of the work queue: run a job, or resume one stored run."""
+    """One entry of the work queue: a fire of a job (recorded when queued), or one stored run to resume
+    (a run from before fires were recorded)."""
 
     job: str
     trigger: str
     scheduled_for: datetime | None = None
     resume_run_id: int | None = None
+    fire_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        """What the queue coalesces on: one fire per job at a time."""
+        return self.job if self.resume_run_id is None else f"resume:{self.resume_run_id}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -120,15 +144,22 @@ class Daemon:
         self._idle.set()
         self.current_job: str | None = None
         self.watcher = ReleaseWatcher(store, config, sources=release_sources, notify=self.notify)
+        #: Set when another daemon took the lease over while this one worked: it stopped, fenced.
+        self.lost_lease: str | None = None
+        self._holds_lease = False
+        self._storage_faults = 0
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Take the lease, recover interrupted runs, register the schedules and start working.
+    def acquire(self) -> None:
+        """Take the single-instance lease (the first step of :meth:`start`; the process binds its port after).
 
         Raises:
             LeaseHeldError: another daemon is running against the same database.
+            StoreError: the database cannot be written (read-only, full).
         """
+        if self._holds_lease:
+            return
         holder = self.store.acquire_lease(
             self.holder, host=self.host, pid=self.pid, ttl_s=self.lease_ttl_s, is_alive=pid_alive
         )
@@ -138,6 +169,22 @@ class Daemon:
                 f"last heartbeat {as_utc(holder.heartbeat_at):%Y-%m-%d %H:%M:%S} UTC, "
                 f"lease until {as_utc(holder.expires_at):%H:%M:%S} UTC); stop it first or use another database"
             )
+        self._holds_lease = True
+
+    def release(self) -> None:
+        """Hand the lease back (after :meth:`acquire` when the process cannot go on, e.g. its port is taken)."""
+        if self._holds_lease:
+            self._holds_lease = False
+            self.store.release_lease(self.holder)
+
+    def start(self) -> None:
+        """Take the lease, recover interrupted fires and runs, register the schedules and start working.
+
+        Raises:
+            LeaseHeldError: another daemon is running against the same database.
+            StoreError: the database cannot be written (read-only, full).
+        """
+        self.acquire()
         self.started_at = self.clock()
         self.watcher.register_configured()
         self.refresh_releases()
@@ -185,7 +232,11 @@ class Daemon:
             clean = clean and not thread.is_alive()
         if clean:
             self.pool.close()
-            self.store.release_lease(self.holder)
+            if self.lost_lease is None:
+                try:
+                    self.release()
+                except StoreError as exc:  # the lease expires; the next start takes it over
+                    log.warning("could not release the lease: %s", exc)
             return True
         # The chunk or model load in hand is inside native code and cannot be interrupted safely.
         # Record the run as interrupted and hand the lease back through the database, so that the
@@ -196,10 +247,11 @@ class Daemon:
             "before the chunk or model load in hand reached a safe point"
         )
         try:
-            for run in self.store.unfinished_runs():
-                if run.id is not None and run.status == "running":
-                    self.store.finish_run(run.id, status="interrupted", error=reason)
-            self.store.release_lease(self.holder)
+            if self.lost_lease is None:
+                for run in self.store.unfinished_runs():
+                    if run.id is not None and run.status == "running":
+                        self.store.finish_run(run.id, status="interrupted", error=reason)
+                self.release()
         except Exception as exc:  # a storage fault: the lease expires and the next start recovers
             log.warning("could not record the interrupted run: %s", exc)
         log.warning("shutdown timed out with a run in progress; it will be resumed at the next start")
@@ -221,18 +273,18 @@ class Daemon:
         schedule = job.schedule
         assert schedule is not None
         every = schedule.every
-        anchor = self.store.last_scheduled_fire(name) if every else None
+        anchor = self.store.last_fire_time(name) if every else None
         if anchor is not None and anchor > self.clock():
             anchor = None  # a clock that went backwards: start afresh
         return make_trigger(every=every, cron=schedule.cron, timezone=schedule.timezone, anchor=anchor)
 
     def catch_up(self, now: datetime) -> list[WorkItem]:
         """Queue one run per job whose fires were missed while the daemon was down (within grace)."""
-        queued = []
+        queued: list[WorkItem] = []
         for name, job in self.config.jobs.items():
             if job.schedule is None:
                 continue
-            last = self.store.last_scheduled_fire(name)
+            last = self.store.last_fire_time(name)
             if last is None:
                 if job.schedule.run_at_start:
                     queued.append(WorkItem(name, "schedule", now))
@@ -250,23 +302,42 @@ class Daemon:
                 log.info("job %s missed its run at %s, beyond the grace; waiting for the next", name, missed)
                 continue
             queued.append(WorkItem(name, "catch-up", missed))
-        for item in queued:
-            self.enqueue(item)
-        return queued
+        return [item for item in queued if self.enqueue(item)]
 
     def _on_fire(self, job: str, scheduled_for: datetime) -> None:
         if not self.enqueue(WorkItem(job, "schedule", scheduled_for)):
             log.info("job %s fired while still queued or running; fires coalesce", job)
 
-    def enqueue(self, item: WorkItem) -> bool:
-        """Queue work unless the same job is already queued or running (one run at a time per job)."""
+    def enqueue(self, item: WorkItem, *, token: str | None = None) -> bool:
+        """Take a fire of ``item.job`` and queue it, unless the job has a fire queued or running
+        (fires of a busy job coalesce) or this very fire was taken before (exactly-once).
+
+        A new fire is recorded first (``token`` names it when it is not a scheduled
+        time: a run-now request, a release); an item with a ``fire_id`` (a fire
+        recovered at start) or a ``resume_run_id`` is queued as it is.
+        """
         if self._stop.is_set():
             return False
-        key = item.job if item.resume_run_id is None else f"resume:{item.resume_run_id}"
         with self._pending_lock:
-            if key in self._pending:
+            if item.key in self._pending:
                 return False
-            self._pending.add(key)
+            self._pending.add(item.key)
+        if item.fire_id is None and item.resume_run_id is None:
+            try:
+                fire = self.store.open_fire(
+                    item.job,
+                    trigger=item.trigger,
+                    scheduled_for=item.scheduled_for,
+                    key=fire_key(item.job, item.trigger, item.scheduled_for, token or uuid.uuid4().hex),
+                )
+            except MonitorError as exc:
+                log.error("cannot record a fire of job %s: %s", item.job, exc)
+                fire = None
+            if fire is None:
+                with self._pending_lock:
+                    self._pending.discard(item.key)
+                return False
+            item = WorkItem(item.job, item.trigger, item.scheduled_for, fire_id=fire.id)
         self._idle.clear()
         self._queue.put(item)
         return True
@@ -325,12 +396,17 @@ class Daemon:
     # --- recovery ------------------------------------------------------------------------------------
 
     def recover(self) -> list[int]:
-        """Mark runs left by a crash as interrupted and queue every interrupted run for resumption."""
+        """Mark runs left by a crash as interrupted; queue every open fire to be completed (and every
+        interrupted run from before fires were recorded to be resumed).  Returns the runs to resume."""
         resumed = []
+        open_fires = {fire.id: fire for fire in self.store.open_fires()}
         for run in self.store.unfinished_runs():
             assert run.id is not None
             if run.status == "running":
-                self.store.finish_run(run.id, status="interrupted", error="the daemon stopped during the run")
+                self.store.interrupt_crashed_run(run.id, "the daemon stopped during the run")
+            if run.fire_id is not None and run.fire_id in open_fires:
+                resumed.append(run.id)
+                continue  # its fire resumes it
             if run.job is None or run.job not in self.config.jobs:
                 self.store.finish_run(
                     run.id,
@@ -340,39 +416,48 @@ class Daemon:
                 continue
             self.enqueue(WorkItem(run.job, "resume", as_utc(run.scheduled_for), resume_run_id=run.id))
             resumed.append(run.id)
+        for fire in open_fires.values():
+            assert fire.id is not None
+            log.info("fire %d of job %s was not finished: completing it", fire.id, fire.job)
+            self.enqueue(WorkItem(fire.job, fire.trigger, as_utc(fire.scheduled_for), fire_id=fire.id))
         return resumed
+
+    def _resumable(self, run: RunRecord, model_name: str, plans: list[RunPlan]) -> RunPlan | str:
+        """The plan that resumes ``run``, or why it cannot be resumed."""
+        assert run.job is not None
+        job = self.config.jobs[run.job]
+        if model_name not in job.models or run.evalset_name not in job.evalsets:
+            return "not resumed: the job no longer runs this model or eval set"
+        for plan in plans:
+            same_series = plan.model_name == model_name and plan.evalset.name == run.evalset_name
+            if same_series and parse_strategy(run.strategy, plan.evalset) == plan.fewshot_k:
+                if plan.evalset.version != run.evalset_version:
+                    return "not resumed: the eval set changed since the run started"
+                return plan
+        return "not resumed: its strategy is no longer configured"
 
     def _resume_plan(self, run_id: int) -> RunPlan | None:
         run = self.store.get_run(run_id)
         model_name = self.store.model_name(run.model_id)
         assert run.job is not None
-        job = self.config.jobs[run.job]
-        if model_name not in job.models or run.evalset_name not in job.evalsets:
-            self.store.finish_run(
-                run_id, status="failed", error="not resumed: the job no longer runs this model or eval set"
-            )
-            return None
+        if run.evalset_name in self.config.evalsets:
+            try:
+                load_evalset(self.config.resolve(self.config.evalsets[run.evalset_name]))
+            except MonitorError as exc:
+                self.store.finish_run(run_id, status="failed", error=f"not resumed: {exc}")
+                return None
         try:
-            evalset = load_evalset(self.config.resolve(self.config.evalsets[run.evalset_name]))
+            plans = plan_runs(
+                self.config, [run.job], trigger=run.trigger, scheduled_for=as_utc(run.scheduled_for)
+            )
         except MonitorError as exc:
             self.store.finish_run(run_id, status="failed", error=f"not resumed: {exc}")
             return None
-        if evalset.version != run.evalset_version:
-            self.store.finish_run(
-                run_id, status="failed", error="not resumed: the eval set changed since the run started"
-            )
+        found = self._resumable(run, model_name, plans)
+        if isinstance(found, str):
+            self.store.finish_run(run_id, status="failed", error=found)
             return None
-        plans = plan_runs(
-            self.config, [run.job], trigger=run.trigger, scheduled_for=as_utc(run.scheduled_for)
-        )
-        for plan in plans:
-            same_series = plan.model_name == model_name and plan.evalset.name == run.evalset_name
-            if same_series and parse_strategy(run.strategy, plan.evalset) == plan.fewshot_k:
-                return plan
-        self.store.finish_run(
-            run_id, status="failed", error="not resumed: its strategy is no longer configured"
-        )
-        return None
+        return found
 
     # --- threads -------------------------------------------------------------------------------------
 
@@ -388,14 +473,22 @@ class Daemon:
             try:
                 self.current_job = item.job
                 self._execute(item)
+            except LeaseLostError as exc:
+                self._lose_lease(str(exc))
             except Exception:  # one bad job must never stop the others
                 log.exception("job %s failed outside any run", item.job)
             finally:
                 self.current_job = None
-                key = item.job if item.resume_run_id is None else f"resume:{item.resume_run_id}"
                 with self._pending_lock:
-                    self._pending.discard(key)
+                    self._pending.discard(item.key)
                 self._mark_idle()
+
+    def _lose_lease(self, why: str) -> None:
+        """Another daemon took the lease over: stop at once, writing nothing more (fenced)."""
+        if self.lost_lease is None:
+            log.error("%s; stopping without touching the run in hand (the new holder resumes it)", why)
+        self.lost_lease = why
+        self.request_stop()
 
     def _mark_idle(self) -> None:
         with self._pending_lock:
@@ -403,43 +496,132 @@ class Daemon:
                 self._idle.set()
 
     def _execute(self, item: WorkItem) -> None:
-        settings = self.config.daemon
-        chunk, max_errors, stop = settings.chunk_size, settings.max_item_error_rate, self._stop.is_set
         if item.resume_run_id is not None:
             plan = self._resume_plan(item.resume_run_id)
             if plan is not None:
                 log.info("resuming run %d of job %s", item.resume_run_id, item.job)
-                run = continue_run(
-                    self.store,
-                    self.pool,
-                    plan,
-                    item.resume_run_id,
-                    chunk_size=chunk,
-                    max_error_rate=max_errors,
-                    should_stop=stop,
-                )
-                self._finished(run)
+                self._guarded(item, lambda: self._continue(plan, item.resume_run_id))  # type: ignore[arg-type]
+            return
+        assert item.fire_id is not None
+        self._guarded(item, lambda: self._run_fire(self.store.get_fire(item.fire_id)))  # type: ignore[arg-type]
+
+    def _guarded(self, item: WorkItem, work: Callable[[], object]) -> None:
+        """Do ``work``; on a storage fault, leave the run in hand resumable once the database takes
+        writes again, and queue the item again (a lost lease propagates: the daemon stops)."""
+        try:
+            work()
+            self._storage_faults = 0
+        except StoreError as exc:
+            log.error(
+                "job %s: the database refused a write (%s); will resume when it takes writes", item.job, exc
+            )
+            if not self._await_storage(str(exc)):
+                return
+            # The fault may come back at once (a disk still nearly full): back off between attempts.
+            delay = STORAGE_RETRY_S[min(self._storage_faults, len(STORAGE_RETRY_S) - 1)]
+            self._storage_faults += 1
+            if self._stop.wait(delay):
+                return
+            with self._pending_lock:
+                self._pending.discard(item.key)
+            self.enqueue(item)
+
+    def _await_storage(self, reason: str) -> bool:
+        """Retry, with backoff, a real write (the lease's heartbeat) and then marking this daemon's
+        running runs ``interrupted`` with the storage fault's reason; true once both succeeded
+        (false: stopping first, or the lease was lost meanwhile)."""
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                if not self.store.renew_lease(self.holder, self.lease_ttl_s):
+                    self._lose_lease("another daemon took this daemon's lease over during a storage fault")
+                    return False
+                for run in self.store.unfinished_runs():
+                    if run.id is not None and run.status == "running":
+                        self.store.finish_run(
+                            run.id,
+                            status="interrupted",
+                            error=f"storage fault, resumed when writes succeed: {reason}",
+                        )
+                log.info("the database takes writes again: resuming")
+                return True
+            except StoreError as exc:
+                reason = str(exc)
+            self._stop.wait(STORAGE_RETRY_S[min(attempt, len(STORAGE_RETRY_S) - 1)])
+            attempt += 1
+        return False
+
+    def _continue(self, plan: RunPlan, run_id: int) -> RunRecord:
+        settings = self.config.daemon
+        run = continue_run(
+            self.store,
+            self.pool,
+            plan,
+            run_id,
+            chunk_size=settings.chunk_size,
+            max_error_rate=settings.max_item_error_rate,
+            should_stop=self._stop.is_set,
+        )
+        self._finished(run)
+        return run
+
+    def _run_fire(self, fire: FireRecord) -> None:
+        """Make (or finish) every run of a fire, then its after-job work, once; close the fire."""
+        assert fire.id is not None
+        if fire.job not in self.config.jobs:
+            self._abandon(fire, "its job is no longer configured")
             return
         try:
-            plans = plan_runs(self.config, [item.job], trigger=item.trigger, scheduled_for=item.scheduled_for)
+            plans = plan_runs(
+                self.config, [fire.job], trigger=fire.trigger, scheduled_for=as_utc(fire.scheduled_for)
+            )
         except MonitorError as exc:
-            self.plan_errors[item.job] = self.plan_errors.get(item.job, 0) + 1
-            log.error("job %s cannot run: %s", item.job, str(exc).replace("\n", "; "))
+            self.plan_errors[fire.job] = self.plan_errors.get(fire.job, 0) + 1
+            log.error("job %s cannot run: %s", fire.job, str(exc).replace("\n", "; "))
+            self._abandon(fire, f"cannot run: {exc}")
             return
+        fire_id = fire.id
+        fire = self.store.start_fire(fire_id, [plan_key(plan) for plan in plans])
+        made = {(name, run.evalset_name, run.strategy): run for run, name in self.store.fire_runs(fire_id)}
         for plan in plans:
             if self._stop.is_set():
-                break
-            run = execute_run(
-                self.store, self.pool, plan, chunk_size=chunk, max_error_rate=max_errors, should_stop=stop
-            )
-            self._finished(run)
-        if not self._stop.is_set():
-            after_job(self.store, self.config, list(self.config.jobs[item.job].models), self.notify)
-            mark_evaluated(self.store, self.config, item.job, self.clock())
-            self._wake_sender()
-            for job in stale_challenger_jobs(self.store, self.config):
-                if self.enqueue(WorkItem(job, "evalset-changed", self.clock())):
-                    log.info("a golden set changed since %s last ran: queued again", job)
+                return  # the fire stays open: the next start completes it
+            run = made.get((plan.model_name, plan.evalset.name, plan.strategy))
+            if run is not None and run.status in ("succeeded", "failed"):
+                continue
+            if run is None:
+                run_id = open_run(self.store, plan, fire_id=fire_id)
+            else:
+                assert run.id is not None
+                found = self._resumable(run, plan.model_name, [plan])
+                if isinstance(found, str):
+                    self._finished(self.store.finish_run(run.id, status="failed", error=found))
+                    continue
+                log.info("resuming run %d of job %s", run.id, fire.job)
+                run_id = run.id
+            finished = self._continue(plan, run_id)
+            if finished.status == "interrupted":
+                return
+        if self._stop.is_set():
+            return
+        self._after_fire(fire)
+
+    def _after_fire(self, fire: FireRecord) -> None:
+        assert fire.id is not None
+        after_job(self.store, self.config, list(self.config.jobs[fire.job].models), self.notify)
+        mark_evaluated(self.store, self.config, fire.job, self.clock())
+        self.store.finish_fire(fire.id)
+        self._wake_sender()
+        for job in stale_challenger_jobs(self.store, self.config):
+            if self.enqueue(WorkItem(job, "evalset-changed", self.clock())):
+                log.info("a golden set changed since %s last ran: queued again", job)
+
+    def _abandon(self, fire: FireRecord, reason: str) -> None:
+        assert fire.id is not None
+        for run, _ in self.store.fire_runs(fire.id):
+            if run.id is not None and run.status in ("running", "interrupted"):
+                self._finished(self.store.finish_run(run.id, status="failed", error=f"not resumed: {reason}"))
+        self.store.finish_fire(fire.id, status="abandoned", error=reason)
 
     def _finished(self, run: RunRecord) -> None:
         log.info(
@@ -472,27 +654,44 @@ class Daemon:
         while not self._stop.wait(interval):
             try:
                 if not self.store.renew_lease(self.holder, self.lease_ttl_s):
-                    log.error("lost the daemon lease to another process; stopping")
-                    self.request_stop()
+                    self._lose_lease("another daemon took this daemon's lease over")
             except MonitorError as exc:
                 log.warning("could not renew the lease: %s", exc)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_s):
             try:
-                for request in self.store.take_run_requests():
-                    if request.job in self.config.jobs:
-                        self.enqueue(WorkItem(request.job, "manual", None))
-                        log.info("run-now request %s for job %s", request.id, request.job)
-                    else:
-                        log.warning("run-now request %s names unknown job %s", request.id, request.job)
+                self.take_run_requests()
+            except LeaseLostError as exc:
+                self._lose_lease(str(exc))
             except MonitorError as exc:
                 log.warning("could not read run-now requests: %s", exc)
+
+    def take_run_requests(self) -> list[int]:
+        """Turn pending run-now requests into fires (in one transaction with their pick-up); queue them."""
+        with self._pending_lock:
+            busy = set(self._pending)
+        jobs = {job for job in self.config.jobs if job not in busy}
+        queued = []
+        for request, fire in self.store.claim_run_requests(jobs):
+            if fire is not None and fire.id is not None:
+                log.info("run-now request %s for job %s", request.id, request.job)
+                if self.enqueue(WorkItem(request.job, "manual", None, fire_id=fire.id)):
+                    queued.append(fire.id)
+            elif request.job in self.config.jobs:
+                log.info(
+                    "run-now request %s for job %s: the job is queued or running; it coalesces",
+                    request.id,
+                    request.job,
+                )
+            else:
+                log.warning("run-now request %s names unknown job %s", request.id, request.job)
+        return queued
 
     # --- state for readiness and metrics -------------------------------------------------------------
 
     def ready(self) -> tuple[bool, dict[str, bool]]:
-        """Readiness: the store answers and the scheduler runs."""
+        """Readiness: the store answers and takes writes (its last write succeeded) and the scheduler runs."""
         checks = {"store": self.store.ping(), "scheduler": self.timer.running and not self._stop.is_set()}
         return all(checks.values()), checks
 

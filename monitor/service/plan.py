@@ -13,7 +13,7 @@ from datetime import datetime
 from monitor.backends import EndpointSpec, ModelSpec
 from monitor.config import EndpointConfig, MonitorConfig
 from monitor.errors import EvalSetError, NotFoundError, Problem
-from monitor.evals.evalset import EvalSet, load_evalset, parse_strategy
+from monitor.evals.evalset import EvalSet, load_evalset, parse_strategy, strategy_name
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,16 @@ class RunPlan:
     job: str | None = None
     scheduled_for: datetime | None = None
     model_version: str | None = None
+
+    @property
+    def strategy(self) -> str:
+        """The strategy's stored name (``zero-shot``, ``5-shot``)."""
+        return strategy_name(self.fewshot_k)
+
+
+def plan_key(plan: RunPlan) -> str:
+    """How a fire lists a planned run: ``model/evalset/strategy``."""
+    return f"{plan.model_name}/{plan.evalset.name}/{plan.strategy}"
 
 
 def plan_runs(

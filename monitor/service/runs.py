@@ -17,6 +17,7 @@ from typing import Any
 from monitor.backends import Backend, ModelSpec, load_backend
 from monitor.backends.base import ProgressCallback
 from monitor.config import MonitorConfig
+from monitor.errors import LeaseLostError, StoreError
 from monitor.evals.evalset import EvalSet, strategy_name
 from monitor.evals.loop import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ERROR_RATE, evaluate, run_verdict
 from monitor.evals.scoring import aggregate
@@ -79,8 +80,29 @@ def execute_run(
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    fire_id: int | None = None,
 ) -> RunRecord:
-    """Make one run and record it, whatever happens; returns the finished run."""
+    """Make one run and record it, whatever happens; returns the finished run.
+
+    The exceptions: a storage fault (:class:`~monitor.errors.StoreError`) and a lost
+    lease (:class:`~monitor.errors.LeaseLostError`) propagate, because the run cannot
+    be recorded; the daemon leaves such a run resumable.
+    """
+    run_id = open_run(store, plan, fire_id=fire_id)
+    return continue_run(
+        store,
+        pool,
+        plan,
+        run_id,
+        chunk_size=chunk_size,
+        max_error_rate=max_error_rate,
+        progress=progress,
+        should_stop=should_stop,
+    )
+
+
+def open_run(store: Store, plan: RunPlan, *, fire_id: int | None = None) -> int:
+    """Record a new ``running`` run for ``plan`` (in ``fire_id``); returns its id."""
     evalset = plan.evalset
     model = store.upsert_model(
         plan.model_name, kind=plan.spec.backend, base=plan.spec.base, adapter=plan.spec.adapter
@@ -104,18 +126,10 @@ def execute_run(
         items_total=len(evalset.items),
         scheduled_for=plan.scheduled_for,
         model_version=plan.model_version,
+        fire_id=fire_id,
     )
     assert run.id is not None
-    return continue_run(
-        store,
-        pool,
-        plan,
-        run.id,
-        chunk_size=chunk_size,
-        max_error_rate=max_error_rate,
-        progress=progress,
-        should_stop=should_stop,
-    )
+    return run.id
 
 
 def continue_run(
@@ -134,6 +148,8 @@ def continue_run(
     try:
         backend, load_s = pool.get(plan.spec)
         fingerprint = backend.fingerprint()
+    except (StoreError, LeaseLostError):
+        raise
     except Exception as exc:
         return store.finish_run(run_id, status="failed", error=f"model failed to load: {_reason(exc)}")
     store.update_run(run_id, model_fingerprint=fingerprint.digest, load_s=load_s)
@@ -166,6 +182,8 @@ def continue_run(
             progress=progress,
             should_stop=stop_requested,
         )
+    except (StoreError, LeaseLostError):
+        raise  # the run cannot be recorded: not the model's failure (the daemon leaves it resumable)
     except Exception as exc:
         return store.finish_run(run_id, status="failed", error=f"run failed: {_reason(exc)}")
     stored = store.item_results(run_id)

@@ -1,7 +1,7 @@
 """Storage of runs and per-item results (SQLModel + Alembic): the only door to the monitor's tables.
 
 :class:`Store` (``db.py``) gathers its methods from one module per topic: ``runs``,
-``lease``, ``releases``, ``verdicts``, ``findings``, ``recommendations``; the
+``fires``, ``lease``, ``releases``, ``verdicts``, ``findings``, ``recommendations``; the
 webhook outbox's functions are in ``outbox``.  Nothing outside this package
 opens a session except to hand it to a ``notify``/``on_change`` callback that a
 store method calls inside its own transaction.
@@ -20,10 +20,12 @@ from monitor.evals.results import ItemResult
 
 if TYPE_CHECKING:
     from monitor.store.db import SeriesStatus, Store, as_utc, make_engine, migrate, redact_url
+    from monitor.store.fires import fire_key
     from monitor.store.runs import RunCount, RunSummary
     from monitor.store.tables import (
         DaemonLease,
         EvalSetVersionRecord,
+        FireRecord,
         ItemResultRecord,
         ModelRecord,
         RunRecord,
@@ -34,10 +36,12 @@ if TYPE_CHECKING:
 _LAZY = {
     **dict.fromkeys(("SeriesStatus", "Store", "as_utc", "make_engine", "migrate", "redact_url"), ".db"),
     **dict.fromkeys(("RunCount", "RunSummary"), ".runs"),
+    "fire_key": ".fires",
     **dict.fromkeys(
         (
             "DaemonLease",
             "EvalSetVersionRecord",
+            "FireRecord",
             "ItemResultRecord",
             "ModelRecord",
             "RunRecord",
@@ -62,6 +66,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DaemonLease",
     "EvalSetVersionRecord",
+    "FireRecord",
     "ItemResult",
     "ItemResultRecord",
     "ModelRecord",
@@ -72,6 +77,7 @@ __all__ = [
     "SeriesStatus",
     "Store",
     "as_utc",
+    "fire_key",
     "make_engine",
     "migrate",
     "redact_url",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -16,13 +17,61 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 
+@dataclass(frozen=True)
+class Fence:
+    """The lease a daemon holds: every write of a run or a fire checks it in its own transaction."""
+
+    holder: str
+    epoch: int
+
+
 class StoreMixin:
     """The base of the store's method groups; :class:`monitor.store.db.Store` supplies both."""
+
+    #: Set while this store's process holds the daemon lease (:meth:`LeaseMixin.acquire_lease`).
+    fence: Fence | None = None
 
     if TYPE_CHECKING:
         engine: Engine
 
         def session(self) -> AbstractContextManager[Session]: ...
+
+    def _check_fence(self, s: Session) -> None:
+        """Fail the transaction unless this store still holds the lease it took (fencing).
+
+        The check is an ``UPDATE`` of the lease row, the transaction's first write: a
+        take-over (which rewrites that row) and this write are serialised by the
+        database, so a holder paused past its lease, then woken, finds the new epoch
+        and writes nothing (:class:`~monitor.errors.LeaseLostError`).
+        """
+        fence = self.fence
+        if fence is None:
+            return
+        from sqlalchemy import CursorResult, update
+        from sqlmodel import col
+
+        from monitor.errors import LeaseLostError
+        from monitor.store.tables import DaemonLease
+
+        result = cast(
+            "CursorResult[Any]",
+            s.execute(
+                update(DaemonLease)
+                .where(
+                    col(DaemonLease.name) == "daemon",
+                    col(DaemonLease.holder) == fence.holder,
+                    col(DaemonLease.epoch) == fence.epoch,
+                )
+                .values(epoch=fence.epoch)
+            ),
+        )
+        if result.rowcount != 1:
+            current = s.get(DaemonLease, "daemon")
+            now = f"now held by {current.holder} (epoch {current.epoch})" if current else "now free"
+            raise LeaseLostError(
+                f"this daemon lost its lease (epoch {fence.epoch}) while it worked; the lease is {now}. "
+                "Nothing was written"
+            )
 
     def _add_with_events(
         self, records: Sequence[R], events: Sequence[Event], notify: Notify | None

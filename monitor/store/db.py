@@ -6,6 +6,7 @@ WAL mode with a busy timeout, so the CLI can read while a daemon writes.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,9 @@ from sqlmodel import Session, create_engine
 
 from monitor.errors import StoreError
 from monitor.events import Event, Notify
+from monitor.store._errors import describe_db_error, redact_url
 from monitor.store.findings import FindingsMixin
+from monitor.store.fires import FiresMixin
 from monitor.store.lease import LeaseMixin
 from monitor.store.recommendations import RecommendationsMixin
 from monitor.store.releases import ReleasesMixin
@@ -39,6 +42,19 @@ __all__ = [
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "ALTER", "DROP")
+#: Whether the current thread's transaction has issued a write (set by the engine's cursor hook).
+_tx = threading.local()
+
+
+#: The fencing check (``_mixin.StoreMixin._check_fence``) locks the lease row without changing it: not a write.
+_FENCE_CHECK = "UPDATE daemon_lease SET epoch="
+
+
+def _note_writes(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    text = statement.lstrip()
+    if text[:7].upper().startswith(_WRITES) and not text.startswith(_FENCE_CHECK):
+        _tx.wrote = True
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -59,20 +75,12 @@ def make_engine(url: str) -> Engine:
                 Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
             event.listen(engine, "connect", _sqlite_pragmas)
-            return engine
-        return create_engine(url, pool_pre_ping=True)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        event.listen(engine, "before_cursor_execute", _note_writes)
+        return engine
     except (SQLAlchemyError, ValueError, ImportError) as exc:
         raise StoreError(f"database URL {redact_url(url)!r} is not usable: {exc}") from exc
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for messages and logs."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable database URL>"
 
 
 def alembic_config(engine: Engine) -> Any:
@@ -106,11 +114,14 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         ) from exc
 
 
-class Store(RunsMixin, LeaseMixin, ReleasesMixin, VerdictsMixin, FindingsMixin, RecommendationsMixin):
+class Store(
+    RunsMixin, FiresMixin, LeaseMixin, ReleasesMixin, VerdictsMixin, FindingsMixin, RecommendationsMixin
+):
     """Reads and writes the monitor's history; the only door to its tables.
 
     The methods come in groups, one module each: :mod:`~monitor.store.runs`
-    (models, eval set versions, runs, run-now requests), :mod:`~monitor.store.lease`,
+    (models, eval set versions, runs, run-now requests), :mod:`~monitor.store.fires`
+    (job fires), :mod:`~monitor.store.lease`,
     :mod:`~monitor.store.releases`, :mod:`~monitor.store.verdicts`,
     :mod:`~monitor.store.findings` (drift) and :mod:`~monitor.store.recommendations`;
     the webhook outbox's functions are in :mod:`~monitor.store.outbox`.
@@ -119,6 +130,8 @@ class Store(RunsMixin, LeaseMixin, ReleasesMixin, VerdictsMixin, FindingsMixin, 
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: Why the last write failed; None once a write succeeds (readiness and ``monitor_store_up``).
+        self.write_error: str | None = None
 
     @classmethod
     def open(cls, url: str, *, migrate_schema: bool = True) -> Store:
@@ -128,7 +141,7 @@ class Store(RunsMixin, LeaseMixin, ReleasesMixin, VerdictsMixin, FindingsMixin, 
             with engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot connect to {redact_url(url)}: {exc.__class__.__name__}: {exc}") from exc
+            raise StoreError(f"cannot connect to {redact_url(url)}: {describe_db_error(exc)}") from exc
         if migrate_schema:
             migrate(engine)
         return cls(engine)
@@ -149,26 +162,36 @@ class Store(RunsMixin, LeaseMixin, ReleasesMixin, VerdictsMixin, FindingsMixin, 
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that commits on success and rolls back on error."""
+        """A session that commits on success and rolls back on error.
+
+        A transaction that wrote records its outcome in :attr:`write_error`, so that
+        storage health reflects writes (a read-only or full database answers reads).
+        """
+        _tx.wrote = False
         with Session(self.engine, expire_on_commit=False) as session:
             try:
                 yield session
                 session.commit()
             except SQLAlchemyError as exc:
                 session.rollback()
-                raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+                message = describe_db_error(exc)
+                if getattr(_tx, "wrote", False):
+                    self.write_error = message
+                raise StoreError(f"database error: {message}") from exc
             except BaseException:
                 session.rollback()
                 raise
+            if getattr(_tx, "wrote", False):
+                self.write_error = None
 
     def ping(self) -> bool:
-        """Whether the database answers."""
+        """Whether the database answers and its last write, if any, succeeded."""
         try:
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
-            return True
         except SQLAlchemyError:
             return False
+        return self.write_error is None
 
     def record_event(self, event: Event, notify: Notify) -> None:
         """Hand ``event`` to ``notify(session, event)`` in a transaction of its own (an event with no row behind it)."""

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, update
+from sqlalchemy import CursorResult, update
 from sqlmodel import Session, col
 
 from monitor.errors import StoreError
-from monitor.store._mixin import StoreMixin
+from monitor.store._mixin import Fence, StoreMixin
 from monitor.store.tables import DaemonLease, aware, utcnow
 
 
@@ -32,8 +32,35 @@ class LeaseMixin(StoreMixin):
         The lease is free when absent, expired, already ours, or held by a process
         on this host that no longer exists (``is_alive(pid)`` is false), so a
         daemon killed with ``kill -9`` does not lock its successor out for a whole TTL.
-        The take-over is a compare-and-swap on the old holder, safe on any database.
+        The take-over is a compare-and-swap on the old holder, safe on any database,
+        and grows the lease's epoch: from then on this store fences its run and fire
+        writes with it (:attr:`fence`), so a holder that was paused past its lease
+        and taken over writes nothing when it wakes.
+
+        Raises:
+            StoreError: the database cannot be written (read-only, full): one line.
         """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from monitor.store._errors import describe_db_error, redact_url
+
+        try:
+            return self._acquire_lease(holder, host=host, pid=pid, ttl_s=ttl_s, is_alive=is_alive, now=now)
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"cannot take the daemon lease in {redact_url(str(self.engine.url))}: {describe_db_error(exc)}"
+            ) from exc
+
+    def _acquire_lease(
+        self,
+        holder: str,
+        *,
+        host: str,
+        pid: int,
+        ttl_s: float,
+        is_alive: Callable[[int], bool] | None,
+        now: datetime | None,
+    ) -> DaemonLease | None:
         from datetime import timedelta
 
         from sqlalchemy.exc import IntegrityError
@@ -51,9 +78,10 @@ class LeaseMixin(StoreMixin):
             with Session(self.engine, expire_on_commit=False) as s:
                 current = s.get(DaemonLease, "daemon")
                 if current is None:
-                    s.add(DaemonLease(name="daemon", acquired_at=now, **fields))
+                    s.add(DaemonLease(name="daemon", acquired_at=now, epoch=1, **fields))
                     try:
                         s.commit()
+                        self.fence = Fence(holder, 1)
                         return None
                     except IntegrityError:
                         s.rollback()
@@ -65,16 +93,22 @@ class LeaseMixin(StoreMixin):
                 )
                 if not free:
                     return current
+                epoch = (current.epoch or 0) + 1
                 result = cast(
                     "CursorResult[Any]",
                     s.execute(
                         update(DaemonLease)
-                        .where(col(DaemonLease.name) == "daemon", col(DaemonLease.holder) == current.holder)
-                        .values(acquired_at=now, **fields)
+                        .where(
+                            col(DaemonLease.name) == "daemon",
+                            col(DaemonLease.holder) == current.holder,
+                            col(DaemonLease.epoch) == current.epoch,
+                        )
+                        .values(acquired_at=now, epoch=epoch, **fields)
                     ),
                 )
                 s.commit()
                 if result.rowcount == 1:
+                    self.fence = Fence(holder, epoch)
                     return None
         raise StoreError("could not settle the daemon lease after 3 attempts")
 
@@ -95,12 +129,18 @@ class LeaseMixin(StoreMixin):
             return bool(result.rowcount == 1)
 
     def release_lease(self, holder: str) -> None:
+        """Hand the lease back (a successor takes it at once); a no-op when it is no longer ours.
+
+        The row is kept, with its epoch, and only made free: epochs never repeat.
+        """
         with self.session() as s:
             s.execute(
-                delete(DaemonLease).where(
-                    col(DaemonLease.name) == "daemon", col(DaemonLease.holder) == holder
-                )
+                update(DaemonLease)
+                .where(col(DaemonLease.name) == "daemon", col(DaemonLease.holder) == holder)
+                .values(holder="", expires_at=utcnow() - timedelta(seconds=1))
             )
+        if self.fence is not None and self.fence.holder == holder:
+            self.fence = None
 
     def current_lease(self) -> DaemonLease | None:
         with self.session() as s:

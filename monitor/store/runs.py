@@ -127,10 +127,13 @@ class RunsMixin(StoreMixin):
         model_fingerprint: str | None = None,
         scheduled_for: datetime | None = None,
         model_version: str | None = None,
+        fire_id: int | None = None,
     ) -> RunRecord:
         """Record a run as ``running`` and return it (with its id)."""
         assert model.id is not None and evalset.id is not None
+        now = utcnow()
         with self.session() as s:
+            self._check_fence(s)
             run = RunRecord(
                 model_id=model.id,
                 evalset_version_id=evalset.id,
@@ -144,10 +147,12 @@ class RunsMixin(StoreMixin):
                 settings=settings,
                 model_fingerprint=model_fingerprint,
                 evalset_version=evalset.version,
-                started_at=utcnow(),
+                started_at=now,
+                segment_started_at=now,
                 scheduled_for=scheduled_for,
                 model_version=model_version,
                 items_total=items_total,
+                fire_id=fire_id,
             )
             s.add(run)
             s.flush()
@@ -159,6 +164,7 @@ class RunsMixin(StoreMixin):
         if not results:
             return
         with self.session() as s:
+            self._check_fence(s)
             s.add_all(
                 ItemResultRecord(
                     run_id=run_id,
@@ -179,6 +185,7 @@ class RunsMixin(StoreMixin):
                 update(RunRecord)
                 .where(col(RunRecord.id) == run_id)
                 .values(
+                    progress_at=utcnow(),
                     items_done=col(RunRecord.items_done) + len(results),
                     items_failed=col(RunRecord.items_failed) + sum(1 for r in results if r.error),
                     prompt_tokens=col(RunRecord.prompt_tokens) + sum(r.prompt_tokens for r in results),
@@ -190,6 +197,7 @@ class RunsMixin(StoreMixin):
     def update_run(self, run_id: int, **values: Any) -> None:
         """Set fields of a run (fingerprint, load time, ...)."""
         with self.session() as s:
+            self._check_fence(s)
             s.execute(update(RunRecord).where(col(RunRecord.id) == run_id).values(**values))
 
     def finish_run(
@@ -205,14 +213,19 @@ class RunsMixin(StoreMixin):
 
         ``error`` replaces any earlier error: a resumed run that succeeds keeps no
         error from its interruption.  Metrics and backend facts are kept when not given.
+        ``duration_s`` counts the time the run worked: the stretches between its start
+        or resumptions and its interruptions, not the downtime between them.
         """
         with self.session() as s:
+            self._check_fence(s)
             run = s.get(RunRecord, run_id)
             if run is None:
                 raise NotFoundError(f"no run {run_id}")
+            now = utcnow()
+            if run.status == "running":
+                run.duration_s = _worked(run, now)
             run.status = status
-            run.finished_at = utcnow()
-            run.duration_s = (run.finished_at - aware(run.started_at)).total_seconds()
+            run.finished_at = now
             if metrics is not None:
                 run.metrics = metrics
             run.error = error
@@ -389,8 +402,40 @@ class RunsMixin(StoreMixin):
             return list(s.execute(query).scalars())
 
     def reopen_run(self, run_id: int) -> None:
-        """Mark an interrupted run as running again before it is resumed."""
-        self.update_run(run_id, status="running", finished_at=None, duration_s=None)
+        """Mark an interrupted run as running again before it is resumed (a new stretch of work)."""
+        self.update_run(run_id, status="running", finished_at=None, segment_started_at=utcnow())
+
+    def interrupt_crashed_run(self, run_id: int, reason: str) -> RunRecord:
+        """Mark a run that a crash left ``running`` as ``interrupted``; its work counts up to its last chunk."""
+        with self.session() as s:
+            self._check_fence(s)
+            run = s.get(RunRecord, run_id)
+            if run is None:
+                raise NotFoundError(f"no run {run_id}")
+            if run.status == "running":
+                last = as_utc(run.progress_at) or as_utc(run.segment_started_at) or aware(run.started_at)
+                run.duration_s = _worked(run, last)
+                run.status, run.error, run.finished_at = "interrupted", reason, utcnow()
+                s.add(run)
+                s.flush()
+                s.refresh(run)
+            return run
+
+    def job_runs(self, job: str, *, model_id: int, evalset: str, limit: int) -> list[RunRecord]:
+        """The newest finished runs (succeeded or failed) of one job on one model and eval set."""
+        with self.session() as s:
+            query = (
+                select(RunRecord)
+                .where(
+                    col(RunRecord.job) == job,
+                    col(RunRecord.model_id) == model_id,
+                    col(RunRecord.evalset_name) == evalset,
+                    col(RunRecord.status).in_(("succeeded", "failed")),
+                )
+                .order_by(col(RunRecord.id).desc())
+                .limit(limit)
+            )
+            return list(s.execute(query).scalars())
 
     def last_scheduled_fire(self, job: str) -> datetime | None:
         """When the newest scheduled run of ``job`` was meant to start."""
@@ -432,6 +477,13 @@ class RunsMixin(StoreMixin):
                 if result.rowcount == 1:
                     taken.append(request)
             return taken
+
+
+def _worked(run: RunRecord, until: datetime) -> float:
+    """The work seconds of a run up to ``until``: earlier stretches plus the current one."""
+    segment = as_utc(run.segment_started_at) or aware(run.started_at)
+    earlier = run.duration_s or 0.0 if run.segment_started_at is not None else 0.0
+    return earlier + max(0.0, (until - segment).total_seconds())
 
 
 @dataclass(frozen=True)

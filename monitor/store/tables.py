@@ -109,6 +109,17 @@ class RunRecord(SQLModel, table=True):
     completion_tokens: int = 0
     backend_info: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: The job fire this run belongs to (None: a run made outside the daemon, or before fires were recorded).
+    fire_id: int | None = Field(default=None, foreign_key="fires.id", index=True)
+    #: When the current stretch of work began (the start, or the last resumption): the duration
+    #: counts the time spent working, not the downtime between an interruption and its resumption.
+    segment_started_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    #: When the run last stored a chunk: a run cut by a crash counts its work up to here.
+    progress_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
 
 
 class ItemResultRecord(SQLModel, table=True):
@@ -143,6 +154,49 @@ class DaemonLease(SQLModel, table=True):
     acquired_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     heartbeat_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    #: Grows by one at every take-over: the fencing token that every run write checks.
+    epoch: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+
+
+FIRE_STATUSES = ("open", "done", "abandoned")
+
+
+class FireRecord(SQLModel, table=True):
+    """One fire of a job (scheduled, catch-up, run-now, release): the unit that a restart completes.
+
+    A fire is recorded when it is taken, before any of its runs; ``key`` makes it
+    exactly-once (a scheduled fire is ``job@time``, a run-now request
+    ``job#request-N``).  ``planned`` lists the runs the fire makes
+    (``model/evalset/strategy``), written when it starts; ``after_job_at`` is
+    set when the after-job work (drift, recommendations) is done, and the fire
+    is ``done`` then.  An open fire found at start is finished: its
+    interrupted run resumed, its missing runs made, its after-job work done once.
+    """
+
+    __tablename__ = "fires"
+    __table_args__ = (Index("ix_fires_status", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=300, unique=True)
+    job: str = Field(max_length=200, index=True)
+    trigger: str = Field(max_length=40)
+    scheduled_for: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    #: open, done, abandoned
+    status: str = Field(max_length=20)
+    planned: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    started_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    after_job_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    finished_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class RunRequest(SQLModel, table=True):

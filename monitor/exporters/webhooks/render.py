@@ -14,6 +14,7 @@ from monitor.events import (
     REGRESSION_CONFIRMED,
     RELEASE_DISCOVERED,
     RUN_FAILED_REPEATEDLY,
+    RUN_RECOVERED,
 )
 
 #: The version of the envelope every ``standard`` body carries.
@@ -106,6 +107,10 @@ def summarize_event(event_type: str, data: Mapping[str, Any]) -> str:
                 head += f", {d['failures']} failures in a row"
             if d.get("error"):
                 head += f": {str(d['error']).splitlines()[0][:200]}"
+        elif event_type == RUN_RECOVERED:
+            head = f"Runs recovered: job {d.get('job', '?')}, model {model} on {d.get('evalset', '?')}"
+            if d.get("failures") is not None:
+                head += f" succeeded after {d['failures']} failures in a row"
         elif event_type == RELEASE_DISCOVERED:
             head = f"New base-model release: {d.get('release', '?')} of {d.get('family', '?')}"
             head += f" ({d.get('source', '?')} {d.get('location', '')})".rstrip()
