@@ -25,6 +25,7 @@ else ``prior_discordance``, else the two runs are taken as independent.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -118,8 +119,12 @@ class GateReport:
         return EXIT_CODES[self.outcome]
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-safe data (no infinities: a set that cannot see any drop reads None)."""
         data = asdict(self)
-        data["checks"] = [asdict(c) for c in self.checks]
+        data["checks"] = [
+            {k: None if isinstance(v, float) and math.isinf(v) else v for k, v in asdict(c).items()}
+            for c in self.checks
+        ]
         return {"format_version": GATE_FORMAT_VERSION, "exit_code": self.exit_code, **data}
 
     def junit_xml(self) -> str:
