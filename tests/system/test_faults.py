@@ -38,7 +38,8 @@ CHOICES = ["billing", "technical", "account", "shipping"]
 WORDS = ["refund", "crash", "login", "parcel", "invoice", "password", "screen", "address"]
 #: The seeded kill points of the kill -9 test (seconds after the daemon started working).
 KILL_SEED = 20261202
-KILLS = 10
+KILLS = 11  # ten at seeded points, and one attempted in the after-job work (which may end first)
+KILL_MC_ITEMS = 200
 
 
 def free_port() -> int:
@@ -243,7 +244,7 @@ def reference(
 ) -> dict[tuple[str, str, str], str | None]:
     """What an uninterrupted daemon stores for the fire: the faulted runs must store the same."""
     root = tmp_path_factory.mktemp("reference")
-    config = write_setup(root, tiny_models)
+    config = write_setup(root, tiny_models, mc_items=KILL_MC_ITEMS)
     with daemons() as started:
         d = Daemon(config, "reference")
         started.append(d)
@@ -253,34 +254,60 @@ def reference(
     return predictions(db_path(config))
 
 
+def stored_items(db: Path) -> int:
+    return int(query(db, "select count(*) from item_results")[0][0]) if db.exists() else 0
+
+
 def test_kill_9_at_seeded_points_of_a_multi_run_fire_loses_and_repeats_nothing(
     tiny_models: TinyModels, tmp_path: Path, reference: dict[tuple[str, str, str], str | None]
 ) -> None:
-    config = write_setup(tmp_path, tiny_models)
+    config = write_setup(tmp_path, tiny_models, mc_items=KILL_MC_ITEMS)
     db = db_path(config)
+    total = 2 * (KILL_MC_ITEMS + 24)
     rng = random.Random(KILL_SEED)
+    # Seeded kill points: three during start-up or a model load (a time after the start), the rest
+    # when the fire has stored a seeded number of items (in every run of the fire, between chunks
+    # or inside one), and a last one once every run is finished, in the after-job work.
+    at_start = set(rng.sample(range(KILLS - 1), 3))
+    bins = KILLS - 1 - len(at_start)  # one seeded point in each slice of the fire's items
+    span = int(total * 0.85)  # short of the end: a kill needs a moment to land after its point is seen
+    thresholds = iter(rng.randrange(span * b // bins + 1, span * (b + 1) // bins) for b in range(bins))
     killed_at: list[str] = []
     with daemons() as started:
         for k in range(KILLS):
             d = Daemon(config, f"daemon-{k}")
             started.append(d)
             d.wait_for(d.started, "the start")
-            time.sleep(rng.uniform(0.0, 1.5))
+            if k == KILLS - 1:
+                point = "after-job"
+                d.wait_for(
+                    lambda: query(db, "select count(*) from runs where status = 'succeeded'") == [(4,)]
+                    or fire_done(db),
+                    "the last run",
+                )
+            elif k in at_start:
+                point = "start-up"
+                time.sleep(rng.uniform(0.0, 1.0))
+            else:
+                target = next(thresholds)
+                point = f"{target} items"
+                d.wait_for(lambda target=target: stored_items(db) >= target or fire_done(db), point)
+                time.sleep(rng.uniform(0.0, 0.05))
             if fire_done(db):
+                assert d.stop() == 0
                 break
             d.kill()
-            killed_at.append(
-                "; ".join(f"{s}:{n}" for s, n in query(db, "select status, items_done from runs order by id"))
-            )
+            runs = "; ".join(f"{s}:{n}" for s, n in query(db, "select status, items_done from runs order by id"))
+            killed_at.append(f"{point}: {stored_items(db)} stored [{runs}]")
         last = Daemon(config, "daemon-last")
         started.append(last)
         last.wait_for(lambda: fire_done(db), "the fire to complete")
         assert last.stop() == 0
-    assert len(killed_at) >= 8, f"the fire finished before the kills: {killed_at}"
+    assert len(killed_at) >= KILLS - 1, f"the fire finished before the kills: {killed_at}"
     counts = check_invariants(db)
-    assert counts["runs"] == 4
+    print(f"\nkill -9 x{len(killed_at)} (seed {KILL_SEED}), at:\n  " + "\n  ".join(killed_at))
+    assert counts["runs"] == 4 and counts["items"] == total
     assert predictions(db) == reference  # resumed runs store what an uninterrupted one does
-    # the interrupted runs were resumed, and their recorded duration excludes the downtime
     text = "".join(d.text() for d in started)
     assert "resuming run" in text and "Traceback" not in text
     (worked,) = query(db, "select sum(duration_s) from runs")[0]
