@@ -66,13 +66,31 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None: not SQLite, or in memory)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[1] if "///" in url else ""
+    path = path.split("?", 1)[0]
+    return Path(path).expanduser() if path and path != ":memory:" else None
+
+
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys.
+
+    ``create=False``: a SQLite file (and its folder) is never created; a missing one is a
+    :class:`StoreError` naming it (what read-only commands use).
+    """
     try:
         if url.startswith("sqlite"):
-            path = url.split("///", 1)[1] if "///" in url else ""
-            if path and path != ":memory:":
-                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = sqlite_path(url)
+            if path is not None and not create and not path.exists():
+                raise StoreError(
+                    f"no database at {path} (nothing was created: check the URL, or run the monitor once "
+                    "to create it)"
+                )
+            if path is not None and create:
+                path.parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
@@ -134,9 +152,13 @@ class Store(
         self.write_error: str | None = None
 
     @classmethod
-    def open(cls, url: str, *, migrate_schema: bool = True) -> Store:
-        """Connect to ``url`` and migrate it to the newest schema."""
-        engine = make_engine(url)
+    def open(cls, url: str, *, migrate_schema: bool = True, create: bool = True) -> Store:
+        """Connect to ``url`` and migrate it to the newest schema.
+
+        ``create=False`` (read-only commands): a SQLite file that does not exist is an
+        error naming it, and nothing is created.
+        """
+        engine = make_engine(url, create=create)
         try:
             with engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
