@@ -11,6 +11,7 @@ anything else reaching the CLI is a bug and keeps its traceback::
     │   └── AdapterMismatchError   the adapter does not fit its base (shapes, missing keys)
     ├── BackendError               inference failed inside a run (stored with the run)
     │   └── EndpointError          an OpenAI-compatible server refused or kept failing a request
+    │       └── EndpointAuthError  the server refused the API key (401, 403): never retried
     ├── WatchError                 a release watcher cannot read its source (counted, retried)
     ├── StoreError                 the database is unreachable, cannot be written or migrated (exit code 4)
     ├── LeaseHeldError             another daemon holds this database (exit code 5)
@@ -87,6 +88,12 @@ class EndpointError(BackendError):
         super().__init__(message)
         #: The last HTTP status (None: no answer, or an unusable one).
         self.status = status
+
+
+class EndpointAuthError(EndpointError):
+    """The server refused the API key (HTTP 401 or 403): retrying, or asking again for other items,
+    cannot help.  The ``openai`` backend stops sending after a few in a row, and the runner stops
+    the chunk instead of retrying it item by item."""
 
 
 class StoreError(MonitorError):

@@ -47,6 +47,8 @@ class LoglikelihoodResult:
     #: ``openai`` backend's ``mc_method: generate``): ``loglikelihoods`` are then 0.0 for the
     #: matched choice and -inf for the others, all -inf when the answer matched none.
     generated: str | None = None
+    #: Tokens generated to pick the answer (``mc_method: generate``); 0 when the choices are scored.
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ from monitor.backends.base import (
     cut_at_stop,
     one_line,
 )
-from monitor.errors import BackendError, EndpointError, ModelLoadError
+from monitor.errors import BackendError, EndpointAuthError, EndpointError, ModelLoadError
 
 log = logging.getLogger("monitor.backends.openai")
 T = TypeVar("T")
@@ -106,12 +106,6 @@ FINGERPRINT_FIELDS = ("id", "root", "parent", "max_model_len", "owned_by")
 #: Consecutive authentication failures (401, 403) after which the backend sends nothing more.
 AUTH_FAILURES_TO_STOP = 3
 AUTH_STATUSES = (401, 403)
-
-
-class EndpointAuthError(EndpointError):
-    """The server refused the API key (HTTP 401 or 403): retrying, or asking again for other items,
-    cannot help.  After :data:`AUTH_FAILURES_TO_STOP` in a row every further request fails at once,
-    without being sent."""
 
 
 class TokenBucket:
@@ -465,7 +459,7 @@ class OpenAIBackend:
         choices = [c.strip() for c in request.continuations]
         prompt = choices_prompt(request.context, choices)
         max_tokens = 16 + max(len(c) for c in choices) // 2
-        text, prompt_tokens, _ = await self._complete(client, prompt, max_tokens, ("\n",))
+        text, prompt_tokens, completion_tokens = await self._complete(client, prompt, max_tokens, ("\n",))
         text = cut_at_stop(text.strip(), ("\n",)).strip()  # the first line: servers may ignore stop
         chosen = match_choice(text, choices)
         lls = tuple(0.0 if i == chosen else -math.inf for i in range(len(choices)))
@@ -475,6 +469,7 @@ class OpenAIBackend:
             prompt_tokens,
             tuple(0 for _ in choices),
             generated=text,
+            completion_tokens=completion_tokens,
         )
 
     async def _generate_item(self, client: httpx.AsyncClient, request: GenerationRequest) -> GenerationResult:

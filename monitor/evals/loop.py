@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.backends.base import Backend, GenerationRequest, LoglikelihoodRequest, ProgressCallback
+from monitor.errors import EndpointAuthError
 from monitor.evals.evalset import EvalItem, EvalSet, strategy_name
 from monitor.evals.results import ItemResult
 from monitor.evals.scoring import (
@@ -144,6 +145,8 @@ def _evaluate_chunk(
 ) -> list[ItemResult]:
     try:
         return _score_chunk(backend, evalset, chunk, fewshot_k, progress)
+    except EndpointAuthError:
+        raise  # a refused key refuses every item: asking again one by one only costs calls
     except Exception as exc:
         if len(chunk) == 1:
             return [_failed(chunk[0], exc)]
@@ -152,6 +155,8 @@ def _evaluate_chunk(
     for item in chunk:
         try:
             results.extend(_score_chunk(backend, evalset, [item], fewshot_k, None))
+        except EndpointAuthError:
+            raise
         except Exception as exc:
             results.append(_failed(item, exc))
         if progress is not None:
@@ -198,6 +203,7 @@ def _score_chunk(
                         score=picked.scores[metrics[0]],
                         scores=picked.scores,
                         prompt_tokens=answer.context_tokens,
+                        completion_tokens=answer.completion_tokens,
                     )
                 )
                 continue

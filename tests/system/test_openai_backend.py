@@ -460,10 +460,6 @@ def test_finished_runs_say_where_their_token_counts_come_from(
     store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="evals/loop.py stores no completion tokens for a choice picked by generation (see the report)",
-)
 def test_a_generation_method_run_stores_the_completion_tokens_the_server_reports(
     served: dict[str, ServedModel], tmp_path: Path
 ) -> None:
