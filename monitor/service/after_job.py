@@ -292,7 +292,7 @@ def record_input_drift(
         threshold=getattr(classifier, "threshold", None),
         drifted=analysis.drifted,
         state="drifted" if analysis.drifted else "ok",
-        reason=("drift in " + ", ".join(analysis.triggered_by)) if analysis.drifted else None,
+        reason=analysis.summary() if analysis.drifted else None,
         details=analysis.to_dict(),
         created_at=utcnow(),
     )

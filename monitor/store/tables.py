@@ -271,7 +271,7 @@ class DriftRecord(SQLModel, table=True):
 
 
 class RecommendationRecord(SQLModel, table=True):
-    """What to do with a fine-tune (keep, retrain, rebase, retire), why, and what each option costs."""
+    """What to do with a fine-tune (keep, rollback, retrain, rebase, retire), why, and what each option costs."""
 
     __tablename__ = "recommendations"
     __table_args__ = (Index("ix_recommendations_model", "model_id", "id"),)

@@ -144,6 +144,7 @@ EXPECTED_ALERTS: dict[str, set[tuple[tuple[str, str], ...]]] = {
     "FinetuneRetrainRecommended": {(("model", "triage"), ("action", "retrain"))},
     "FinetuneRetireRecommended": {(("model", "router"), ("action", "retire"))},
     "FinetuneRebaseRecommended": {(("model", "ranker"), ("action", "rebase"))},
+    "FinetuneRollbackRecommended": {(("model", "assistant"), ("action", "rollback"))},
     "ReleaseWatchFailing": {(("family", "acme"),)},
     "ReleaseNotEvaluated": {(("release", "acme-base-v3"),)},
 }
@@ -342,6 +343,12 @@ def recommendations(store: Store) -> None:
         "ranker",
         Decision("rebase", ("acme-base-v2 beats the old base",)),
         Evidence("ranker", ("routing",)),
+    )
+    record_recommendation(
+        store,
+        "assistant",
+        Decision("rollback", ("regressed since its adapter changed (baseline sha256:0f3c...)",)),
+        Evidence("assistant", ("routing",)),
     )
 
 

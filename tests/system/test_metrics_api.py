@@ -188,6 +188,13 @@ def test_http_endpoints_and_the_api_token(
         runs = client.get("/api/v1/runs", params={"model": "router", "limit": 1}, headers=auth).json()["runs"]
         assert len(runs) == 1 and runs[0]["status"] == "succeeded" and runs[0]["metrics"]["acc"]["n"] == 8
         assert client.get("/api/v1/runs", params={"limit": "x"}, headers=auth).status_code == 400
+        fires = client.get("/api/v1/fires", params={"job": "nightly"}, headers=auth).json()["fires"]
+        assert [(f["trigger"], f["status"], f["planned"]) for f in fires] == [
+            ("manual", "done", ["router/routing/zero-shot"]),
+            ("schedule", "done", ["router/routing/zero-shot"]),
+        ]
+        assert all(f["after_job_at"] is not None for f in fires)
+        assert client.get("/api/v1/recommendations", headers=auth).json() == {"recommendations": []}
         assert client.post("/api/v1/jobs/nope/run", headers=auth).status_code == 404
         accepted = client.post("/api/v1/jobs/nightly/run", headers=auth)
         assert accepted.status_code == 202 and accepted.json()["job"] == "nightly"

@@ -611,7 +611,7 @@ def _run(
     )
     components = 1 + bool(plan.descriptors) + (plan.embedder is not None)
     alpha = thresholds.alpha / components
-    permutations = permutation.permutations_for(alpha)
+    permutations = max(thresholds.permutations, permutation.permutations_for(alpha))
     data = permutation.pool(plan.reference, plan.current, seed=seed, permutations=permutations)
     folds = permutation.text_folds(len(data.texts), seed=seed)
     domain = _domain_drift(data, folds, floor=thresholds.classifier_auc, alpha=alpha)
