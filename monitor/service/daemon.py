@@ -46,19 +46,16 @@ from datetime import datetime, timedelta
 
 from monitor.config import JobConfig, MonitorConfig
 from monitor.errors import LeaseHeldError, LeaseLostError, MonitorError, StoreError
-from monitor.evals.evalset import load_evalset, parse_strategy
+from monitor.evals.evalset import load_evalset
 from monitor.schedule import JobTimer, latest_missed_fire, make_trigger, typical_interval
-from monitor.service.after_job import after_job, analyze_safely, make_notifier
-from monitor.service.plan import RunPlan, plan_key, plan_runs
-from monitor.service.releases.challengers import (
-    mark_evaluated,
-    pending_challenger_jobs,
-    stale_challenger_jobs,
-)
+from monitor.service.after_job import make_notifier
+from monitor.service.fires import FireRunner, resumable
+from monitor.service.plan import RunPlan, plan_runs
+from monitor.service.releases.challengers import pending_challenger_jobs, stale_challenger_jobs
 from monitor.service.releases.effective import effective_config
 from monitor.service.releases.sources import ReleaseSource
 from monitor.service.releases.watch import ReleaseWatcher
-from monitor.service.runs import ModelPool, continue_run, open_run
+from monitor.service.runs import ModelPool
 from monitor.store import FireRecord, RunRecord, Store, as_utc, fire_key, utcnow
 
 log = logging.getLogger("monitor.service.daemon")
@@ -148,6 +145,17 @@ class Daemon:
         self.lost_lease: str | None = None
         self._holds_lease = False
         self._storage_faults = 0
+        #: Completes fires (shared with ``monitor run --slot``).
+        self.fires = FireRunner(
+            store,
+            lambda: self.config,
+            self.pool,
+            notify=self.notify,
+            should_stop=self._stop.is_set,
+            on_finished=self._on_run_finished,
+            wake=self._wake_sender,
+            clock=self.clock,
+        )
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -422,20 +430,6 @@ class Daemon:
             self.enqueue(WorkItem(fire.job, fire.trigger, as_utc(fire.scheduled_for), fire_id=fire.id))
         return resumed
 
-    def _resumable(self, run: RunRecord, model_name: str, plans: list[RunPlan]) -> RunPlan | str:
-        """The plan that resumes ``run``, or why it cannot be resumed."""
-        assert run.job is not None
-        job = self.config.jobs[run.job]
-        if model_name not in job.models or run.evalset_name not in job.evalsets:
-            return "not resumed: the job no longer runs this model or eval set"
-        for plan in plans:
-            same_series = plan.model_name == model_name and plan.evalset.name == run.evalset_name
-            if same_series and parse_strategy(run.strategy, plan.evalset) == plan.fewshot_k:
-                if plan.evalset.version != run.evalset_version:
-                    return "not resumed: the eval set changed since the run started"
-                return plan
-        return "not resumed: its strategy is no longer configured"
-
     def _resume_plan(self, run_id: int) -> RunPlan | None:
         run = self.store.get_run(run_id)
         model_name = self.store.model_name(run.model_id)
@@ -453,7 +447,7 @@ class Daemon:
         except MonitorError as exc:
             self.store.finish_run(run_id, status="failed", error=f"not resumed: {exc}")
             return None
-        found = self._resumable(run, model_name, plans)
+        found = resumable(self.config, run, model_name, plans)
         if isinstance(found, str):
             self.store.finish_run(run_id, status="failed", error=found)
             return None
@@ -552,95 +546,22 @@ class Daemon:
         return False
 
     def _continue(self, plan: RunPlan, run_id: int) -> RunRecord:
-        settings = self.config.daemon
-        run = continue_run(
-            self.store,
-            self.pool,
-            plan,
-            run_id,
-            chunk_size=settings.chunk_size,
-            max_error_rate=settings.max_item_error_rate,
-            should_stop=self._stop.is_set,
-        )
-        self._finished(run)
-        return run
+        return self.fires.continue_run(plan, run_id)
 
     def _run_fire(self, fire: FireRecord) -> None:
-        """Make (or finish) every run of a fire, then its after-job work, once; close the fire."""
-        assert fire.id is not None
-        if fire.job not in self.config.jobs:
-            self._abandon(fire, "its job is no longer configured")
-            return
         try:
-            plans = plan_runs(
-                self.config, [fire.job], trigger=fire.trigger, scheduled_for=as_utc(fire.scheduled_for)
-            )
-        except MonitorError as exc:
+            closed = self.fires.run_fire(fire)
+        except MonitorError:  # its eval sets do not load (abandoned, with the reason); counted
             self.plan_errors[fire.job] = self.plan_errors.get(fire.job, 0) + 1
-            log.error("job %s cannot run: %s", fire.job, str(exc).replace("\n", "; "))
-            self._abandon(fire, f"cannot run: {exc}")
             return
-        fire_id = fire.id
-        fire = self.store.start_fire(fire_id, [plan_key(plan) for plan in plans])
-        made = {(name, run.evalset_name, run.strategy): run for run, name in self.store.fire_runs(fire_id)}
-        for plan in plans:
-            if self._stop.is_set():
-                return  # the fire stays open: the next start completes it
-            run = made.get((plan.model_name, plan.evalset.name, plan.strategy))
-            if run is not None and run.status in ("succeeded", "failed"):
-                continue
-            if run is None:
-                run_id = open_run(self.store, plan, fire_id=fire_id)
-            else:
-                assert run.id is not None
-                found = self._resumable(run, plan.model_name, [plan])
-                if isinstance(found, str):
-                    self._finished(self.store.finish_run(run.id, status="failed", error=found))
-                    continue
-                log.info("resuming run %d of job %s", run.id, fire.job)
-                run_id = run.id
-            finished = self._continue(plan, run_id)
-            if finished.status == "interrupted":
-                return
-        if self._stop.is_set():
-            return
-        self._after_fire(fire)
+        if closed and not self._stop.is_set():
+            for job in stale_challenger_jobs(self.store, self.config):
+                if self.enqueue(WorkItem(job, "evalset-changed", self.clock())):
+                    log.info("a golden set changed since %s last ran: queued again", job)
 
-    def _after_fire(self, fire: FireRecord) -> None:
-        assert fire.id is not None
-        after_job(self.store, self.config, list(self.config.jobs[fire.job].models), self.notify)
-        mark_evaluated(self.store, self.config, fire.job, self.clock())
-        self.store.finish_fire(fire.id)
-        self._wake_sender()
-        for job in stale_challenger_jobs(self.store, self.config):
-            if self.enqueue(WorkItem(job, "evalset-changed", self.clock())):
-                log.info("a golden set changed since %s last ran: queued again", job)
-
-    def _abandon(self, fire: FireRecord, reason: str) -> None:
-        assert fire.id is not None
-        for run, _ in self.store.fire_runs(fire.id):
-            if run.id is not None and run.status in ("running", "interrupted"):
-                self._finished(self.store.finish_run(run.id, status="failed", error=f"not resumed: {reason}"))
-        self.store.finish_fire(fire.id, status="abandoned", error=reason)
-
-    def _finished(self, run: RunRecord) -> None:
-        log.info(
-            "run %s: %s on %s (%s) %s%s",
-            run.id,
-            run.job,
-            run.evalset_name,
-            run.strategy,
-            run.status,
-            f": {run.error}" if run.error else "",
-        )
-        if run.id is not None:
-            analyze_safely(self.store, run.id, self.config, self.notify)
-            self._wake_sender()
+    def _on_run_finished(self, run: RunRecord) -> None:
         if self.on_run_finished is not None:
-            try:
-                self.on_run_finished(run)
-            except Exception:
-                log.exception("run-finished hook failed")
+            self.on_run_finished(run)
 
     def _wake_sender(self) -> None:
         if self.on_events is not None:
