@@ -23,16 +23,77 @@ def run_command(
     jobs: Annotated[list[str] | None, typer.Argument(help="Jobs to run (default: all).")] = None,
     config: ConfigOption = Path(DEFAULT_CONFIG),
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
+    slot: Annotated[
+        str | None,
+        typer.Option(
+            "--slot",
+            help="Run one job's fire for this slot, claimed in the database so that schedulers on several "
+            "hosts run each fire once (a dead claimant's fire is resumed); 'auto': the job's newest "
+            "scheduled time.",
+        ),
+    ] = None,
 ) -> None:
     """Run the configured jobs once and record every run (challenger jobs of found releases too)."""
     from monitor.service.releases.effective import effective_config
     from monitor.store import Store
 
     declared = load_config_file(config)
+    if slot is not None:
+        if len(jobs or []) != 1:
+            raise MonitorError("--slot runs one job's fire: name exactly one job")
+        _run_slot(declared, (jobs or [""])[0], slot, as_json=as_json)
+        return
     with Store.open(declared.database_url()) as store:
         cfg = effective_config(declared, store.releases())
         finished = run_jobs_here(store, cfg, jobs or [], as_json=as_json)
     if any(run.status != "succeeded" for run, _ in finished):
+        raise typer.Exit(1)
+
+
+def _run_slot(declared: Any, job: str, slot: str, *, as_json: bool) -> None:
+    """``monitor run JOB --slot SLOT``: claim the fire, complete it, say what happened; SIGTERM stops
+    after the chunk in hand and leaves the fire to the next claimant."""
+    import signal
+    import threading
+
+    from monitor.service.releases.effective import effective_config
+    from monitor.service.slots import run_slot
+    from monitor.store import Store
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        err(
+            f"received {signal.Signals(signum).name}: finishing the chunk in hand, then leaving the fire open"
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with Store.open(declared.database_url()) as store:
+        cfg = effective_config(declared, store.releases())
+        outcome = run_slot(store, cfg, job, slot, stop=stop)
+        runs = [(run, store.model_name(run.model_id)) for run in outcome.runs]
+    for key in outcome.resumed:
+        err(f"completed fire {key}, left open by a claimant that died")
+    if as_json:
+        body = {
+            "fire": outcome.key,
+            "outcome": outcome.outcome,
+            "holder": outcome.holder,
+            "resumed": outcome.resumed,
+            "runs": [clean(run_to_dict(r, n)) for r, n in runs],
+        }
+        print(json.dumps(body, default=json_default, indent=2))
+    elif outcome.outcome == "done":
+        err(f"fire {outcome.key} was completed before: nothing to do")
+    elif outcome.outcome == "held":
+        err(f"fire {outcome.key} is being run by {outcome.holder}: nothing to do")
+    elif outcome.outcome == "stopped":
+        err(f"stopped: fire {outcome.key} stays open; the next claimant resumes it")
+    if runs and not as_json:
+        print_runs(runs)
+    if any(run.status != "succeeded" for run, _ in runs):
         raise typer.Exit(1)
 
 
