@@ -70,3 +70,23 @@ def full_demo() -> Any:
     repo = Path(__file__).resolve().parents[1]
     cache = Path(os.environ.get("MONITOR_TEST_DEMO_CACHE", repo / ".cache" / "test-demo-models"))
     return build_demo_models(cache, recipe=FULL_RECIPE)
+
+
+@dataclass(frozen=True)
+class ChatModels:
+    chatml: Path
+    no_system: Path
+    plain: Path
+
+
+@pytest.fixture(scope="session")
+def chat_models(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> ChatModels:
+    """The tiny GPT-2 with a ChatML template (system role), with a Gemma-like one (none), and without."""
+    from tests.helpers.chat import CHATML, NO_SYSTEM, with_chat_template
+
+    root = tmp_path_factory.mktemp("chat-models")
+    return ChatModels(
+        with_chat_template(tiny_models.gpt2, root / "chatml", CHATML),
+        with_chat_template(tiny_models.gpt2, root / "no-system", NO_SYSTEM),
+        tiny_models.gpt2,
+    )

@@ -9,6 +9,7 @@ service's model pool uses it as a key.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -27,6 +28,9 @@ class LoglikelihoodRequest:
 
     context: str
     continuations: tuple[str, ...]
+    #: The continuations start exactly where ``context`` ends (after a chat template's generation
+    #: prompt): the context's trailing whitespace stays in the context instead of moving onto them.
+    exact_boundary: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,12 +56,40 @@ class LoglikelihoodResult:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How to pick each next token: greedy (the default), or sampled with a temperature.
+
+    ``seed`` makes a sample reproducible: the ``hf`` backend draws each request's
+    tokens from a generator of its own seeded with it, whatever else is in the batch.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+GREEDY = Sampling()
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
-    """Greedy decoding of ``prompt`` until a stop sequence or ``max_new_tokens``."""
+    """Decoding of ``prompt`` until a stop sequence or ``max_new_tokens`` (greedy unless ``sampling`` says).
+
+    ``messages`` (a chat eval set) is the conversation ``prompt`` was rendered
+    from: a backend whose server applies the chat template itself (``openai``)
+    sends the messages; one that renders in process has ``prompt`` already.
+    """
 
     prompt: str
     max_new_tokens: int
     stop: tuple[str, ...] = ()
+    sampling: Sampling = GREEDY
+    messages: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,12 +105,90 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class ModelFingerprint:
-    """Content hashes that identify exactly which weights produced a run."""
+    """Content hashes that identify exactly which weights produced a run, and the stack around them.
+
+    ``digest`` covers the weights only.  ``stack`` maps what else decides the
+    answers (tokenizer files, special tokens, chat template, generation config;
+    for a server what it says about itself) to digests or facts, and
+    ``stack_digest`` hashes it: "stack changed" is told apart from "weights changed".
+    """
 
     digest: str
     base: str
     adapter: str | None = None
     files: dict[str, str] = field(default_factory=dict)
+    stack: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def stack_digest(self) -> str | None:
+        """``sha256:<hex>`` over the stack's entries; None when nothing is known of the stack."""
+        if not self.stack:
+            return None
+        digest = hashlib.sha256()
+        for name, value in sorted(self.stack.items()):
+            digest.update(f"{name} {value}\n".encode())
+        return "sha256:" + digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """What a backend knows of the chat template it renders conversations with.
+
+    ``sha256`` hashes a fixed probe conversation rendered through the template
+    (system, user, assistant, user and the generation prompt), so two backends
+    with the same template and special tokens agree, and any change that alters
+    what the model sees changes it.  ``system_role`` is False for a template
+    that refuses or drops a system message: the runner then folds the system
+    prompt into the first user turn.
+    """
+
+    sha256: str
+    system_role: bool
+    #: Where the template lives: ``tokenizer`` (in process) or ``server``.
+    source: str
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """A backend that can render conversations through a chat template (``format: chat``)."""
+
+    def chat_template(self) -> ChatTemplate | None:
+        """The template conversations are rendered with; None when the model has none."""
+        ...
+
+    def render_chat(self, messages: Sequence[tuple[str, str]]) -> str | None:
+        """``messages`` as the model sees them, ending with the assistant's generation prompt.
+
+        None when the text cannot be known here (a server that applies its template
+        without exposing it).
+        """
+        ...
+
+
+#: The conversation rendered to hash a chat template (see :class:`ChatTemplate`).
+PROBE_CONVERSATION = (
+    ("system", "probe system prompt"),
+    ("user", "probe question one"),
+    ("assistant", "probe answer one"),
+    ("user", "probe question two"),
+)
+
+
+def template_digest(rendered: str) -> str:
+    """``sha256:<hex>`` of a rendered probe conversation."""
+    return "sha256:" + hashlib.sha256(rendered.encode()).hexdigest()
+
+
+def fold_system(messages: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """A conversation without a system message: its text starts the first user turn instead."""
+    if not messages or messages[0][0] != "system":
+        return tuple(messages)
+    system, rest = messages[0][1], list(messages[1:])
+    for i, (role, content) in enumerate(rest):
+        if role == "user":
+            rest[i] = ("user", f"{system}\n\n{content}")
+            return tuple(rest)
+    return (("user", system), *rest)
 
 
 @runtime_checkable

@@ -36,6 +36,19 @@ _CHUNK_BYTES = 4 * 1024 * 1024
 Hasher = Callable[[Path], str]
 
 _BASE_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.index.json")
+#: Files around the weights that decide what the model sees and how it decodes (the serving stack).
+STACK_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
 _ADAPTER_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
 
 
@@ -149,6 +162,28 @@ def fingerprint_model(
         adapter=adapter_digest,
         files=dict(sorted(files.items())),
     )
+
+
+def stack_files(
+    base: str | Path,
+    *,
+    revision: str | None = None,
+    cache: HashCache | None = None,
+    hub_cache: Path | None = None,
+) -> dict[str, str]:
+    """Digests of the base's tokenizer, chat template and generation config files (:data:`STACK_FILES`).
+
+    Keys read ``stack/<name>``; a file the model does not have is left out.  Kept
+    apart from the weights' digest, so that a changed template or tokenizer is
+    told apart from changed weights.
+    """
+    cache = cache if cache is not None else HashCache()
+    folder = resolve_model_dir(base, revision, hub_cache=hub_cache)
+    found = {
+        f"stack/{name}": cache.digest(folder / name) for name in STACK_FILES if (folder / name).is_file()
+    }
+    cache.save()
+    return found
 
 
 def resolve_model_dir(

@@ -26,16 +26,66 @@ FORMAT_VERSION = 1
 
 MULTIPLE_CHOICE_METRICS = frozenset({"acc", "acc_norm"})
 GENERATE_METRICS = frozenset({"exact_match", "contains", "token_f1", "regex", "json_valid", "json_fields"})
+#: Generation metrics that are pass/fail (0 or 1 per item): the ones ``pass_at_k`` can reduce.
+PASS_FAIL_METRICS = frozenset({"exact_match", "contains", "regex", "json_valid"})
 #: How many problems of one eval set are listed before the rest are counted.
 MAX_PROBLEMS = 50
+#: The roles a ``messages`` item may use.
+ROLES = ("system", "user", "assistant")
+#: Reducers of repeated samples: ``mean``, ``majority`` and ``pass_at_<k>`` (``pass_at_k``: k = repeats).
+REDUCER_PATTERN = r"^(mean|majority|pass_at_k|pass_at_[1-9][0-9]*)$"
+
+#: A chat message: (role, content).
+Message = tuple[str, str]
 
 
 class FewshotSpec(Strict):
-    """``fewshot:`` in evalset.yaml: the first ``k`` items of ``pool`` in file order."""
+    """``fewshot:`` in evalset.yaml: the first ``k`` items of ``pool`` in file order.
+
+    Under ``format: chat`` each example is a user turn and an assistant turn
+    (lm-eval's ``fewshot_as_multiturn``); ``multiturn: false`` puts the
+    examples and the item into one user turn instead, joined by ``separator``.
+    """
 
     k: Annotated[int, Field(ge=0)]
     pool: str
     separator: str = "\n\n"
+    multiturn: bool = True
+
+
+class GenerationSpec(Strict):
+    """``generation:`` in evalset.yaml: how answers are decoded (greedy unless a temperature is set).
+
+    ``repeats`` samples per item are reduced per metric by ``reduce`` (``mean``
+    by default; ``majority`` scores the most frequent answer; ``pass_at_k`` the
+    unbiased pass@k of Chen et al. 2021, ``pass_at_3`` for k = 3).
+    """
+
+    temperature: Annotated[float, Field(ge=0.0, le=5.0)] = 0.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    top_k: Annotated[int, Field(ge=0)] = 0
+    seed: int | None = None
+    max_new_tokens: Annotated[int, Field(ge=1, le=8192)] | None = None
+    stop: tuple[str, ...] | None = None
+    repeats: Annotated[int, Field(ge=1, le=100)] = 1
+    reduce: dict[str, Annotated[str, Field(pattern=REDUCER_PATTERN)]] = Field(default_factory=dict)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @model_validator(mode="after")
+    def _repeats_need_sampling(self) -> GenerationSpec:
+        if self.repeats > 1 and self.greedy:
+            raise ValueError(
+                f"repeats: {self.repeats} repeats of greedy decoding give the same answer {self.repeats} "
+                "times; set temperature above 0 to sample, or leave repeats at 1"
+            )
+        for metric, reducer in self.reduce.items():
+            k = pass_at_k_of(reducer, self.repeats)
+            if k is not None and k > self.repeats:
+                raise ValueError(f"reduce.{metric}: {reducer} needs at least {k} repeats, not {self.repeats}")
+        return self
 
 
 class EvalSetSpec(Strict):
@@ -43,7 +93,11 @@ class EvalSetSpec(Strict):
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     task: Literal["multiple_choice", "generate"]
-    prompt: Annotated[str, Field(min_length=1)]
+    #: ``text``: the prompt is sent as text; ``chat``: as messages, through the model's chat template.
+    format: Literal["text", "chat"] = "text"
+    prompt: Annotated[str, Field(min_length=1)] | None = None
+    #: The system prompt of ``format: chat`` (a format string over item fields, like ``prompt``).
+    system: Annotated[str, Field(min_length=1)] | None = None
     description: str = ""
     choices: tuple[str, ...] | None = None
     target_delimiter: str = " "
@@ -51,11 +105,13 @@ class EvalSetSpec(Strict):
     metrics: tuple[str, ...] | None = None
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 64
     stop: tuple[str, ...] = ()
+    generation: GenerationSpec | None = None
 
-    @field_validator("prompt")
+    @field_validator("prompt", "system")
     @classmethod
-    def _prompt_is_a_format_string(cls, value: str) -> str:
-        prompt_fields(value)
+    def _prompt_is_a_format_string(cls, value: str | None) -> str | None:
+        if value is not None:
+            prompt_fields(value)
         return value
 
     @field_validator("choices")
@@ -78,7 +134,63 @@ class EvalSetSpec(Strict):
             )
         if self.task == "generate" and self.choices is not None:
             raise ValueError("choices are only for multiple_choice tasks")
+        if self.prompt is None and self.format == "text":
+            raise ValueError(
+                "prompt: a text eval set needs a prompt (only format: chat items may bring messages)"
+            )
+        if self.system is not None and self.format != "chat":
+            raise ValueError("system: a system prompt needs format: chat")
+        generation = self.generation
+        if generation is not None:
+            if self.task == "multiple_choice" and (generation.repeats > 1 or not generation.greedy):
+                raise ValueError(
+                    "generation: multiple choice is scored by log-likelihood, which does not sample; "
+                    "temperature and repeats are for generate tasks"
+                )
+            if generation.max_new_tokens is not None and "max_new_tokens" in self.model_fields_set:
+                raise ValueError("max_new_tokens: give it once, at the top or under generation, not both")
+            if generation.stop is not None and "stop" in self.model_fields_set:
+                raise ValueError("stop: give it once, at the top or under generation, not both")
+            metrics = self.metrics or (("acc",) if self.task == "multiple_choice" else ("exact_match",))
+            for metric, reducer in generation.reduce.items():
+                if metric not in metrics:
+                    raise ValueError(
+                        f"generation.reduce.{metric}: not one of this eval set's metrics {list(metrics)}"
+                    )
+                if reducer.startswith("pass_at_") and metric not in PASS_FAIL_METRICS:
+                    raise ValueError(
+                        f"generation.reduce.{metric}: {reducer} needs a pass/fail metric "
+                        f"({', '.join(sorted(PASS_FAIL_METRICS))}); {metric} is graded: use mean or majority"
+                    )
         return self
+
+    @property
+    def decoding(self) -> GenerationSpec:
+        """The generation settings in force: ``generation:`` with the top-level max_new_tokens and stop."""
+        generation = self.generation or GenerationSpec()
+        return generation.model_copy(
+            update={
+                "max_new_tokens": generation.max_new_tokens or self.max_new_tokens,
+                "stop": generation.stop if generation.stop is not None else self.stop,
+            }
+        )
+
+    @property
+    def choice_delimiter(self) -> str:
+        """What goes between the context and each choice: ``target_delimiter``, or nothing after a chat
+        template's generation prompt unless ``target_delimiter`` is given (as lm-eval does)."""
+        if self.format == "chat" and "target_delimiter" not in self.model_fields_set:
+            return ""
+        return self.target_delimiter
+
+
+def pass_at_k_of(reducer: str, repeats: int) -> int | None:
+    """The k of a ``pass_at_<k>`` reducer (``pass_at_k``: all repeats); None for other reducers."""
+    if reducer == "pass_at_k":
+        return repeats
+    if reducer.startswith("pass_at_"):
+        return int(reducer.removeprefix("pass_at_"))
+    return None
 
 
 @dataclass(frozen=True)
@@ -90,6 +202,8 @@ class EvalItem:
     target: Any
     choices: tuple[str, ...] = ()
     line: int = 0
+    #: The item's own conversation (``format: chat``), instead of ``prompt`` filled with its fields.
+    messages: tuple[tuple[str, str], ...] = ()
 
     @property
     def gold_index(self) -> int:
@@ -137,14 +251,27 @@ class EvalSet:
     def default_fewshot(self) -> int:
         return self.spec.fewshot.k if self.spec.fewshot else 0
 
+    @property
+    def is_chat(self) -> bool:
+        return self.spec.format == "chat"
+
     def render_prompt(self, item: EvalItem) -> str:
-        """The item's own prompt: the format string filled with its fields."""
+        """The item's own prompt: the format string filled with its fields (a chat item: its last user turn)."""
+        if item.messages:
+            return item.messages[-1][1]
+        assert self.spec.prompt is not None  # the schema asks for one unless items bring messages
         return self.spec.prompt.format(**item.fields)
 
     def render_fewshot_prefix(self, k: int) -> str:
         """The few-shot examples as lm-evaluation-harness renders them, ending with the separator."""
         if k <= 0:
             return self.spec.description
+        shots = self._shots(k)
+        sep = self.spec.fewshot.separator if self.spec.fewshot else ""
+        rendered = [self.render_prompt(ex) + self.spec.target_delimiter + ex.target_text for ex in shots]
+        return self.spec.description + sep.join(rendered) + sep
+
+    def _shots(self, k: int) -> tuple[EvalItem, ...]:
         if self.spec.fewshot is None:
             raise EvalSetError(
                 f"fewshot: {k}-shot asked for, but the eval set has no fewshot pool", str(self.path)
@@ -153,23 +280,87 @@ class EvalSet:
             raise EvalSetError(
                 f"fewshot: {k}-shot asked for, but the pool has {len(self.pool)} items", str(self.path)
             )
-        sep = self.spec.fewshot.separator
-        shots = [self.render_prompt(ex) + self.spec.target_delimiter + ex.target_text for ex in self.pool[:k]]
-        return self.spec.description + sep.join(shots) + sep
+        return self.pool[:k]
 
     def render_context(self, item: EvalItem, k: int = 0) -> str:
-        """The full prompt for one item under a ``k``-shot strategy."""
+        """The full prompt for one item under a ``k``-shot strategy (``format: text``)."""
         return self.render_fewshot_prefix(k) + self.render_prompt(item)
+
+    def render_messages(self, item: EvalItem, k: int = 0) -> tuple[Message, ...]:
+        """The conversation sent for one item under a ``k``-shot strategy (``format: chat``), as (role, content).
+
+        The system prompt (and ``description``) first; then, multi-turn, each
+        example's prompt as a user turn and its target as the assistant's
+        answer; then the item (its own ``messages``, or its prompt as a user
+        turn).  With ``fewshot.multiturn: false`` the examples are rendered as
+        text (as ``render_fewshot_prefix`` does) at the start of the item's first user turn.
+        """
+        messages: list[Message] = []
+        own = list(item.messages)
+        if own and own[0][0] == "system":
+            system = own.pop(0)[1]
+        else:
+            system = self.spec.system.format(**item.fields) if self.spec.system is not None else ""
+        system = "\n\n".join(part for part in (system, self.spec.description) if part)
+        if system:
+            messages.append(("system", system))
+        turns = own or [("user", self.render_prompt(item))]
+        if k > 0:
+            shots = self._shots(k)
+            if self.spec.fewshot is not None and self.spec.fewshot.multiturn:
+                for ex in shots:
+                    example = [(r, c) for r, c in ex.messages if r != "system"]
+                    messages.extend(example or [("user", self.render_prompt(ex))])
+                    messages.append(("assistant", ex.target_text))
+            else:
+                sep = self.spec.fewshot.separator if self.spec.fewshot else ""
+                rendered = [
+                    self.render_prompt(ex) + self.spec.target_delimiter + ex.target_text for ex in shots
+                ]
+                first = next(i for i, (role, _) in enumerate(turns) if role == "user")
+                turns[first] = ("user", sep.join(rendered) + sep + turns[first][1])
+        messages.extend(turns)
+        return tuple(messages)
 
     def continuations(self, item: EvalItem) -> tuple[str, ...]:
         """What is scored after the context for each choice: the delimiter plus the choice."""
-        return tuple(self.spec.target_delimiter + choice for choice in item.choices)
+        return tuple(self.spec.choice_delimiter + choice for choice in item.choices)
 
-    def settings_digest(self, k: int) -> str:
-        """A hash of everything that decides what the model is asked: prompt, few-shot setting, decoding."""
+    def settings_digest(self, k: int, *, chat_template_sha256: str | None = None) -> str:
+        """A hash of everything that decides what the model is asked: prompt, few-shot setting, decoding,
+        and (``format: chat``) the chat template's hash.
+
+        Settings left at their defaults that older eval sets did not have are left out,
+        so a text eval set keeps the digest it had before chat formats existed.
+        """
         spec = self.spec.model_dump(mode="json")
-        payload = json.dumps({"spec": spec, "fewshot_k": k}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        for key, default in (("format", "text"), ("system", None), ("generation", None)):
+            if spec.get(key) == default:
+                del spec[key]
+        if spec.get("prompt") is None:
+            del spec["prompt"]
+        if isinstance(spec.get("fewshot"), dict) and spec["fewshot"].get("multiturn") is True:
+            del spec["fewshot"]["multiturn"]
+        payload: dict[str, Any] = {"spec": spec, "fewshot_k": k}
+        if chat_template_sha256 is not None:
+            payload["chat_template_sha256"] = chat_template_sha256
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def comparison_settings(self, k: int) -> dict[str, Any]:
+        """What a chat eval set or sampled decoding adds to the run settings that decide comparability.
+
+        Empty for a greedy text eval set (its settings are as before).
+        """
+        spec = self.spec
+        out: dict[str, Any] = {}
+        if self.is_chat:
+            out["format"] = "chat"
+            out["system"] = spec.system
+            out["fewshot_multiturn"] = spec.fewshot.multiturn if spec.fewshot and k > 0 else None
+            out["choice_delimiter"] = spec.choice_delimiter
+        if spec.generation is not None and self.task == "generate":
+            out["generation"] = spec.decoding.model_dump(mode="json")
+        return out
 
 
 def prompt_fields(prompt: str) -> set[str]:
@@ -280,7 +471,7 @@ def _load_items(path: Path, spec: EvalSetSpec | None, problems: list[Problem]) -
         return []
     items: list[EvalItem] = []
     seen: dict[str, int] = {}
-    fields = prompt_fields(spec.prompt) if spec is not None else set()
+    fields = prompt_fields(spec.prompt) if spec is not None and spec.prompt is not None else set()
     if not text.strip():
         problems.append(Problem(str(path), "file is empty: an eval set needs at least one item"))
         return items
@@ -323,7 +514,13 @@ def _validate_item(
         problems.append(Problem(where, f"'id' must be a string or an integer, not {type(raw_id).__name__}"))
     if "target" not in record:
         problems.append(Problem(where, "missing field 'target'"))
-    missing = sorted(fields - record.keys())
+    messages = _item_messages(record, spec, where, problems) if "messages" in record else ()
+    needed = set() if messages else set(fields)
+    if spec is not None and spec.system is not None and not (messages and messages[0][0] == "system"):
+        needed |= prompt_fields(spec.system)
+    if spec is not None and not messages and spec.prompt is None:
+        problems.append(Problem(where, "no prompt in evalset.yaml and no 'messages' in this item"))
+    missing = sorted(needed - record.keys())
     for name in missing:
         problems.append(Problem(where, f"prompt field {{{name}}} is not in this item"))
     choices: tuple[str, ...] = ()
@@ -347,12 +544,51 @@ def _validate_item(
         return None
     if missing:
         return None
-    try:
-        spec.prompt.format(**record)
-    except (KeyError, IndexError, AttributeError, TypeError, ValueError) as exc:
-        problems.append(Problem(where, f"prompt cannot be filled from this item: {exc!r}"))
-        return None
-    return EvalItem(str(raw_id), record, record["target"], choices, lineno)
+    for name, template in (("prompt", None if messages else spec.prompt), ("system", spec.system)):
+        if template is None:
+            continue
+        try:
+            template.format(**record)
+        except (KeyError, IndexError, AttributeError, TypeError, ValueError) as exc:
+            problems.append(Problem(where, f"{name} cannot be filled from this item: {exc!r}"))
+            return None
+    return EvalItem(str(raw_id), record, record["target"], choices, lineno, messages)
+
+
+def _item_messages(
+    record: dict[str, Any], spec: EvalSetSpec | None, where: str, problems: list[Problem]
+) -> tuple[tuple[str, str], ...]:
+    """The item's ``messages`` as (role, content) pairs, each checked; () after a problem."""
+    raw = record["messages"]
+    if spec is not None and spec.format != "chat":
+        problems.append(Problem(where, "messages: an item conversation needs format: chat in evalset.yaml"))
+        return ()
+    if not isinstance(raw, list) or not raw:
+        problems.append(Problem(where, "messages: must be a non-empty list of {role, content} objects"))
+        return ()
+    out: list[tuple[str, str]] = []
+    for index, message in enumerate(raw):
+        at = f"messages[{index}]"
+        if not isinstance(message, dict) or set(message) != {"role", "content"}:
+            problems.append(Problem(where, f"{at}: must be an object with exactly 'role' and 'content'"))
+            return ()
+        role, content = message["role"], message["content"]
+        if role not in ROLES:
+            problems.append(
+                Problem(where, f"{at}.role: unknown role {role!r}; use one of {', '.join(ROLES)}")
+            )
+            return ()
+        if not isinstance(content, str) or not content.strip():
+            problems.append(Problem(where, f"{at}.content: must be a non-empty string"))
+            return ()
+        if role == "system" and index != 0:
+            problems.append(Problem(where, f"{at}.role: a system message can only come first"))
+            return ()
+        out.append((role, content))
+    if out[-1][0] != "user":
+        problems.append(Problem(where, f"messages[{len(out) - 1}].role: the last message must be the user's"))
+        return ()
+    return tuple(out)
 
 
 def _item_choices(

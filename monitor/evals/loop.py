@@ -16,13 +16,25 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.backends.base import Backend, GenerationRequest, LoglikelihoodRequest, ProgressCallback
-from monitor.errors import EndpointAuthError
-from monitor.evals.evalset import EvalItem, EvalSet, strategy_name
+from monitor.backends.base import (
+    GREEDY,
+    Backend,
+    ChatBackend,
+    ChatTemplate,
+    GenerationRequest,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    ProgressCallback,
+    Sampling,
+    fold_system,
+)
+from monitor.errors import EndpointAuthError, EvalSetError
+from monitor.evals.evalset import SPEC_FILE, EvalItem, EvalSet, GenerationSpec, strategy_name
 from monitor.evals.results import ItemResult
 from monitor.evals.scoring import (
     MetricValue,
     aggregate,
+    reduce_samples,
     score_generation,
     score_multiple_choice,
     score_picked_choice,
@@ -73,6 +85,7 @@ def evaluate(
     is checked between chunks so that a shutdown stops after a committed chunk.
     """
     evalset.render_fewshot_prefix(fewshot_k)  # fail early on an impossible strategy
+    chat = chat_setup(backend, evalset)
     todo = [item for item in evalset.items if item.id not in skip]
     chunks = [todo[start : start + chunk_size] for start in range(0, len(todo), max(1, chunk_size))]
     outcome = EvalOutcome()
@@ -82,13 +95,13 @@ def evaluate(
         for chunk in chunks:
             if should_stop is not None and should_stop():
                 break
-            results = _evaluate_chunk(backend, evalset, chunk, fewshot_k, progress)
+            results = _evaluate_chunk(backend, evalset, chunk, fewshot_k, progress, chat)
             if sink is not None:
                 sink(results)
             outcome.results.extend(results)
     else:
         _evaluate_overlapped(
-            backend, evalset, chunks, fewshot_k, overlap, outcome, sink, progress, should_stop
+            backend, evalset, chunks, fewshot_k, overlap, outcome, sink, progress, should_stop, chat
         )
     outcome.eval_s = time.perf_counter() - started
     return outcome
@@ -104,6 +117,7 @@ def _evaluate_overlapped(
     sink: ChunkSink | None,
     progress: ProgressCallback | None,
     should_stop: Callable[[], bool] | None,
+    chat: ChatTemplate | None,
 ) -> None:
     """Chunks in flight ``overlap`` at a time (a remote backend), committed in order as each finishes.
 
@@ -123,7 +137,7 @@ def _evaluate_overlapped(
             chunk = next(queue, None)
             if chunk is None:
                 return False
-            pending.append(pool.submit(_evaluate_chunk, backend, evalset, chunk, fewshot_k, progress))
+            pending.append(pool.submit(_evaluate_chunk, backend, evalset, chunk, fewshot_k, progress, chat))
             return True
 
         while len(pending) < overlap and submit():
@@ -142,9 +156,10 @@ def _evaluate_chunk(
     chunk: Sequence[EvalItem],
     fewshot_k: int,
     progress: ProgressCallback | None,
+    chat: ChatTemplate | None = None,
 ) -> list[ItemResult]:
     try:
-        return _score_chunk(backend, evalset, chunk, fewshot_k, progress)
+        return _score_chunk(backend, evalset, chunk, fewshot_k, progress, chat)
     except EndpointAuthError:
         raise  # a refused key refuses every item: asking again one by one only costs calls
     except Exception as exc:
@@ -154,7 +169,7 @@ def _evaluate_chunk(
     results = []
     for item in chunk:
         try:
-            results.extend(_score_chunk(backend, evalset, [item], fewshot_k, None))
+            results.extend(_score_chunk(backend, evalset, [item], fewshot_k, None, chat))
         except EndpointAuthError:
             raise
         except Exception as exc:
@@ -172,77 +187,190 @@ def _failed_reason(item: EvalItem, reason: str) -> ItemResult:
     return ItemResult(item_id=item.id, prediction=None, target=item.target, error=reason[:2000])
 
 
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """What one item is sent as: the exact text (None when a server renders it unseen) and the messages."""
+
+    text: str | None
+    messages: tuple[tuple[str, str], ...] = ()
+
+
+def chat_setup(backend: Backend, evalset: EvalSet) -> ChatTemplate | None:
+    """The chat template a ``format: chat`` eval set is rendered with (None for a text eval set).
+
+    Raises:
+        EvalSetError: the eval set is ``format: chat`` and the model has no chat template.
+    """
+    if not evalset.is_chat:
+        return None
+    template = backend.chat_template() if isinstance(backend, ChatBackend) else None
+    if template is None:
+        raise EvalSetError(
+            f"format: chat, but the model has no chat template ({_model_name(backend)}): give the "
+            "tokenizer a chat_template, or use format: text",
+            str(evalset.path / SPEC_FILE),
+        )
+    return template
+
+
+def chat_settings(backend: Backend, evalset: EvalSet) -> dict[str, Any]:
+    """What a chat eval set adds to a run's settings once the model is loaded (empty for text).
+
+    ``chat_template_sha256`` goes into the settings digest too
+    (``evalset.settings_digest(k, chat_template_sha256=...)``), so a run under
+    another template is never paired with one under the old.
+    """
+    template = chat_setup(backend, evalset)
+    if template is None:
+        return {}
+    return {
+        "chat_template_sha256": template.sha256,
+        "chat_template_source": template.source,
+        "system_prompt": "system message" if template.system_role else "folded into the first user turn",
+    }
+
+
+def render_item(
+    backend: Backend, evalset: EvalSet, item: EvalItem, fewshot_k: int, chat: ChatTemplate | None
+) -> RenderedPrompt:
+    """The prompt of one item exactly as the model gets it."""
+    if chat is None:
+        return RenderedPrompt(evalset.render_context(item, fewshot_k))
+    messages = evalset.render_messages(item, fewshot_k)
+    if not chat.system_role:
+        messages = fold_system(messages)
+    assert isinstance(backend, ChatBackend)  # chat_setup checked it
+    return RenderedPrompt(backend.render_chat(messages), messages)
+
+
+def _model_name(backend: Backend) -> str:
+    facts = backend.describe()
+    return str(facts.get("base") or facts.get("model") or "this model")
+
+
 def _score_chunk(
     backend: Backend,
     evalset: EvalSet,
     chunk: Sequence[EvalItem],
     fewshot_k: int,
     progress: ProgressCallback | None,
+    chat: ChatTemplate | None = None,
 ) -> list[ItemResult]:
     metrics = evalset.metrics
-    contexts = [evalset.render_context(item, fewshot_k) for item in chunk]
-    results = []
+    prompts = [render_item(backend, evalset, item, fewshot_k, chat) for item in chunk]
+    results: list[ItemResult] = []
     if evalset.task == "multiple_choice":
-        requests = [
-            LoglikelihoodRequest(context, evalset.continuations(item))
-            for context, item in zip(contexts, chunk, strict=True)
-        ]
-        for item, answer in zip(chunk, backend.loglikelihood(requests, progress=progress), strict=True):
-            if answer.error is not None:
-                results.append(_failed_reason(item, answer.error))
-                continue
-            if answer.generated is not None:  # picked by generation: no log-likelihoods to keep
-                chosen = next((i for i, ll in enumerate(answer.loglikelihoods) if ll > -math.inf), None)
-                picked = score_picked_choice(item, chosen, answer.generated, metrics)
+        scorable = [(item, p) for item, p in zip(chunk, prompts, strict=True) if p.text is not None]
+        for item, p in zip(chunk, prompts, strict=True):
+            if p.text is None:
                 results.append(
-                    ItemResult(
-                        item_id=item.id,
-                        prediction=picked.prediction,
-                        target=item.target,
-                        correct=bool(picked.scores[metrics[0]]),
-                        score=picked.scores[metrics[0]],
-                        scores=picked.scores,
-                        prompt_tokens=answer.context_tokens,
-                        completion_tokens=answer.completion_tokens,
+                    _failed_reason(
+                        item,
+                        "multiple choice under format: chat needs the rendered prompt, and the server does not "
+                        "expose its chat template (vLLM's /tokenize with messages and /detokenize)",
                     )
                 )
-                continue
-            scored = score_multiple_choice(item, answer.loglikelihoods, metrics)
-            first = scored.scores[metrics[0]]
-            results.append(
-                ItemResult(
-                    item_id=item.id,
-                    prediction=scored.prediction,
-                    target=item.target,
-                    correct=bool(first),
-                    score=first,
-                    scores=scored.scores,
-                    loglikelihoods=list(answer.loglikelihoods),
-                    prompt_tokens=answer.context_tokens,
-                )
-            )
-        return results
-    spec = evalset.spec
-    gen_requests = [GenerationRequest(context, spec.max_new_tokens, tuple(spec.stop)) for context in contexts]
-    for item, out in zip(chunk, backend.generate(gen_requests, progress=progress), strict=True):
-        if out.error is not None:
-            results.append(_failed_reason(item, out.error))
+        requests = [
+            LoglikelihoodRequest(p.text or "", evalset.continuations(item), exact_boundary=chat is not None)
+            for item, p in scorable
+        ]
+        answers = backend.loglikelihood(requests, progress=progress) if requests else []
+        for (item, p), answer in zip(scorable, answers, strict=True):
+            results.append(_multiple_choice_result(item, p, answer, metrics))
+        order = {item.id: i for i, item in enumerate(chunk)}
+        return sorted(results, key=lambda r: order[r.item_id])
+    decoding = evalset.spec.decoding
+    repeats = decoding.repeats
+    gen_requests = [
+        GenerationRequest(
+            p.text or "",
+            decoding.max_new_tokens or evalset.spec.max_new_tokens,
+            tuple(decoding.stop or ()),
+            _sampling(decoding, r),
+            p.messages if chat is not None else (),
+        )
+        for p in prompts
+        for r in range(repeats)
+    ]
+    outs = backend.generate(gen_requests, progress=progress if repeats == 1 else None)
+    if repeats > 1 and progress is not None:
+        progress(len(chunk))
+    for index, (item, p) in enumerate(zip(chunk, prompts, strict=True)):
+        samples = outs[index * repeats : (index + 1) * repeats]
+        failed = next((out for out in samples if out.error is not None), None)
+        if failed is not None:
+            results.append(_failed_reason(item, failed.error or ""))
             continue
-        scored = score_generation(item, out.text, metrics)
-        first = scored.scores[metrics[0]]
+        scored = [score_generation(item, out.text, metrics) for out in samples]
+        reduced = scored[0] if repeats == 1 else reduce_samples(scored, metrics, decoding.reduce, repeats)
+        first = reduced.scores[metrics[0]]
         results.append(
             ItemResult(
                 item_id=item.id,
-                prediction=out.text,
+                prediction=reduced.prediction,
                 target=item.target,
-                correct=bool(scored.scores["exact_match"]) if "exact_match" in scored.scores else None,
+                correct=bool(reduced.scores["exact_match"]) if "exact_match" in reduced.scores else None,
                 score=first,
-                scores=scored.scores,
-                prompt_tokens=out.prompt_tokens,
-                completion_tokens=out.completion_tokens,
+                scores=reduced.scores,
+                prompt_tokens=sum(out.prompt_tokens for out in samples),
+                completion_tokens=sum(out.completion_tokens for out in samples),
+                prompt=p.text,
+                messages=_message_dicts(p.messages) if p.text is None or chat is not None else None,
+                samples=[
+                    {"prediction": out.text, "scores": s.scores, "completion_tokens": out.completion_tokens}
+                    for out, s in zip(samples, scored, strict=True)
+                ]
+                if repeats > 1
+                else None,
             )
         )
     return results
+
+
+def _sampling(decoding: GenerationSpec, repeat: int) -> Sampling:
+    """The sampling of one repeat: the eval set's settings, the seed moved on by the repeat's number."""
+    if decoding.greedy:
+        return GREEDY
+    seed = decoding.seed + repeat if decoding.seed is not None else None
+    return Sampling(decoding.temperature, decoding.top_p, decoding.top_k, seed)
+
+
+def _message_dicts(messages: Sequence[tuple[str, str]]) -> list[dict[str, str]] | None:
+    return [{"role": role, "content": content} for role, content in messages] or None
+
+
+def _multiple_choice_result(
+    item: EvalItem, p: RenderedPrompt, answer: LoglikelihoodResult, metrics: Sequence[str]
+) -> ItemResult:
+    if answer.error is not None:
+        return _failed_reason(item, answer.error)
+    if answer.generated is not None:  # picked by generation: no log-likelihoods to keep
+        chosen = next((i for i, ll in enumerate(answer.loglikelihoods) if ll > -math.inf), None)
+        picked = score_picked_choice(item, chosen, answer.generated, metrics)
+        return ItemResult(
+            item_id=item.id,
+            prediction=picked.prediction,
+            target=item.target,
+            correct=bool(picked.scores[metrics[0]]),
+            score=picked.scores[metrics[0]],
+            scores=picked.scores,
+            prompt_tokens=answer.context_tokens,
+            completion_tokens=answer.completion_tokens,
+            prompt=p.text,
+        )
+    scored = score_multiple_choice(item, answer.loglikelihoods, metrics)
+    first = scored.scores[metrics[0]]
+    return ItemResult(
+        item_id=item.id,
+        prediction=scored.prediction,
+        target=item.target,
+        correct=bool(first),
+        score=first,
+        scores=scored.scores,
+        loglikelihoods=list(answer.loglikelihoods),
+        prompt_tokens=answer.context_tokens,
+        prompt=p.text,
+    )
 
 
 def summarize(results: Sequence[ItemResult], metrics: Sequence[str]) -> dict[str, MetricValue]:

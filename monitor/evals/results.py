@@ -30,6 +30,13 @@ class ItemResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    #: The exact prompt text the model was given (after any chat template); None when a server
+    #: rendered it unseen (then ``messages`` holds what was sent).
+    prompt: str | None = None
+    #: The conversation sent (``format: chat``), as ``{role, content}`` objects.
+    messages: list[dict[str, str]] | None = None
+    #: Every sample of a repeated generation (``generation.repeats``): prediction, scores, tokens.
+    samples: list[dict[str, Any]] | None = None
 
 
 #: Version of the summary ``monitor eval --json`` prints (one JSON object).

@@ -218,3 +218,44 @@ GENERATION_METRICS: dict[str, Callable[[str, EvalItem], float]] = {
 def score_generation(item: EvalItem, prediction: str, metrics: Sequence[str]) -> ItemScore:
     """Score one generated answer on every configured metric."""
     return ItemScore(prediction, {m: GENERATION_METRICS[m](prediction, item) for m in metrics})
+
+
+# --- repeated samples ------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k of Chen et al. (2021): the chance that ``k`` of ``n`` samples, ``c`` of them
+    right, drawn without replacement, hold at least one right one: ``1 - C(n-c, k) / C(n, k)``."""
+    if not 0 < k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass@k needs 0 < k <= n and 0 <= c <= n (n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def reduce_samples(
+    samples: Sequence[ItemScore], metrics: Sequence[str], reducers: Mapping[str, str], repeats: int
+) -> ItemScore:
+    """One item's score from its repeated samples, per metric by its reducer (``mean`` by default).
+
+    ``majority`` scores the most frequent answer (normalised text; the first of
+    tied answers wins); ``pass_at_k`` is :func:`pass_at_k` over the pass/fail
+    scores.  The prediction kept is the most frequent answer.
+    """
+    if not samples:
+        raise ValueError("no samples to reduce")
+    counts = Counter(normalize_text(s.prediction) for s in samples)
+    top = max(counts.values())
+    majority = next(s for s in samples if counts[normalize_text(s.prediction)] == top)
+    scores: dict[str, float] = {}
+    for metric in metrics:
+        reducer = reducers.get(metric, "mean")
+        values = [float(s.scores[metric]) for s in samples]
+        if reducer == "mean":
+            scores[metric] = math.fsum(values) / len(values)
+        elif reducer == "majority":
+            scores[metric] = float(majority.scores[metric])
+        else:
+            k = repeats if reducer == "pass_at_k" else int(reducer.removeprefix("pass_at_"))
+            scores[metric] = pass_at_k(len(values), sum(1 for v in values if v == 1.0), k)
+    return ItemScore(majority.prediction, scores)

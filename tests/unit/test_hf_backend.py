@@ -505,7 +505,12 @@ def test_describe_count_fingerprint_close(
     assert facts["attn_implementation"] in ("sdpa", "eager")
     assert {"device", "dtype", "torch", "transformers", "peft", "adapter_merged"} <= set(facts)
     assert backend.count_tokens("Ticket: my parcel") == len(backend._tokenizer.encode("Ticket: my parcel"))
-    assert backend.fingerprint() == fingerprint_model(tiny_models.gpt2, tiny_models.lora)
+    served = backend.fingerprint()
+    weights = fingerprint_model(tiny_models.gpt2, tiny_models.lora)
+    assert (served.digest, served.files) == (weights.digest, weights.files)
+    # The stack beside the weights: tokenizer files and special tokens, kept out of the weights' digest.
+    assert {"stack/tokenizer.json", "stack/tokenizer_config.json", "special/eos_token"} <= set(served.stack)
+    assert served.stack_digest is not None and served.stack_digest != served.digest
     backend.close()
     with pytest.raises(BackendError, match="closed"):
         backend.loglikelihood(mc_requests())

@@ -30,9 +30,11 @@ fused kernel for the same formula.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import importlib.metadata
 import inspect
+import math
 import re
 import warnings
 from collections import OrderedDict
@@ -46,16 +48,21 @@ with long_lived_imports():
     import torch
 
 from monitor.backends.base import (
+    PROBE_CONVERSATION,
+    ChatTemplate,
     GenerationRequest,
     GenerationResult,
     LoglikelihoodRequest,
     LoglikelihoodResult,
     ModelFingerprint,
     ProgressCallback,
+    Sampling,
     cut_at_stop,
+    fold_system,
     one_line,
+    template_digest,
 )
-from monitor.backends.fingerprint import fingerprint_model
+from monitor.backends.fingerprint import fingerprint_model, stack_files
 from monitor.backends.hf.packing import (
     ScoredSequence,
     batch_rows,
@@ -167,6 +174,8 @@ class HFBackend:
         self._packing_note = "enabled" if packed else "disabled by the caller"
         self._prefix_cache: OrderedDict[tuple[int, ...], KV] = OrderedDict()
         self.tokens_run = 0
+        self._chat: ChatTemplate | None = None
+        self._chat_known = False
 
         config = model.config
         self._max_length = _max_length(config, tokenizer)
@@ -334,7 +343,60 @@ class HFBackend:
 
     def fingerprint(self) -> ModelFingerprint:
         """Content hashes of the base weights and adapter (cached by file size and mtime)."""
-        return fingerprint_model(self._base, self._adapter, revision=self._revision)
+        weights = fingerprint_model(self._base, self._adapter, revision=self._revision)
+        stack = dict(stack_files(self._base, revision=self._revision))
+        stack.update(self._special_tokens())
+        chat = self.chat_template()
+        if chat is not None:
+            stack["chat_template/rendered"] = chat.sha256
+        return dataclasses.replace(weights, stack=dict(sorted(stack.items())))
+
+    def _special_tokens(self) -> dict[str, str]:
+        """The special tokens the model is run with, as ``special/<name>`` -> ``text (id)``."""
+        out = {}
+        for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            text = getattr(self._tokenizer, name, None)
+            if text is not None:
+                out[f"special/{name}"] = f"{text} ({self._tokenizer.convert_tokens_to_ids(text)})"
+        return out
+
+    def chat_template(self) -> ChatTemplate | None:
+        """The tokenizer's chat template (None without one), probed once for a system role.
+
+        A template that raises on a system message, or renders without it, has no system role.
+        """
+        if self._chat_known:
+            return self._chat
+        if getattr(self._tokenizer, "chat_template", None):
+            try:
+                rendered = self.render_chat(PROBE_CONVERSATION)
+                system_role = PROBE_CONVERSATION[0][1] in rendered
+            except BackendError:
+                system_role = False
+            if not system_role:
+                rendered = self.render_chat(fold_system(PROBE_CONVERSATION))
+            self._chat = ChatTemplate(template_digest(rendered), system_role, "tokenizer")
+        self._chat_known = True
+        return self._chat
+
+    def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
+        """``messages`` through the tokenizer's ``apply_chat_template`` with the generation prompt.
+
+        Raises :class:`BackendError` when the model has no template or the template refuses the conversation.
+        """
+        if not getattr(self._tokenizer, "chat_template", None):
+            raise BackendError(f"{self._base} has no chat template")
+        conversation = [{"role": role, "content": content} for role, content in messages]
+        try:
+            with _transformers_silenced():
+                text = self._tokenizer.apply_chat_template(
+                    conversation, tokenize=False, add_generation_prompt=True
+                )
+        except Exception as exc:  # jinja2's TemplateError (raise_exception in a template) and kin
+            raise BackendError(
+                f"the chat template of {self._base} refuses this conversation: {one_line(exc)}"
+            ) from exc
+        return str(text)
 
     def describe(self) -> dict[str, Any]:
         """Device, dtype, attention implementation, adapter handling and library versions."""
@@ -418,7 +480,7 @@ class HFBackend:
             if request.context == "":
                 bare.extend(request.continuations)
                 continue
-            context = request.context.rstrip()
+            context = request.context if request.exact_boundary else request.context.rstrip()
             spaces = request.context[len(context) :]
             contexts.append(context)
             wholes.extend(context + spaces + c for c in request.continuations)
@@ -725,6 +787,11 @@ class HFBackend:
         input_ids, mask = input_ids.to(self._device), mask.to(self._device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, prefix_len:]
         cache = _cache_from_kv(kv, len(tails)) if kv is not None else DynamicCache()
+        generators = {
+            b: _generator(requests[b].sampling, self._device)
+            for b in active
+            if not requests[b].sampling.greedy
+        }
         with torch.inference_mode():
             while active:
                 self.tokens_run += input_ids.numel()
@@ -737,6 +804,9 @@ class HFBackend:
                     **{self._cache_kwarg: cache},
                 ).logits
                 next_ids = logits[:, -1].argmax(dim=-1)
+                for row, b in enumerate(active):
+                    if b in generators:
+                        next_ids[row] = _sample(logits[row, -1], requests[b].sampling, generators[b])
                 keep: list[int] = []
                 for row, token in enumerate(next_ids.tolist()):
                     b = active[row]
@@ -845,6 +915,32 @@ def _default_batch_tokens(device: torch.device, config: Any, tokenizer: Any) -> 
         return _MIN_CPU_BATCH_TOKENS
     per_position = 4 * vocab + 2 * layers * hidden * 4
     return max(_MIN_CPU_BATCH_TOKENS, min(_MAX_CPU_BATCH_TOKENS, _CPU_PASS_BYTES // per_position))
+
+
+def _generator(sampling: Sampling, device: torch.device) -> torch.Generator:
+    """A generator of its own for one sampled request: seeded, it draws the same tokens in any batch."""
+    generator = torch.Generator(device=device)
+    if sampling.seed is not None:
+        generator.manual_seed(sampling.seed)
+    else:
+        generator.seed()
+    return generator
+
+
+def _sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
+    """One token drawn from ``logits`` (a row) with temperature, then top-k, then top-p (nucleus) filtering."""
+    scores = logits.float() / sampling.temperature
+    if 0 < sampling.top_k < scores.numel():
+        kth = torch.topk(scores, sampling.top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, -math.inf)
+    if sampling.top_p < 1.0:
+        ordered, order = torch.sort(scores, descending=True)
+        cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
+        # Keep the smallest set whose mass reaches top_p (the most likely token always stays).
+        drop = cumulative - torch.softmax(ordered, dim=-1) >= sampling.top_p
+        scores = scores.scatter(0, order[drop], -math.inf)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[0]
 
 
 def _cache_from_kv(kv: KV, batch: int) -> Any:
