@@ -21,11 +21,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 apt_packages() {
-    # Services the tests use for real: PostgreSQL (storage tests), Prometheus and promtool (metrics tests).
+    # Services the tests use for real: PostgreSQL (storage tests), Prometheus and promtool (metrics tests),
+    # and Chromium (the HTML report's charts are drawn in a headless browser).
     local missing=()
     command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         log "cannot install ${missing[*]} (needs root and apt-get); the tests that need them will be skipped"

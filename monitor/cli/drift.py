@@ -1,4 +1,4 @@
-"""Input drift: ``monitor drift`` and ``monitor report drift``."""
+"""Input drift: ``monitor drift`` and ``monitor report drift`` (on the report group of :mod:`.report`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from monitor.cli.output import (
     handle_errors,
     print_table,
 )
+from monitor.cli.report import report_app
 from monitor.errors import NotFoundError
 
 
@@ -94,9 +95,6 @@ def drift_command(
                 print(f"{name}: {line}")
     if any(r.state == "error" for _, r in results):
         raise typer.Exit(1)
-
-
-report_app = typer.Typer(help="Reports: Evidently's HTML drift report.")
 
 
 @report_app.command("drift")
