@@ -296,7 +296,9 @@ def check_rendered(dom: str, console: str) -> int:
 
 def test_every_chart_renders_in_headless_chromium(page: tuple[Path, dict[str, Any]]) -> None:
     if chromium() is None:
-        message = "chromium is not installed (apt-get install chromium; bash deploy/bootstrap.sh setup does it)"
+        message = (
+            "chromium is not installed (apt-get install chromium; bash deploy/bootstrap.sh setup does it)"
+        )
         if os.environ.get("MONITOR_TEST_CHROMIUM_REQUIRED") == "1":
             pytest.fail(message)
         pytest.skip(message)
