@@ -31,6 +31,9 @@ class LoglikelihoodRequest:
     #: The continuations start exactly where ``context`` ends (after a chat template's generation
     #: prompt): the context's trailing whitespace stays in the context instead of moving onto them.
     exact_boundary: bool = False
+    #: The conversation ``context`` was rendered from (``format: chat``); ``context`` is empty
+    #: when the backend's server renders it without showing the text.
+    messages: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

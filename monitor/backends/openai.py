@@ -78,6 +78,9 @@ import httpx
 
 from monitor._version import __version__
 from monitor.backends.base import (
+    GREEDY,
+    PROBE_CONVERSATION,
+    ChatTemplate,
     EndpointSpec,
     GenerationRequest,
     GenerationResult,
@@ -85,8 +88,11 @@ from monitor.backends.base import (
     LoglikelihoodResult,
     ModelFingerprint,
     ProgressCallback,
+    Sampling,
     cut_at_stop,
+    fold_system,
     one_line,
+    template_digest,
 )
 from monitor.errors import BackendError, EndpointAuthError, EndpointError, ModelLoadError
 
@@ -106,6 +112,8 @@ FINGERPRINT_FIELDS = ("id", "root", "parent", "max_model_len", "owned_by")
 #: Consecutive authentication failures (401, 403) after which the backend sends nothing more.
 AUTH_FAILURES_TO_STOP = 3
 AUTH_STATUSES = (401, 403)
+#: The chat template hash of a server that applies its template without showing it.
+UNEXPOSED_TEMPLATE = "unknown: the server applies its chat template without exposing it"
 
 
 class TokenBucket:
@@ -231,6 +239,11 @@ class OpenAIBackend:
         self._auth_failures = 0
         #: Why the backend stopped sending (the last authentication failure), once it has.
         self._auth_stopped: str | None = None
+        self._chat: ChatTemplate | None = None
+        self._chat_known = False
+        #: Whether the server renders conversations for us (vLLM's /tokenize with messages, /detokenize).
+        self._renders: bool | None = None
+        self._stack: dict[str, str] | None = None
         # One event loop on a thread of its own and one connection pool, kept from call to call.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -338,7 +351,101 @@ class OpenAIBackend:
         facts = json.dumps(self.server_facts, sort_keys=True, default=str)
         digest = hashlib.sha256(f"openai|{facts}".encode()).hexdigest()
         files = {k: str(v) for k, v in self.server_facts.items()}
-        return ModelFingerprint(digest=digest, base=self.model, adapter=None, files=files)
+        return ModelFingerprint(
+            digest=digest, base=self.model, adapter=None, files=files, stack=self._stack_facts()
+        )
+
+    def _stack_facts(self) -> dict[str, str]:
+        """What the server says about the stack around the weights: vLLM's ``/version``, and the
+        chat template's hash when the server renders conversations for us (asked once)."""
+        if self._stack is None:
+            stack = {f"server/{k}": str(v) for k, v in self.server_facts.items()}
+            version = self._run(self._version())
+            if version is not None:
+                stack["server/version"] = version
+            chat = self.chat_template()
+            if chat is not None and chat.sha256 != UNEXPOSED_TEMPLATE:
+                stack["chat_template/rendered"] = chat.sha256
+            self._stack = stack
+        return dict(self._stack)
+
+    async def _version(self) -> str | None:
+        root = re.sub(r"/v\d+$", "", self._url)
+        try:
+            data = await self._call(self._connection_pool(), "GET", "/version", None, tokens=0, base=root)
+        except EndpointAuthError:
+            raise
+        except EndpointError:
+            return None
+        version = data.get("version")
+        return str(version) if version is not None else None
+
+    def chat_template(self) -> ChatTemplate | None:
+        """The server's chat template as far as it shows it (asked once).
+
+        A server that renders conversations (vLLM's ``/tokenize`` with ``messages``,
+        then ``/detokenize``) gives the rendered probe's hash and whether a system
+        message survives; one that does not is taken to apply a template unseen
+        (``sha256`` reads :data:`UNEXPOSED_TEMPLATE`): chat requests then carry the
+        messages, and multiple choice, which needs the text, fails its items with the reason.
+        """
+        if not self._chat_known:
+            self._chat = self._run(self._probe_chat())
+            self._chat_known = True
+        return self._chat
+
+    async def _probe_chat(self) -> ChatTemplate:
+        system_role = True
+        try:
+            rendered = await self._render(PROBE_CONVERSATION)
+            system_role = PROBE_CONVERSATION[0][1] in rendered
+        except EndpointAuthError:
+            raise
+        except EndpointError as exc:
+            if exc.status in (404, 405):
+                self._renders = False
+                return ChatTemplate(UNEXPOSED_TEMPLATE, True, "server")
+            system_role = False
+        if not system_role:
+            try:
+                rendered = await self._render(fold_system(PROBE_CONVERSATION))
+            except EndpointAuthError:
+                raise
+            except EndpointError:
+                self._renders = False
+                return ChatTemplate(UNEXPOSED_TEMPLATE, True, "server")
+        self._renders = True
+        return ChatTemplate(template_digest(rendered), system_role, "server")
+
+    def render_chat(self, messages: Sequence[tuple[str, str]]) -> str | None:
+        """The conversation as the server's template renders it; None when the server does not show it."""
+        if self._renders is None:
+            self.chat_template()
+        if not self._renders:
+            return None
+        return self._run(self._render(messages))
+
+    async def _render(self, messages: Sequence[tuple[str, str]]) -> str:
+        """vLLM's way: ``/tokenize`` the conversation with the generation prompt, ``/detokenize`` the tokens."""
+        root = re.sub(r"/v\d+$", "", self._url)
+        client = self._connection_pool()
+        payload = {
+            "model": self.model,
+            "messages": [{"role": role, "content": content} for role, content in messages],
+            "add_generation_prompt": True,
+            "add_special_tokens": False,
+        }
+        data = await self._call(client, "POST", "/tokenize", payload, tokens=0, base=root)
+        tokens = data.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise EndpointError("/tokenize: the response has no token ids")
+        text = await self._call(
+            client, "POST", "/detokenize", {"model": self.model, "tokens": tokens}, tokens=0, base=root
+        )
+        prompt = text.get("prompt")
+        if not isinstance(prompt, str):
+            raise EndpointError("/detokenize: the response has no prompt text")
+        return prompt
 
     def describe(self) -> dict[str, Any]:
         """The endpoint (without credentials), the method, limits and request counts; never the key."""
@@ -430,6 +537,11 @@ class OpenAIBackend:
     async def _score_item(
         self, client: httpx.AsyncClient, request: LoglikelihoodRequest
     ) -> LoglikelihoodResult:
+        if request.messages and not request.context:
+            raise BackendError(
+                "multiple choice under format: chat needs the rendered prompt, and the server does not expose "
+                "its chat template (vLLM's /tokenize with messages and /detokenize)"
+            )
         prompts = [request.context + c for c in request.continuations]
         data = await self._call(
             client,
@@ -440,7 +552,7 @@ class OpenAIBackend:
         )
         choices = _choices(data, len(prompts))
         # The hf backend's boundary: trailing whitespace of the context belongs to the continuation.
-        boundary = len(request.context.rstrip())
+        boundary = len(request.context) if request.exact_boundary else len(request.context.rstrip())
         lls: list[float] = []
         greedy: list[bool] = []
         cont_tokens: list[int] = []
@@ -457,9 +569,16 @@ class OpenAIBackend:
         self, client: httpx.AsyncClient, request: LoglikelihoodRequest
     ) -> LoglikelihoodResult:
         choices = [c.strip() for c in request.continuations]
-        prompt = choices_prompt(request.context, choices)
         max_tokens = 16 + max(len(c) for c in choices) // 2
-        text, prompt_tokens, completion_tokens = await self._complete(client, prompt, max_tokens, ("\n",))
+        if request.messages:  # the choices open the last user turn, and the server renders the conversation
+            *before, (role, last) = request.messages
+            messages = (*before, (role, choices_prompt(last, choices)))
+            text, prompt_tokens, completion_tokens = await self._complete(
+                client, "", max_tokens, ("\n",), messages=messages
+            )
+        else:
+            prompt = choices_prompt(request.context, choices)
+            text, prompt_tokens, completion_tokens = await self._complete(client, prompt, max_tokens, ("\n",))
         text = cut_at_stop(text.strip(), ("\n",)).strip()  # the first line: servers may ignore stop
         chosen = match_choice(text, choices)
         lls = tuple(0.0 if i == chosen else -math.inf for i in range(len(choices)))
@@ -476,25 +595,52 @@ class OpenAIBackend:
         if request.max_new_tokens <= 0:
             return GenerationResult("", estimate_tokens(request.prompt), 0)
         text, prompt_tokens, completion_tokens = await self._complete(
-            client, request.prompt, request.max_new_tokens, request.stop
+            client,
+            request.prompt,
+            request.max_new_tokens,
+            request.stop,
+            messages=request.messages,
+            sampling=request.sampling,
         )
         return GenerationResult(cut_at_stop(text, request.stop), prompt_tokens, completion_tokens)
 
     async def _complete(
-        self, client: httpx.AsyncClient, prompt: str, max_tokens: int, stop: Sequence[str]
+        self,
+        client: httpx.AsyncClient,
+        prompt: str,
+        max_tokens: int,
+        stop: Sequence[str],
+        *,
+        messages: Sequence[tuple[str, str]] = (),
+        sampling: Sampling = GREEDY,
     ) -> tuple[str, int, int]:
-        """Greedy text for ``prompt`` and the usage's prompt and completion tokens."""
-        payload: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "temperature": 0}
+        """Text for ``prompt`` (or the conversation ``messages``, through the chat API) and the usage's
+        prompt and completion tokens.  Greedy unless ``sampling`` says otherwise."""
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": max_tokens,
+            "temperature": sampling.temperature,
+        }
+        if not sampling.greedy:
+            if sampling.top_p < 1.0:
+                payload["top_p"] = sampling.top_p
+            if sampling.top_k > 0:
+                payload["top_k"] = sampling.top_k  # vLLM's extension of the OpenAI API
+            if sampling.seed is not None:
+                payload["seed"] = sampling.seed
         stops = [s for s in stop if s][:MAX_STOP_SEQUENCES]
         if stops:
             payload["stop"] = stops
-        chat = self.endpoint.api == "chat"
-        if chat:
+        chat = self.endpoint.api == "chat" or bool(messages)
+        if messages:
+            payload["messages"] = [{"role": role, "content": content} for role, content in messages]
+        elif chat:
             payload["messages"] = [{"role": "user", "content": prompt}]
         else:
             payload["prompt"] = prompt
         path = "/chat/completions" if chat else "/completions"
-        data = await self._call(client, "POST", path, payload, tokens=estimate_tokens(prompt) + max_tokens)
+        sent = prompt or " ".join(content for _, content in messages)
+        data = await self._call(client, "POST", path, payload, tokens=estimate_tokens(sent) + max_tokens)
         (choice,) = _choices(data, 1)
         try:
             text = choice["message"]["content"] if chat else choice["text"]
@@ -504,7 +650,7 @@ class OpenAIBackend:
         usage = usage if isinstance(usage, dict) else {}
         if _int(usage.get("prompt_tokens"), -1) < 0 or _int(usage.get("completion_tokens"), -1) < 0:
             self.stats["usage_estimated"] += 1
-        prompt_tokens = _int(usage.get("prompt_tokens"), estimate_tokens(prompt))
+        prompt_tokens = _int(usage.get("prompt_tokens"), estimate_tokens(sent))
         completion_tokens = _int(usage.get("completion_tokens"), estimate_tokens(text or ""))
         return text or "", prompt_tokens, completion_tokens
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -42,6 +42,14 @@ def eval_command(
         Path | None, typer.Option("--output", help="Write one JSON line per item here.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    show_prompts: Annotated[
+        int,
+        typer.Option(
+            "--show-prompts",
+            min=0,
+            help="Print the first N prompts exactly as the model gets them (chat template applied), to stderr.",
+        ),
+    ] = 0,
     db: Annotated[str | None, typer.Option("--db", help="Also record the run in this database URL.")] = None,
     name: Annotated[
         str | None, typer.Option("--name", help="Model name for --db (default: derived).")
@@ -49,7 +57,7 @@ def eval_command(
 ) -> None:
     """Evaluate one model on one eval set, once, without a configuration file."""
     from monitor.backends import load_backend
-    from monitor.evals.loop import evaluate, summarize
+    from monitor.evals.loop import chat_setup, evaluate, summarize
 
     started = time.perf_counter()
     es = load_evalset(evalset)
@@ -62,6 +70,13 @@ def eval_command(
     load_started = time.perf_counter()
     backend = load_backend(spec)
     load_s = time.perf_counter() - load_started
+    try:
+        chat = chat_setup(backend, es)  # format: chat on a model without a template: an input error
+    except BaseException:
+        backend.close()
+        raise
+    if show_prompts:
+        _show_prompts(backend, es, k, chat, show_prompts)
     fingerprint = backend.fingerprint()
     with progress_bar(len(es.items), f"{es.name} {strategy_name(k)}", not as_json) as progress:
         outcome = evaluate(backend, es, fewshot_k=k, chunk_size=batch_size, progress=progress)
@@ -94,6 +109,26 @@ def eval_command(
     print(
         f"eval {outcome.eval_s:.2f}s, load {load_s:.2f}s{failed}; eval set version {es.version[:12]}; model {fingerprint.digest[:12]}"
     )
+
+
+def _show_prompts(backend: Any, es: EvalSet, k: int, chat: Any, n: int) -> None:
+    """The first ``n`` items' prompts as the model gets them, each under a header line, on stderr."""
+    from monitor.evals.loop import render_item
+
+    for item in es.items[:n]:
+        rendered = render_item(backend, es, item, k, chat)
+        shown = (
+            rendered.text
+            if rendered.text is not None
+            else json.dumps(
+                [{"role": r, "content": c} for r, c in rendered.messages], ensure_ascii=False, indent=2
+            )
+        )
+        typer.echo(f"--- prompt of item {item.id} ({es.name}, {strategy_name(k)}) ---", err=True)
+        typer.echo(shown, err=True)
+        if es.task == "multiple_choice":
+            typer.echo(f"--- scored continuations: {list(es.continuations(item))}", err=True)
+    typer.echo("--- end of prompts ---", err=True)
 
 
 def _derived_name(model: str, adapter: str | None) -> str:

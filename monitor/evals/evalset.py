@@ -515,10 +515,10 @@ def _validate_item(
     if "target" not in record:
         problems.append(Problem(where, "missing field 'target'"))
     messages = _item_messages(record, spec, where, problems) if "messages" in record else ()
-    needed = set() if messages else set(fields)
+    needed = set() if "messages" in record else set(fields)
     if spec is not None and spec.system is not None and not (messages and messages[0][0] == "system"):
         needed |= prompt_fields(spec.system)
-    if spec is not None and not messages and spec.prompt is None:
+    if spec is not None and "messages" not in record and spec.prompt is None:
         problems.append(Problem(where, "no prompt in evalset.yaml and no 'messages' in this item"))
     missing = sorted(needed - record.keys())
     for name in missing:

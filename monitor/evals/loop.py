@@ -231,14 +231,26 @@ def chat_settings(backend: Backend, evalset: EvalSet) -> dict[str, Any]:
 
 
 def render_item(
-    backend: Backend, evalset: EvalSet, item: EvalItem, fewshot_k: int, chat: ChatTemplate | None
+    backend: Backend,
+    evalset: EvalSet,
+    item: EvalItem,
+    fewshot_k: int,
+    chat: ChatTemplate | None,
+    *,
+    need_text: bool = True,
 ) -> RenderedPrompt:
-    """The prompt of one item exactly as the model gets it."""
+    """The prompt of one item exactly as the model gets it.
+
+    A server that applies its template itself gets the messages; their text is
+    only asked of it when ``need_text`` (multiple choice scores continuations of it).
+    """
     if chat is None:
         return RenderedPrompt(evalset.render_context(item, fewshot_k))
     messages = evalset.render_messages(item, fewshot_k)
     if not chat.system_role:
         messages = fold_system(messages)
+    if chat.source == "server" and not need_text:
+        return RenderedPrompt(None, messages)
     assert isinstance(backend, ChatBackend)  # chat_setup checked it
     return RenderedPrompt(backend.render_chat(messages), messages)
 
@@ -257,28 +269,23 @@ def _score_chunk(
     chat: ChatTemplate | None = None,
 ) -> list[ItemResult]:
     metrics = evalset.metrics
-    prompts = [render_item(backend, evalset, item, fewshot_k, chat) for item in chunk]
+    need_text = evalset.task == "multiple_choice"
+    prompts = [render_item(backend, evalset, item, fewshot_k, chat, need_text=need_text) for item in chunk]
     results: list[ItemResult] = []
     if evalset.task == "multiple_choice":
-        scorable = [(item, p) for item, p in zip(chunk, prompts, strict=True) if p.text is not None]
-        for item, p in zip(chunk, prompts, strict=True):
-            if p.text is None:
-                results.append(
-                    _failed_reason(
-                        item,
-                        "multiple choice under format: chat needs the rendered prompt, and the server does not "
-                        "expose its chat template (vLLM's /tokenize with messages and /detokenize)",
-                    )
-                )
         requests = [
-            LoglikelihoodRequest(p.text or "", evalset.continuations(item), exact_boundary=chat is not None)
-            for item, p in scorable
+            LoglikelihoodRequest(
+                p.text or "",
+                evalset.continuations(item),
+                exact_boundary=chat is not None,
+                messages=p.messages,
+            )
+            for item, p in zip(chunk, prompts, strict=True)
         ]
-        answers = backend.loglikelihood(requests, progress=progress) if requests else []
-        for (item, p), answer in zip(scorable, answers, strict=True):
+        answers = backend.loglikelihood(requests, progress=progress)
+        for item, p, answer in zip(chunk, prompts, answers, strict=True):
             results.append(_multiple_choice_result(item, p, answer, metrics))
-        order = {item.id: i for i, item in enumerate(chunk)}
-        return sorted(results, key=lambda r: order[r.item_id])
+        return results
     decoding = evalset.spec.decoding
     repeats = decoding.repeats
     gen_requests = [
@@ -315,7 +322,7 @@ def _score_chunk(
                 prompt_tokens=sum(out.prompt_tokens for out in samples),
                 completion_tokens=sum(out.completion_tokens for out in samples),
                 prompt=p.text,
-                messages=_message_dicts(p.messages) if p.text is None or chat is not None else None,
+                messages=_message_dicts(p.messages),
                 samples=[
                     {"prediction": out.text, "scores": s.scores, "completion_tokens": out.completion_tokens}
                     for out, s in zip(samples, scored, strict=True)
@@ -357,6 +364,7 @@ def _multiple_choice_result(
             prompt_tokens=answer.context_tokens,
             completion_tokens=answer.completion_tokens,
             prompt=p.text,
+            messages=_message_dicts(p.messages),
         )
     scored = score_multiple_choice(item, answer.loglikelihoods, metrics)
     first = scored.scores[metrics[0]]
@@ -370,6 +378,7 @@ def _multiple_choice_result(
         loglikelihoods=list(answer.loglikelihoods),
         prompt_tokens=answer.context_tokens,
         prompt=p.text,
+        messages=_message_dicts(p.messages),
     )
 
 

@@ -107,7 +107,12 @@ def eval_summary(
 
 
 def result_line(result: ItemResult, task: str) -> dict[str, Any]:
-    """One item's line of the results JSONL (NaN left as is: the writer turns it into null)."""
+    """One item's line of the results JSONL (NaN left as is: the writer turns it into null).
+
+    ``prompt`` is the exact text the model was given (after the chat template),
+    ``messages`` the conversation sent (``format: chat``), ``samples`` every
+    sample of a repeated generation; each only when there is one.
+    """
     line: dict[str, Any] = {
         "format_version": RESULTS_FORMAT_VERSION,
         "id": result.item_id,
@@ -120,6 +125,12 @@ def result_line(result: ItemResult, task: str) -> dict[str, Any]:
     else:
         line["score"] = result.score
         line["scores"] = result.scores
+    if result.prompt is not None:
+        line["prompt"] = result.prompt
+    if result.messages is not None:
+        line["messages"] = result.messages
+    if result.samples is not None:
+        line["samples"] = result.samples
     if result.error:
         line["error"] = result.error
     return line

@@ -5,11 +5,19 @@ misbehave on purpose.  Endpoints::
 
     GET  /v1/models             id, root, parent and max_model_len of every served model, as vLLM lists them
     POST /v1/completions        prompt (text or a list of texts), max_tokens, stop, echo, logprobs
-    POST /v1/chat/completions   messages (their contents joined by blank lines: no chat template), max_tokens, stop
-    POST /tokenize              {"model", "prompt"} -> {"count", "tokens", "max_model_len"}, as vLLM's
+    POST /v1/chat/completions   messages through the model's chat template with the generation prompt, as
+                                vLLM applies it (a model without a template: the contents joined by blank lines)
+    POST /tokenize              {"model", "prompt"} or {"model", "messages", "add_generation_prompt"}
+                                -> {"count", "tokens", "max_model_len"}, as vLLM's
+    POST /detokenize            {"model", "tokens"} -> {"prompt"}, as vLLM's
+    GET  /version               {"version"}, as vLLM's
     GET  /health
 
-Decoding is greedy only (a ``temperature`` above 0 is refused).  Scores and
+Decoding is greedy unless a ``temperature`` above 0 is asked for; ``top_p``,
+``top_k`` and ``seed`` are honoured as the ``hf`` backend samples (a seeded
+request draws the same tokens every time).  A conversation the template
+refuses (a system message a template has no role for) is a 400, as vLLM
+answers.  Scores and
 text come from :class:`~monitor.backends.hf.HFBackend`, so they are the
 in-process numbers: an echoed prompt's per-token log-probabilities are
 differences of cumulative log-likelihoods that the ``hf`` backend computes
@@ -43,9 +51,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
+from monitor._version import __version__
 from monitor.backends import Backend, ModelSpec, load_backend
-from monitor.backends.base import GenerationRequest, LoglikelihoodRequest
-from monitor.errors import ModelLoadError
+from monitor.backends.base import GREEDY, ChatBackend, GenerationRequest, LoglikelihoodRequest, Sampling
+from monitor.errors import BackendError, ModelLoadError
 
 log = logging.getLogger("monitor.testing.openai_server")
 INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
@@ -128,12 +137,28 @@ class ServedModel:
             previous = total
         return out
 
-    def generate(self, prompt: str, max_tokens: int, stop: Sequence[str]) -> tuple[str, int, int]:
+    def generate(
+        self, prompt: str, max_tokens: int, stop: Sequence[str], sampling: Sampling = GREEDY
+    ) -> tuple[str, int, int]:
         if max_tokens <= 0:
             return "", len(self.token_spans(prompt)), 0
         with self.lock:
-            (out,) = self.backend.generate([GenerationRequest(prompt, max_tokens, tuple(stop))])
+            (out,) = self.backend.generate([GenerationRequest(prompt, max_tokens, tuple(stop), sampling)])
         return out.text, out.prompt_tokens, out.completion_tokens
+
+    def has_chat_template(self) -> bool:
+        backend = self.backend
+        return isinstance(backend, ChatBackend) and backend.chat_template() is not None
+
+    def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
+        """The conversation through the model's chat template with the generation prompt (vLLM's way)."""
+        assert isinstance(self.backend, ChatBackend)
+        try:
+            with self.lock:
+                text = self.backend.render_chat(messages)
+        except BackendError as exc:
+            raise _BadRequest(400, str(exc)) from None
+        return text or ""
 
     def score(self, context: str, continuation: str) -> float:
         with self.lock:
@@ -284,18 +309,24 @@ class OpenAIServer:
             return 200, {"object": "list", "data": [self._model_entry(m) for m in self.models.values()]}
         if method == "GET" and path == "/health":
             return 200, {"status": "ok"}
-        endpoints = (*INFERENCE_PATHS, "/tokenize") if self.tokenize else INFERENCE_PATHS
+        if method == "GET" and path == "/version":
+            return 200, {"version": f"monitor-openai-server {__version__}"}
+        endpoints = (*INFERENCE_PATHS, "/tokenize", "/detokenize") if self.tokenize else INFERENCE_PATHS
         if method != "POST" or path not in endpoints:
             return 404, _error(404, f"no such endpoint: {method} {path}")
         if body is None:
             return 400, _error(400, "the body must be a JSON object")
-        key = json.dumps([path, body], sort_keys=True) if self.memoize else ""
+        # A sampled answer without a seed is drawn anew each time: never memoized.
+        repeatable = not body.get("temperature") or body.get("seed") is not None
+        key = json.dumps([path, body], sort_keys=True) if self.memoize and repeatable else ""
         if key and key in self._cache:
             return self._cache[key]
         try:
             model = self._model(body)
             if path == "/tokenize":
                 answer: tuple[int, dict[str, Any]] = (200, self._tokenize(model, body))
+            elif path == "/detokenize":
+                answer = (200, self._detokenize(model, body))
             elif path == "/v1/completions":
                 answer = (200, self._completions(model, body))
             else:
@@ -313,19 +344,34 @@ class OpenAIServer:
         name = body.get("model")
         if name not in self.models:
             raise _BadRequest(404, f"The model `{name}` does not exist.")
-        temperature = body.get("temperature", 0)
-        if not isinstance(temperature, int | float) or temperature > 0:
-            raise _BadRequest(400, "this server decodes greedily only: temperature must be 0")
         if body.get("n", 1) != 1:
             raise _BadRequest(400, "n must be 1")
         return self.models[str(name)]
 
     def _tokenize(self, model: ServedModel, body: dict[str, Any]) -> dict[str, Any]:
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise _BadRequest(400, "prompt must be a string")
-        ids = [token_id for token_id, _, _ in model.token_spans(prompt)]
+        if "messages" in body:
+            if not model.has_chat_template():
+                raise _BadRequest(400, f"{model.name} has no chat template")
+            if body.get("add_generation_prompt", True) is not True:
+                raise _BadRequest(400, "this server renders conversations with the generation prompt only")
+            rendered = model.render_chat(_messages(body))
+            # vLLM's default for conversations: the template places the special tokens itself.
+            special = bool(body.get("add_special_tokens", False))
+            ids = list(model.tokenizer.encode(rendered, add_special_tokens=special).ids)
+        else:
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str):
+                raise _BadRequest(400, "prompt must be a string")
+            ids = [token_id for token_id, _, _ in model.token_spans(prompt)]
         return {"count": len(ids), "max_model_len": model.facts.get("max_model_len"), "tokens": ids}
+
+    def _detokenize(self, model: ServedModel, body: dict[str, Any]) -> dict[str, Any]:
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in tokens
+        ):
+            raise _BadRequest(400, "tokens must be a list of token ids")
+        return {"prompt": model.tokenizer.decode(tokens, skip_special_tokens=False)}
 
     def _completions(self, model: ServedModel, body: dict[str, Any]) -> dict[str, Any]:
         prompt = body.get("prompt")
@@ -334,12 +380,13 @@ class OpenAIServer:
             raise _BadRequest(400, "prompt must be a string or a list of strings")
         max_tokens = _max_tokens(body)
         stop = _stop(body)
+        sampling = _sampling(body)
         echo = bool(body.get("echo", False))
         logprobs = body.get("logprobs")
         choices = []
         usage = Counter[str]()
         for index, text in enumerate(prompts):
-            generated, prompt_tokens, completion_tokens = model.generate(text, max_tokens, stop)
+            generated, prompt_tokens, completion_tokens = model.generate(text, max_tokens, stop, sampling)
             usage["prompt_tokens"] += prompt_tokens
             usage["completion_tokens"] += completion_tokens
             choice: dict[str, Any] = {
@@ -362,15 +409,15 @@ class OpenAIServer:
         }
 
     def _chat(self, model: ServedModel, body: dict[str, Any]) -> dict[str, Any]:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise _BadRequest(400, "messages must be a non-empty list")
-        try:
-            prompt = "\n\n".join(str(m["content"]) for m in messages)
-        except (KeyError, TypeError):
-            raise _BadRequest(400, "every message needs a content") from None
+        messages = _messages(body)
+        if model.has_chat_template():
+            prompt = model.render_chat(messages)
+        else:
+            prompt = "\n\n".join(content for _, content in messages)
         max_tokens = _max_tokens(body)
-        text, prompt_tokens, completion_tokens = model.generate(prompt, max_tokens, _stop(body))
+        text, prompt_tokens, completion_tokens = model.generate(
+            prompt, max_tokens, _stop(body), _sampling(body)
+        )
         return {
             "id": f"chatcmpl-{time.monotonic_ns()}",
             "object": "chat.completion",
@@ -389,6 +436,37 @@ class OpenAIServer:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+
+
+def _messages(body: dict[str, Any]) -> list[tuple[str, str]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _BadRequest(400, "messages must be a non-empty list")
+    out = []
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise _BadRequest(400, "every message needs a role and a text content")
+        out.append((str(message.get("role", "user")), message["content"]))
+    return out
+
+
+def _sampling(body: dict[str, Any]) -> Sampling:
+    """Greedy at temperature 0 (the default here), else sampled as the body says."""
+    temperature = body.get("temperature", 0)
+    top_p = body.get("top_p", 1.0)
+    top_k = body.get("top_k", 0)
+    seed = body.get("seed")
+    if not isinstance(temperature, int | float) or isinstance(temperature, bool) or temperature < 0:
+        raise _BadRequest(400, "temperature must be a number, zero or more")
+    if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+        raise _BadRequest(400, "top_p must be in (0, 1]")
+    if not isinstance(top_k, int) or top_k < -1:
+        raise _BadRequest(400, "top_k must be a whole number (0 or -1: off)")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise _BadRequest(400, "seed must be a whole number")
+    if temperature == 0:
+        return GREEDY
+    return Sampling(float(temperature), float(top_p), max(0, top_k), seed)
 
 
 def _max_tokens(body: dict[str, Any]) -> int:
