@@ -230,6 +230,34 @@ def build_demo_models(
     return DemoModels.at(final, digest, from_cache=False)
 
 
+def link_stable_paths(models: DemoModels, folder: Path) -> DemoModels:
+    """Point ``folder/base-v1``, ``lora-v1``, ``base-v2`` and ``tokenizer`` at ``models`` (symbolic links),
+    so that the configuration and the README name paths that do not change with the recipe's digest.
+
+    A link is replaced; anything else already at one of those names is left alone and its cached path kept.
+    """
+    stable = {}
+    for name, target in (
+        ("tokenizer", models.tokenizer),
+        ("base-v1", models.base_v1),
+        ("lora-v1", models.lora_v1),
+        ("base-v2", models.base_v2),
+    ):
+        link = folder / name
+        if link.is_symlink():
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(os.path.relpath(target, folder), target_is_directory=True)
+        stable[name] = link if link.is_symlink() else target
+    return replace(
+        models,
+        tokenizer=stable["tokenizer"],
+        base_v1=stable["base-v1"],
+        lora_v1=stable["lora-v1"],
+        base_v2=stable["base-v2"],
+    )
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
     """The manifest of a build: recipe, versions, timings, training losses and weight digests."""
     result: dict[str, Any] = json.loads((root / MANIFEST_NAME).read_text())
@@ -296,12 +324,30 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def stage_work(recipe: DemoRecipe) -> dict[str, float]:
+    """Each stage's share of the build, in tokens trained (what the time left is estimated from)."""
+    work = {
+        "base v1": recipe.v1_training.steps * recipe.v1_training.batch_size * recipe.v1_training.seq_len,
+        "lora v1": recipe.lora_training.steps
+        * recipe.lora_training.batch_size
+        * recipe.lora_training.seq_len,
+        "base v2": recipe.v2_training.steps * recipe.v2_training.batch_size * recipe.v2_training.seq_len,
+    }
+    total = sum(work.values())
+    return {"tokenizer": 0.02 * total, **work}
+
+
 @contextlib.contextmanager
-def _stage(name: str, timings: dict[str, float], say: _Say) -> Iterator[None]:
+def _stage(name: str, timings: dict[str, float], say: _Say, work: dict[str, float]) -> Iterator[None]:
+    number = list(work).index(name) + 1
+    say(f"[{number}/{len(work)}] building {name} ...")
     started = time.perf_counter()
     yield
     timings[name] = round(time.perf_counter() - started, 2)
-    say(f"building {name} ... {timings[name]:.0f} s")
+    done = sum(work[n] for n in timings)
+    left = sum(timings.values()) * (sum(work.values()) - done) / done if done else 0.0
+    tail = f"; about {left:.0f} s left" if left >= 1 else ""
+    say(f"[{number}/{len(work)}] built {name} in {timings[name]:.0f} s{tail}")
 
 
 def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:
@@ -313,13 +359,14 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:
     timings: dict[str, float] = {}
     reports: dict[str, TrainingReport] = {}
     started = time.perf_counter()
-    say(f"building demo models (recipe {recipe.name}, {digest}) ...")
+    work = stage_work(recipe)
+    say(f"building demo models (recipe {recipe.name}, {digest}): {len(work)} stages, minutes on 2 cores ...")
     with _torch_threads(recipe.torch_threads):
-        with _stage("tokenizer", timings, say):
+        with _stage("tokenizer", timings, say, work):
             build_tokenizer(_tokenizer_texts(recipe), paths.tokenizer, vocab_size=recipe.vocab_size)
         tokenizer = AutoTokenizer.from_pretrained(paths.tokenizer)
 
-        with _stage("base v1", timings, say):
+        with _stage("base v1", timings, say, work):
             shape = recipe.v1_shape
             model = new_gpt2_model(
                 paths.tokenizer,
@@ -333,7 +380,7 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:
             reports["base_v1"] = pretrain_causal_lm(model, tokenizer, [corpus], recipe.v1_training)
             save_model(model, paths.tokenizer, paths.base_v1)
 
-        with _stage("lora v1", timings, say):
+        with _stage("lora v1", timings, say, work):
             reports["lora_v1"] = train_lora(
                 paths.base_v1,
                 paths.lora_v1,
@@ -347,7 +394,7 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:
                 target_modules=recipe.lora_targets,
             )
 
-        with _stage("base v2", timings, say):
+        with _stage("base v2", timings, say, work):
             # The next release continues from v1's weights ("trained longer") on a
             # newer crawl: fresh generic text, self-filed tickets from help-desk
             # pages, and pages of agent-routed tickets (packed on their own).
@@ -380,7 +427,6 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:
         },
     }
     paths.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
-    say(f"built demo models in {total:.0f} s")
 
 
 def _tokenizer_texts(recipe: DemoRecipe) -> list[str]:

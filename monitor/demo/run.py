@@ -7,6 +7,11 @@ starts on the demo configuration with a fast schedule (the fine-tune every
 minute, the releases folder watched), prints where ``/metrics`` is and shows
 the status table as runs land, until Ctrl-C.  ``--once`` stops after the story
 (what the tests and CI use).
+
+Two configurations are written: ``monitor-demo.yaml``, which the demo itself
+runs (webhooks to its receiver, whose secret only the demo process holds), and
+``monitor.yaml``, the same without webhooks, which ``monitor check-config`` and
+``monitor daemon`` take as is after the demo has ended.
 """
 
 from __future__ import annotations
@@ -14,58 +19,117 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from monitor.api.views import print_status
-from monitor.demo.story import SECRET, SECRET_ENV, prepare_workdir, tell_story, write_demo_config
+from monitor.demo.story import (
+    FINETUNE,
+    SECRET,
+    SECRET_ENV,
+    claim_workdir,
+    prepare_workdir,
+    tell_story,
+    write_demo_config,
+)
 
 DEMO_PORT = 9464
 
 
 def run_demo(workdir: Path, *, rebuild: bool = False, once: bool = False, port: int = DEMO_PORT) -> Path:
     """Build (or load) the demo models, tell the story, then run the daemon unless ``once``."""
+    # torch's OpenMP threads spin while they wait by default; beside other work on a small machine
+    # that spinning made the build many times slower. Set before torch is first imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from monitor.api.app import run_daemon
-    from monitor.demo.build import build_demo_models
+    from monitor.demo.build import build_demo_models, link_stable_paths
     from monitor.demo.receiver import DemoReceiver
 
     workdir = workdir.resolve()
+    claim_workdir(workdir)
+    say: Callable[[str], None] = lambda line: print(line, flush=True)  # noqa: E731
     started = time.perf_counter()
-    print(f"demo: the demo models live under {workdir / 'models'} (built once, then cached)", flush=True)
-    models = build_demo_models(
-        workdir / "models", force=rebuild, progress=lambda line: print(f"demo: {line}", flush=True)
-    )
-    print(
-        f"demo: models {'loaded from cache' if models.from_cache else 'built'} "
-        f"in {time.perf_counter() - started:.0f} s",
-        flush=True,
-    )
+    say(f"demo: the demo models live under {workdir / 'models'} (built once, then cached)")
+    models = build_demo_models(workdir / "models", force=rebuild, progress=lambda line: say(f"demo: {line}"))
+    models = link_stable_paths(models, workdir / "models")
+    built = time.perf_counter() - started
+    say(f"demo: models {'loaded from the cache' if models.from_cache else 'built'} in {built:.0f} s")
     prepare_workdir(workdir)
     os.environ.setdefault(SECRET_ENV, SECRET)
     receiver = DemoReceiver(os.environ[SECRET_ENV], workdir / "webhooks.log").start()
     try:
-        config_path = write_demo_config(workdir, models, port=port, receiver_url=receiver.url)
-        print(f"demo: configuration written to {config_path}", flush=True)
-        tell_story(
-            workdir,
-            config_path,
-            models,
-            receiver=receiver,
-            say=lambda line: print(line, flush=True),
-            show_table=print_status,
+        plain = write_demo_config(workdir, models, port=port)
+        config_path = write_demo_config(
+            workdir, models, port=port, receiver_url=receiver.url, name="monitor-demo.yaml"
         )
+        say(f"demo: configuration written to {plain} (and {config_path.name}, with the demo's webhooks)")
+        story_started = time.perf_counter()
+        tell_story(workdir, config_path, models, receiver=receiver, say=say, show_table=print_status)
         print(
-            f"\ndemo: story told in {time.perf_counter() - started:.0f} s; database {workdir / 'monitor.db'}",
+            f"\ndemo: story told in {time.perf_counter() - story_started:.0f} s "
+            f"(after the models, {built:.0f} s); database {workdir / 'monitor.db'}",
             file=sys.stderr,
             flush=True,
         )
+        for line in next_commands(workdir, plain):
+            say(line)
         if once:
-            return config_path
-        print(
+            return plain
+        say(
             "demo: starting the daemon on the demo configuration: the fine-tune runs every minute and "
-            f"{workdir / 'releases'} is watched for new base models. Ctrl-C stops it.",
-            flush=True,
+            f"{workdir / 'releases'} is watched for new base models. Ctrl-C stops it."
         )
         run_daemon(config_path, on_status=print_status, log_level="warning")
     finally:
         receiver.stop()
-    return config_path
+    return plain
+
+
+def next_commands(workdir: Path, config: Path) -> list[str]:
+    """The block printed at the end: commands to try next, with the story's real run ids, runnable as
+    written from the current folder (the repository's root, when the demo was started from there)."""
+    from monitor.config import load_config
+    from monitor.store import Store
+
+    cfg = load_config(config)
+    with Store.open(cfg.database_url(), create=False) as store:
+        runs = [run for run, _ in store.runs(model=FINETUNE, evalset="ticket-routing")]
+    newest, oldest = (runs[0].id, runs[-1].id) if runs else (None, None)
+    exe = _executable()
+    c = f"-c {_shown(config)}"
+    lines = ["", "demo: next, try these (they read the demo's database; nothing is changed):"]
+    commands: list[tuple[str, str]] = [
+        (f"{exe} status {c}", "the newest run of every series, its verdict"),
+        (f"{exe} history {FINETUNE} ticket-routing {c}", "every run of one series"),
+        (f"{exe} recommend {FINETUNE} {c}", "the recommendation, its reasons and the cost case"),
+        (f"{exe} report {FINETUNE} {c} -o {_shown(workdir / 'report.html')}", "the HTML report, with charts"),
+    ]
+    if newest is not None and oldest is not None and newest != oldest:
+        commands.insert(
+            2, (f"{exe} diff {oldest} {newest} {c}", "what changed between two runs, item by item")
+        )
+    commands.append((f"{exe} daemon {c}", "restart the daemon on the demo's history (Ctrl-C stops it)"))
+    width = max(len(command) for command, _ in commands)
+    lines += [f"  {command.ljust(width)}  # {why}" for command, why in commands]
+    return lines
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder when it lies under it (shorter, and copy-pasteable)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _executable() -> str:
+    """How to call ``monitor`` from here: ``monitor`` when it is on PATH, else the venv's path."""
+    import shutil
+
+    here = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    on_path = shutil.which("monitor")
+    if on_path is not None and (here is None or Path(on_path).resolve() == here):
+        return "monitor"
+    if here is not None and here.name == "monitor":
+        return _shown(here.parent / "monitor")
+    return "monitor"

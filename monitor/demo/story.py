@@ -59,10 +59,43 @@ def repo_evals() -> Path:
     return Path(__file__).resolve().parents[2] / "evals"
 
 
+#: Written into a folder the demo made: only such a folder is ever cleared by the next demo.
+MARKER = ".monitor-demo"
+
+
+def claim_workdir(workdir: Path) -> None:
+    """Make ``workdir`` the demo's (created, or already marked as the demo's), or refuse it.
+
+    A folder that exists, holds anything besides the model cache and was not made by the demo is the
+    user's: the demo stops with an error naming it rather than clearing its history and eval sets.
+    """
+    from monitor.errors import InputError
+
+    marker = workdir / MARKER
+    if workdir.is_dir() and not marker.exists():
+        others = sorted(p.name for p in workdir.iterdir() if p.name != "models")
+        written_by_demo = (workdir / "monitor.yaml").is_file() and "Written by `monitor demo`" in (
+            workdir / "monitor.yaml"
+        ).read_text(encoding="utf-8", errors="replace")
+        if others and not written_by_demo:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise InputError(
+                f"--workdir {workdir}: the folder holds files the demo did not write ({shown}); "
+                "the demo clears its folder's history and eval sets, so give it an empty or new folder"
+            )
+    elif workdir.exists() and not workdir.is_dir():
+        raise InputError(f"--workdir {workdir}: not a folder")
+    workdir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(
+        "This folder is written by `monitor demo`; the next demo clears it (models/ is kept).\n"
+    )
+
+
 def prepare_workdir(workdir: Path) -> None:
     """Start the story afresh: a copy of the shipped eval sets, empty history, releases and traffic.
 
-    The models (under ``models/``) are kept: they are the cache.
+    The models (under ``models/``) are kept: they are the cache. A folder the demo did not make is
+    refused (:func:`claim_workdir`).
     """
     shipped = repo_evals()
     for name in ("ticket-routing", "ticket-triage"):
@@ -70,7 +103,7 @@ def prepare_workdir(workdir: Path) -> None:
             raise NotFoundError(
                 f"the demo needs the eval set {shipped / name} (run the demo from a clone of the repository)"
             )
-    workdir.mkdir(parents=True, exist_ok=True)
+    claim_workdir(workdir)
     for name in ("baselines", "releases", "traffic", "evals", "reports"):
         shutil.rmtree(workdir / name, ignore_errors=True)
     for name in ("monitor.db", "monitor.db-wal", "monitor.db-shm", "webhooks.log", f"memo-{FINETUNE}.md"):
@@ -89,8 +122,10 @@ def write_demo_config(
     receiver_url: str | None = None,
     every: str = "1m",
     run_at_start: bool = False,
+    name: str = "monitor.yaml",
 ) -> Path:
-    """Write ``workdir/monitor.yaml``: the fine-tune, its base family and watcher, costs, webhooks."""
+    """Write ``workdir/NAME``: the fine-tune, its base family and watcher, costs, and (with ``receiver_url``)
+    webhooks to the demo's receiver, whose secret is read from $MONITOR_DEMO_WEBHOOK_SECRET."""
     config: dict[str, Any] = {
         "database": "sqlite:///monitor.db",
         "models": {
@@ -152,11 +187,18 @@ def write_demo_config(
             "initial_backoff": "1s",
             "poll_interval": "1s",
         }
-    path = workdir / "monitor.yaml"
-    header = (
-        "# Written by `monitor demo`: the demo's models, its copy of the eval sets, a fast schedule.\n"
-        f"# The webhook secret is read from ${SECRET_ENV} (the demo sets it to {SECRET}).\n"
-    )
+    path = workdir / name
+    header = "# Written by `monitor demo`: the demo's models, its copy of the eval sets, a fast schedule.\n"
+    if receiver_url is not None:
+        header += (
+            f"# The webhooks go to the receiver inside `monitor demo`; its secret is read from ${SECRET_ENV}\n"
+            f"# (the demo sets it to {SECRET}).\n"
+        )
+    else:
+        header += (
+            "# `monitor check-config` and `monitor daemon` take it as is: no secret is needed (the demo's\n"
+            "# webhook receiver lived inside `monitor demo`, so this copy has no webhooks section).\n"
+        )
     path.write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
 

@@ -311,7 +311,12 @@ def test_killed_build_leftovers_are_ignored(tmp_path: Path) -> None:
     lines: list[str] = []
     models = build_demo_models(tmp_path, recipe=TINY_RECIPE, progress=lines.append)
     assert not models.from_cache and models.root == partial
-    assert any(re.fullmatch(r"building base v1 \.\.\. \d+ s", line) for line in lines), lines
+    # Progress per model, with the time left after each.
+    assert "[2/4] building base v1 ..." in lines, lines
+    assert any(re.fullmatch(r"\[2/4\] built base v1 in \d+ s; about \d+ s left", line) for line in lines), (
+        lines
+    )
+    assert any(re.fullmatch(r"\[4/4\] built base v2 in \d+ s", line) for line in lines), lines
     assert read_manifest(models.root)["recipe_digest"] == digest
     assert leftover.exists()  # young: it may be another process's build in progress
     assert not stale.exists()

@@ -158,3 +158,40 @@ def assert_memo_agrees_with_the_metrics(outcome: StoryOutcome, config: Path) -> 
     finally:
         store.close()
     return dict(costs)
+
+
+def test_the_demo_never_clears_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    from monitor.errors import InputError
+
+    mine = tmp_path / "mine"
+    (mine / "evals").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match=r"holds files the demo did not write \(evals, notes.txt\)"):
+        prepare_workdir(mine)
+    assert (mine / "notes.txt").read_text() == "keep me" and (mine / "evals").is_dir()
+    # A folder the demo made is its own: the next demo starts it afresh.
+    ours = tmp_path / "ours"
+    prepare_workdir(ours)
+    (ours / "monitor.db").write_text("old history")
+    prepare_workdir(ours)
+    assert not (ours / "monitor.db").exists()
+
+
+def test_the_demo_configuration_passes_check_config_as_is(
+    tiny_demo: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from monitor.cli.main import app
+    from monitor.demo.build import link_stable_paths
+
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    workdir = tmp_path / "demo-output"
+    prepare_workdir(workdir)
+    (workdir / "models").mkdir()
+    models = link_stable_paths(tiny_demo, workdir / "models")
+    assert models.base_v1 == workdir / "models" / "base-v1" and models.base_v1.resolve() == tiny_demo.base_v1
+    config = write_demo_config(workdir, models, port=0)
+    assert "models/base-v1" in config.read_text() and "demo-models-" not in config.read_text()
+    result = CliRunner().invoke(app, ["check-config", "-c", str(config)])
+    assert result.exit_code == 0, result.output
