@@ -225,8 +225,15 @@ def simulate_years(
     policy: RegressionPolicy | None = None,
     seed: int = 0,
     beta: tuple[float, float] = YEAR_BETA,
+    copies: int = 1,
+    count_copies_once: bool = True,
 ) -> np.ndarray:
     """The night each simulated year first confirms a regression (0: never), by the monitor's own rule.
+
+    ``copies`` > 1 repeats every item that many times in the golden set with the same outcome in a
+    run (duplicated prompts answered alike): the items are then not independent.  With
+    ``count_copies_once`` the copies count once, as ``monitor.analysis.regression.collapse_duplicates``
+    makes them (their mean, here the shared outcome), else as separate items (the rule before).
 
     Night 0 pins the first baseline.  On a refresh night the golden set is redrawn and the night's
     run becomes the new baseline (no look).  From night ``onset`` on, every item's pass probability
@@ -235,26 +242,32 @@ def simulate_years(
     checked for all years at once); every other look is not significant, as ``decide_look`` would find.
     """
     policy = policy or RegressionPolicy()
+    if count_copies_once:
+        copies = 1  # each group of copies is one unit with the copies' shared outcome
     rng = np.random.default_rng(seed)
     pool = rng.beta(*beta, size=POOL_SIZE)
     scale = 1.0 - drop_points / 100.0 / pool.mean()
     probs = rng.choice(pool, size=(years, items))
-    baseline = rng.random((years, items)) < probs
+    baseline = np.repeat(rng.random((years, items)) < probs, copies, axis=1)
     consecutive = np.zeros(years, dtype=np.int64)
     confirmed = np.zeros(years, dtype=np.int64)
     for night, look in enumerate(year_schedule(days, refresh_days), start=1):
         dropped = night >= onset and drop_points > 0
         if look == 0:
             probs = rng.choice(pool, size=(years, items))
-            baseline = rng.random((years, items)) < (probs * scale if dropped else probs)
+            baseline = np.repeat(
+                rng.random((years, items)) < (probs * scale if dropped else probs), copies, axis=1
+            )
             continue
-        current = rng.random((years, items)) < (probs * scale if dropped else probs)
+        current = np.repeat(
+            rng.random((years, items)) < (probs * scale if dropped else probs), copies, axis=1
+        )
         b = np.count_nonzero(baseline & ~current, axis=1)
         c = np.count_nonzero(~baseline & current, axis=1)
         level = look_alpha(policy.alpha, look) if policy.sequential else policy.alpha
         p_values = np.minimum(1.0, 2.0 * sps.binom.cdf(np.minimum(b, c), b + c, 0.5))
         p_values[b + c == 0] = 1.0
-        possible = (p_values < level) & ((c - b) / items < -policy.tolerance) & (confirmed == 0)
+        possible = (p_values < level) & ((c - b) / (items * copies) < -policy.tolerance) & (confirmed == 0)
         significant = np.zeros(years, dtype=bool)
         for year in np.flatnonzero(possible):
             result = mcnemar_exact(baseline[year], current[year], alpha=policy.alpha)
@@ -339,6 +352,21 @@ def run_year(args: argparse.Namespace) -> dict[str, Any]:
                     "p90_nights": float(np.quantile(caught, 0.9)) if caught.size else None,
                 }
         out["rules"][name] = rule
+    # A golden set of 125 prompts, each there 4 times and answered alike: 500 items, 125 observations.
+    duplicated: dict[str, Any] = {"unique_items": args.year_items // 4, "copies": 4}
+    for label, once in (("copies_counted_once", True), ("copies_counted_as_items", False)):
+        confirmed = simulate_years(
+            years=args.years,
+            items=args.year_items // 4,
+            refresh_days=args.refresh_days,
+            policy=rules["spent"],
+            seed=args.seed + 7,
+            beta=beta,
+            copies=4,
+            count_copies_once=once,
+        )
+        duplicated[label] = float(np.count_nonzero(confirmed)) / args.years
+    out["duplicated"] = duplicated
     out["elapsed_s"] = round(time.perf_counter() - started, 2)
     return out
 
@@ -367,6 +395,12 @@ def print_year(year: dict[str, Any]) -> None:
                 f"         | {100 * cell['detected_share']:5.1f}%                    | {median:>6s}"
                 f"        | {p90:>5s}"
             )
+    dup = year["duplicated"]
+    print(
+        f"\nduplicated golden set ({dup['unique_items']} prompts x {dup['copies']}, answered alike), alpha spent: "
+        f"years with a false alarm {100 * dup['copies_counted_once']:.1f}% with copies counted once (now), "
+        f"{100 * dup['copies_counted_as_items']:.1f}% with copies counted as items"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -216,17 +216,52 @@ def _is_binary(values: Sequence[float]) -> bool:
     return all(v in (0.0, 1.0) for v in values)
 
 
+def duplicate_groups(evalset: Any) -> dict[str, str]:
+    """Items that ask the model the same thing: item id to a key shared by its duplicates.
+
+    Two items are duplicates when their rendered prompt (a chat item: its messages),
+    choices and target are the same.  Only items with a duplicate are listed.  Golden
+    sets drawn from production traffic repeat prompts; the copies are answered alike,
+    so they are one observation, not several (counting them as several makes every
+    test overconfident: ``benchmarks/bench_calibration.py``'s duplicated year).
+    """
+    keys: dict[str, str] = {}
+    for item in evalset.items:
+        messages = getattr(item, "messages", None)
+        asked = repr(tuple(messages)) if messages else evalset.render_prompt(item)
+        keys[item.id] = repr((asked, tuple(item.choices), item.target_text))
+    sizes: dict[str, int] = {}
+    for key in keys.values():
+        sizes[key] = sizes.get(key, 0) + 1
+    return {item: key for item, key in keys.items() if sizes[key] > 1}
+
+
+def collapse_duplicates(
+    ids: Sequence[str], scores: Sequence[Sequence[float]], groups: dict[str, str]
+) -> tuple[list[str], list[list[float]]]:
+    """Per-item scores (one sequence per run, aligned with ``ids``) with each group of duplicates
+    replaced by its mean, so that a repeated prompt counts once.  Returns the units' ids and scores."""
+    order: dict[str, list[int]] = {}
+    for index, item in enumerate(ids):
+        order.setdefault(groups.get(item, item), []).append(index)
+    units = list(order)
+    collapsed = [[sum(run[i] for i in order[u]) / len(order[u]) for u in units] for run in scores]
+    return units, collapsed
+
+
 def compare_run(
     run: RunRecord,
     items: Sequence[Any],
     baseline: Baseline,
     policy: RegressionPolicy,
     noise: DesignNoise | None = None,
+    duplicates: dict[str, str] | None = None,
 ) -> list[Comparison]:
     """Compare every metric the run and its baseline share.
 
     ``noise`` (from :func:`design_noise`) gives the minimum detectable difference;
-    without it the priors of ``policy`` apply.
+    without it the priors of ``policy`` apply.  ``duplicates`` (:func:`duplicate_groups`)
+    makes each group of duplicated items count once, by its mean score.
     """
     noise = noise or DesignNoise()
     mode, reason = comparability(run, baseline)
@@ -241,9 +276,16 @@ def compare_run(
             ids = [i for i in base if i in current and metric in base[i] and metric in current[i]]
             b = [float(base[i][metric]) for i in ids]
             c = [float(current[i][metric]) for i in ids]
+            if duplicates:
+                _, (b, c) = collapse_duplicates(ids, [b, c], duplicates)
         else:
-            b = [float(s[metric]) for s in base.values() if metric in s]
-            c = [float(s[metric]) for s in current.values() if metric in s]
+            base_ids = [i for i in base if metric in base[i]]
+            current_ids = [i for i in current if metric in current[i]]
+            b = [float(base[i][metric]) for i in base_ids]
+            c = [float(current[i][metric]) for i in current_ids]
+            if duplicates:
+                _, (b,) = collapse_duplicates(base_ids, [b], duplicates)
+                _, (c,) = collapse_duplicates(current_ids, [c], duplicates)
         if len(b) < 2 or len(c) < 2:
             out.append(
                 Comparison(run.evalset_name, run.strategy, metric, "refused", "too few items to compare")
@@ -261,7 +303,7 @@ def compare_run(
                 reason,
                 result,
                 mdd,
-                {"binary": binary, "design": design},
+                {"binary": binary, "design": design, **({"units": len(c)} if duplicates else {})},
             )
         )
     return out
@@ -391,6 +433,7 @@ def compare_slices(
     noise: DesignNoise | None = None,
     level: float | None = None,
     previous: dict[str, dict[str, Any]] | None = None,
+    duplicates: dict[str, str] | None = None,
 ) -> list[SliceVerdict]:
     """Every slice with at least ``policy.min_slice_items`` items, for every metric, Holm across them all.
 
@@ -414,7 +457,7 @@ def compare_slices(
         ids = {item for item, labels in slices.items() if label in labels}
         part = replace(baseline, items=tuple(i for i in baseline.items if i.id in ids))
         mine = [r for r in items if r.item_id in ids]
-        pending.extend((label, c) for c in compare_run(run, mine, part, policy, noise))
+        pending.extend((label, c) for c in compare_run(run, mine, part, policy, noise, duplicates))
     tested = [c.result.p_value for _, c in pending if c.result is not None]
     adjusted = iter(holm(tested))
     level = policy.alpha if level is None else level
@@ -473,9 +516,11 @@ def assess_run(
     items = store.item_results(run_id)
     repeats = baseline_era_runs(store, baseline, exclude=[run_id], limit=policy.design_runs)
     noise = design_noise(baseline, [store.item_results(r.id) for r in repeats if r.id is not None])
-    comparisons = compare_run(run, items, baseline, policy, noise)
+    evalset = _recorded_evalset(store, run)
+    duplicates = duplicate_groups(evalset) if evalset is not None else {}
+    comparisons = compare_run(run, items, baseline, policy, noise, duplicates)
     if slices is None:
-        slices = _recorded_slices(store, run, policy.slice_by)
+        slices = item_slices(evalset.items, policy.slice_by) if evalset is not None else {}
     broken = _newly_broken(items, baseline)
     tested = [c for c in comparisons if c.result is not None]
     others = store.other_series_p_values(run.model_id, run.evalset_name, run.strategy)
@@ -487,7 +532,9 @@ def assess_run(
         )
         for c in comparisons
     }
-    by_metric = _slice_verdicts(run, items, baseline, policy, slices, noise, comparisons, previous_by_metric)
+    by_metric = _slice_verdicts(
+        run, items, baseline, policy, slices, noise, comparisons, previous_by_metric, duplicates
+    )
     records = []
     confirmed = []
     for c in comparisons:
@@ -531,6 +578,7 @@ def _slice_verdicts(
     noise: DesignNoise,
     comparisons: Sequence[Comparison],
     previous_by_metric: dict[str, VerdictRecord | None],
+    duplicates: dict[str, str],
 ) -> dict[str, list[SliceVerdict]]:
     """The slices' verdicts by metric, at the level of this look (the first compared metric's)."""
     compared = [c for c in comparisons if c.mode != "refused"]
@@ -552,21 +600,19 @@ def _slice_verdicts(
     return out
 
 
-def _recorded_slices(store: Store, run: RunRecord, slice_by: str | None) -> dict[str, tuple[str, ...]]:
-    """The slices of the run's eval set, when its recorded folder still holds that version."""
+def _recorded_evalset(store: Store, run: RunRecord) -> Any:
+    """The run's eval set, when its recorded folder still holds that version (else None)."""
     from monitor.errors import EvalSetError
     from monitor.evals.evalset import load_evalset
 
     version = store.evalset_version(run.evalset_version_id)
     if version is None:
-        return {}
+        return None
     try:
         evalset = load_evalset(version.path)
     except (EvalSetError, OSError):
-        return {}
-    if evalset.version != run.evalset_version:
-        return {}
-    return item_slices(evalset.items, slice_by)
+        return None
+    return evalset if evalset.version == run.evalset_version else None
 
 
 def _newly_broken(items: Sequence[Any], baseline: Baseline) -> list[str]:

@@ -39,6 +39,7 @@ from monitor.analysis.regression import (
     compare_run,
     design_noise,
     detectable_sentence,
+    duplicate_groups,
 )
 from monitor.analysis.stats import holm, regression_decision
 from monitor.backends import ModelSpec
@@ -200,7 +201,8 @@ def run_gate(
         assert run.id is not None
         repeats = baseline_era_runs(store, baseline, exclude=[run.id], limit=policy.design_runs)
         noise = design_noise(baseline, [store.item_results(r.id) for r in repeats if r.id is not None])
-        comparisons = compare_run(run, store.item_results(run.id), baseline, policy, noise)
+        duplicates = duplicate_groups(es)
+        comparisons = compare_run(run, store.item_results(run.id), baseline, policy, noise, duplicates)
         if not comparisons:
             checks.append(
                 GateCheck(

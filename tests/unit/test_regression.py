@@ -516,3 +516,69 @@ def test_status_counts_no_flaky_items_after_a_deploy_and_a_rollback(h: Harness) 
     result = CliRunner().invoke(app, ["status", "--db", h.cfg.database_url(), "--json"])
     (entry,) = json.loads(result.stdout)
     assert entry["flaky"] == 0  # today: 60, every item the bad adapter changed
+
+
+# --- duplicated prompts count once ------------------------------------------------------------------
+
+
+def _duplicated_harness(tmp_path: Path, copies: int) -> Harness:
+    """200 items asking 200 / copies distinct prompts (``Ticket #i<k>``), each ``copies`` times."""
+    h = Harness(tmp_path)
+    folder = tmp_path / "evals" / "routing"
+    spec = folder / "evalset.yaml"
+    spec.write_text(spec.read_text().replace("Ticket #{id}", "Ticket #{input}"))
+    unique = N // copies
+    (folder / "data.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"i{k}", "input": f"i{k % unique}", "target": CHOICES[(k % unique) % 4]}) + "\n"
+            for k in range(N)
+        )
+    )
+    return h
+
+
+def test_duplicated_prompts_count_once_in_a_verdict(tmp_path: Path) -> None:
+    from monitor.analysis.regression import collapse_duplicates, duplicate_groups
+    from monitor.evals.evalset import load_evalset
+
+    once = _duplicated_harness(tmp_path / "once", 1)  # 200 distinct prompts: the reference
+    four = _duplicated_harness(tmp_path / "four", 4)  # 50 distinct prompts, each 4 times
+    groups = duplicate_groups(load_evalset(tmp_path / "four" / "evals" / "routing"))
+    assert len(groups) == N and len(set(groups.values())) == N // 4
+    assert duplicate_groups(load_evalset(tmp_path / "once" / "evals" / "routing")) == {}
+    ids, (b, c) = collapse_duplicates(
+        ["a", "b", "c"], [[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]], {"a": "x", "b": "x"}
+    )
+    assert ids == ["x", "c"] and b == [0.5, 1.0] and c == [1.0, 0.0]
+    verdicts = {}
+    for name, h, rule in (
+        ("once", once, lambda k: k % 10 != 0 and k % 50 not in (1, 2, 3, 4)),
+        ("four", four, lambda k: k % 10 != 0 and k % 50 not in (1, 2, 3, 4)),
+    ):
+        pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+        (verdicts[name],) = h.analyze(h.run(RuleBackend(rule))).verdicts
+    # 16 of 200 items newly wrong; in the duplicated set those are 4 prompts, each 4 times
+    assert verdicts["four"].details["units"] == N // 4
+    assert verdicts["four"].delta == pytest.approx(-4 / 50) and verdicts["once"].delta == pytest.approx(
+        -16 / 200
+    )
+    assert verdicts["four"].p_value > 10 * verdicts["once"].p_value  # 4 observations, not 16
+    assert verdicts["four"].min_detectable > verdicts["once"].min_detectable  # 50 units see less than 200
+
+
+def test_a_duplicated_golden_set_stays_calibrated_over_a_year() -> None:
+    import numpy as np
+
+    years = 400
+    kwargs: dict[str, Any] = {
+        "years": years,
+        "items": 50,
+        "days": 365,
+        "refresh_days": 1000,
+        "copies": 4,
+        "seed": 8,
+    }
+    once = _years(**kwargs)
+    assert np.mean(once > 0) <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / years)
+    as_items = _years(**kwargs, count_copies_once=False)  # copies counted as items: overconfident
+    assert np.mean(as_items > 0) > 0.08
