@@ -76,10 +76,13 @@ def _run_slot(declared: Any, job: str, slot: str, *, as_json: bool) -> None:
         runs = [(run, store.model_name(run.model_id)) for run in outcome.runs]
     for key in outcome.resumed:
         err(f"completed fire {key}, left open by a claimant that died")
+    if outcome.claim == "resumed":
+        err(f"resumed fire {outcome.key}, left open by a claimant that died")
     if as_json:
         body = {
             "fire": outcome.key,
             "outcome": outcome.outcome,
+            "claim": outcome.claim,
             "holder": outcome.holder,
             "resumed": outcome.resumed,
             "runs": [clean(run_to_dict(r, n)) for r, n in runs],

@@ -19,10 +19,12 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Fence:
-    """The lease a daemon holds: every write of a run or a fire checks it in its own transaction."""
+    """What this process holds: the daemon lease, or (``fire_id``) the claim of one fire by
+    ``monitor run --slot``; every write of a run or a fire checks it in its own transaction."""
 
     holder: str
     epoch: int
+    fire_id: int | None = None
 
 
 class StoreMixin:
@@ -51,8 +53,29 @@ class StoreMixin:
         from sqlmodel import col
 
         from monitor.errors import LeaseLostError
-        from monitor.store.tables import DaemonLease
+        from monitor.store.tables import DaemonLease, FireRecord
 
+        if fence.fire_id is not None:
+            result = cast(
+                "CursorResult[Any]",
+                s.execute(
+                    update(FireRecord)
+                    .where(
+                        col(FireRecord.id) == fence.fire_id,
+                        col(FireRecord.claimed_by) == fence.holder,
+                        col(FireRecord.claim_epoch) == fence.epoch,
+                    )
+                    .values(claim_epoch=fence.epoch)
+                ),
+            )
+            if result.rowcount != 1:
+                fire = s.get(FireRecord, fence.fire_id)
+                now = f"now held by {fire.claimed_by} (epoch {fire.claim_epoch})" if fire else "gone"
+                raise LeaseLostError(
+                    f"this process lost its claim of fire {fence.fire_id} (epoch {fence.epoch}) while it "
+                    f"worked; the claim is {now}. Nothing was written"
+                )
+            return
         result = cast(
             "CursorResult[Any]",
             s.execute(

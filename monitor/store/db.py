@@ -47,8 +47,8 @@ _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "ALTER", "DROP")
 _tx = threading.local()
 
 
-#: The fencing check (``_mixin.StoreMixin._check_fence``) locks the lease row without changing it: not a write.
-_FENCE_CHECK = "UPDATE daemon_lease SET epoch="
+#: The fencing checks (``_mixin.StoreMixin._check_fence``) lock a row without changing it: not writes.
+_FENCE_CHECK = ("UPDATE daemon_lease SET epoch=", "UPDATE fires SET claim_epoch=")
 
 
 def _note_writes(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -111,25 +111,46 @@ def alembic_config(engine: Engine) -> Any:
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` with Alembic."""
+    """Bring the schema to ``revision`` with Alembic.
+
+    Several processes may open a new database at once (claimants started together by a
+    scheduler): the migration runs in one transaction that first takes the database's write
+    lock (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL advisory lock), so one migrates and the
+    others then find the schema current.  A database already at the newest revision is not
+    locked at all (read-only commands on a read-only file).
+    """
     from alembic import command
     from alembic.util import CommandError
 
     cfg = alembic_config(engine)
     try:
+        if revision == "head" and _at_head(engine, cfg):
+            return
         with engine.begin() as connection:
+            if engine.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            elif engine.dialect.name == "postgresql":
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(72320011)")
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, revision)
     except SQLAlchemyError as exc:
-        raise StoreError(
-            f"cannot migrate {redact_url(str(engine.url))}: {exc.__class__.__name__}: {exc}"
-        ) from exc
+        raise StoreError(f"cannot migrate {redact_url(str(engine.url))}: {describe_db_error(exc)}") from exc
     except CommandError as exc:
         # Typically a database written by a newer monitor: its revision is unknown to this one.
         raise StoreError(
             f"cannot migrate {redact_url(str(engine.url))}: {exc} "
             "(was it created by a newer version of the monitor?)"
         ) from exc
+
+
+def _at_head(engine: Engine, cfg: Any) -> bool:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    heads = set(ScriptDirectory.from_config(cfg).get_heads())
+    with engine.connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+    return current == heads
 
 
 class Store(

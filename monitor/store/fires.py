@@ -8,7 +8,8 @@ run-now request, is never taken twice; and a job has at most one open fire
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, func, select, update
@@ -16,8 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from monitor.errors import NotFoundError
-from monitor.store._mixin import StoreMixin
-from monitor.store.tables import FireRecord, ModelRecord, RunRecord, RunRequest, as_utc, utcnow
+from monitor.store._mixin import Fence, StoreMixin
+from monitor.store.tables import DaemonLease, FireRecord, ModelRecord, RunRecord, RunRequest, as_utc, utcnow
 
 
 def fire_key(job: str, trigger: str, scheduled_for: datetime | None, token: str | None = None) -> str:
@@ -28,8 +29,160 @@ def fire_key(job: str, trigger: str, scheduled_for: datetime | None, token: str 
     return f"{job}#{token or trigger}"
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`FiresMixin.claim_fire` found: ``claimed`` (a new fire, ours), ``resumed`` (an
+    open fire whose claimant died, taken over: ours), ``done`` (finished before) or ``held``
+    (another live claimant, or the daemon, is on it)."""
+
+    outcome: str
+    fire: FireRecord
+    holder: str | None = None
+
+    @property
+    def ours(self) -> bool:
+        return self.outcome in ("claimed", "resumed")
+
+
 class FiresMixin(StoreMixin):
-    """Records, completes and lists job fires."""
+    """Records, completes and lists job fires, and the claims of ``monitor run --slot``."""
+
+    def claim_fire(
+        self,
+        job: str,
+        *,
+        key: str,
+        trigger: str,
+        scheduled_for: datetime | None,
+        holder: str,
+        host: str,
+        ttl_s: float,
+        is_alive: Callable[[int], bool] | None = None,
+        now: datetime | None = None,
+    ) -> Claim:
+        """Claim the fire ``key`` of ``job`` for ``holder``, atomically, on any database.
+
+        A new fire is inserted under its unique key (two claimants racing: one
+        insert wins, the other finds the fire); an open fire is taken over by a
+        compare-and-swap on its claim epoch when its claimant is gone (the claim
+        expired, or its process on this host no longer exists) or, for a fire the
+        daemon opened, when no daemon holds the lease.  A claim held makes this
+        store fence its writes with the fire's epoch (:attr:`fence`).
+        """
+        for _ in range(3):
+            now_ = now or utcnow()
+            expires = now_ + timedelta(seconds=ttl_s)
+            with self.session() as s:
+                fire = s.execute(select(FireRecord).where(col(FireRecord.key) == key)).scalar_one_or_none()
+                if fire is None:
+                    fire = FireRecord(
+                        key=key,
+                        job=job,
+                        trigger=trigger,
+                        scheduled_for=scheduled_for,
+                        status="open",
+                        created_at=now_,
+                        claimed_by=holder,
+                        claim_epoch=1,
+                        claim_expires_at=expires,
+                    )
+                    s.add(fire)
+                    try:
+                        s.flush()
+                    except IntegrityError:
+                        s.rollback()
+                        continue
+                    s.refresh(fire)
+                    self.fence = Fence(holder, 1, fire.id)
+                    return Claim("claimed", fire)
+                if fire.status != "open":
+                    return Claim("done", fire)
+                if not self._claimable(s, fire, host, now_, is_alive):
+                    return Claim("held", fire, fire.claimed_by or "the daemon")
+                epoch = (fire.claim_epoch or 0) + 1
+                result = cast(
+                    "CursorResult[Any]",
+                    s.execute(
+                        update(FireRecord)
+                        .where(col(FireRecord.id) == fire.id, col(FireRecord.claim_epoch) == fire.claim_epoch)
+                        .values(claimed_by=holder, claim_epoch=epoch, claim_expires_at=expires)
+                    ),
+                )
+                if result.rowcount != 1:
+                    continue  # another claimant took it over a moment ago: look again
+                s.flush()
+                s.refresh(fire)
+            self.fence = Fence(holder, epoch, fire.id)
+            return Claim("resumed", fire)
+        fire = self.get_fire_by_key(key)
+        return Claim("held", fire, fire.claimed_by)
+
+    def _claimable(
+        self, s: Session, fire: FireRecord, host: str, now: datetime, is_alive: Callable[[int], bool] | None
+    ) -> bool:
+        if fire.claimed_by is None:  # opened by the daemon: it is the daemon's while a daemon holds the lease
+            lease = s.get(DaemonLease, "daemon")
+            return lease is None or not lease.holder or as_utc(lease.expires_at) <= now  # type: ignore[operator]
+        expires = as_utc(fire.claim_expires_at)
+        if expires is None or expires <= now:
+            return True
+        claim_host, _, rest = fire.claimed_by.partition(":")
+        pid = rest.partition(":")[0]
+        return claim_host == host and is_alive is not None and pid.isdigit() and not is_alive(int(pid))
+
+    def renew_claim(self, ttl_s: float) -> bool:
+        """Extend this store's claim (:attr:`fence`) by ``ttl_s``; false when it was taken over."""
+        fence = self.fence
+        if fence is None or fence.fire_id is None:
+            return False
+        with self.session() as s:
+            result = cast(
+                "CursorResult[Any]",
+                s.execute(
+                    update(FireRecord)
+                    .where(
+                        col(FireRecord.id) == fence.fire_id,
+                        col(FireRecord.claimed_by) == fence.holder,
+                        col(FireRecord.claim_epoch) == fence.epoch,
+                    )
+                    .values(claim_expires_at=utcnow() + timedelta(seconds=ttl_s))
+                ),
+            )
+            return bool(result.rowcount == 1)
+
+    def release_claim(self) -> None:
+        """Give up this store's claim (a stopped claimant: the next one resumes at once)."""
+        fence = self.fence
+        if fence is None or fence.fire_id is None:
+            return
+        with self.session() as s:
+            s.execute(
+                update(FireRecord)
+                .where(
+                    col(FireRecord.id) == fence.fire_id,
+                    col(FireRecord.claimed_by) == fence.holder,
+                    col(FireRecord.claim_epoch) == fence.epoch,
+                )
+                .values(claim_expires_at=utcnow() - timedelta(seconds=1))
+            )
+        self.fence = None
+
+    def stale_open_fires(self, job: str, *, exclude_key: str | None = None) -> list[FireRecord]:
+        """Open fires of ``job`` other than ``exclude_key``, oldest first (a claimant completes them)."""
+        with self.session() as s:
+            query = (
+                select(FireRecord)
+                .where(col(FireRecord.job) == job, col(FireRecord.status) == "open")
+                .order_by(col(FireRecord.id))
+            )
+            return [f for f in s.execute(query).scalars() if f.key != exclude_key]
+
+    def get_fire_by_key(self, key: str) -> FireRecord:
+        with self.session() as s:
+            fire = s.execute(select(FireRecord).where(col(FireRecord.key) == key)).scalar_one_or_none()
+        if fire is None:
+            raise NotFoundError(f"no fire {key!r}")
+        return fire
 
     def open_fire(
         self, job: str, *, trigger: str, scheduled_for: datetime | None, key: str

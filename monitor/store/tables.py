@@ -197,6 +197,13 @@ class FireRecord(SQLModel, table=True):
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: ``monitor run JOB --slot``: who holds the fire (host:pid:token), until when, under which epoch.
+    #: A claimant that died (its pid is gone, or its claim expired) is taken over with the next epoch.
+    claimed_by: str | None = Field(default=None, max_length=300)
+    claim_epoch: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    claim_expires_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
 
 
 class RunRequest(SQLModel, table=True):

@@ -235,3 +235,37 @@ def test_failure_streaks_count_each_jobs_own_runs_and_recovery_is_told_once(stor
     # a short streak (under the threshold) recovers silently
     finish("job0", "failed")
     assert not finish("job0", "succeeded")
+
+
+def test_claims_of_one_fire_by_several_processes_and_the_takeover_of_a_dead_claimant(db_url: str) -> None:
+    key = fire_key("nightly", "slot", None, "slot-2026-03-01")
+    with Store.open(db_url) as a, Store.open(db_url) as b, Store.open(db_url) as c:
+        first = a.claim_fire(
+            "nightly", key=key, trigger="slot", scheduled_for=None, holder="h:100:a", host="h", ttl_s=60,
+            is_alive=lambda pid: True,
+        )  # fmt: skip
+        assert first.outcome == "claimed" and a.fence is not None and a.fence.fire_id == first.fire.id
+        held = b.claim_fire(
+            "nightly", key=key, trigger="slot", scheduled_for=None, holder="h:200:b", host="h", ttl_s=60,
+            is_alive=lambda pid: True,
+        )  # fmt: skip
+        assert held.outcome == "held" and held.holder == "h:100:a" and b.fence is None
+        run_id = new_run(a, fire_id=first.fire.id)
+        a.add_item_results(run_id, items("i0"))
+        # the first claimant's process dies: the next one takes the fire over with the next epoch
+        taken = c.claim_fire(
+            "nightly", key=key, trigger="slot", scheduled_for=None, holder="h:300:c", host="h", ttl_s=60,
+            is_alive=lambda pid: pid != 100,
+        )  # fmt: skip
+        assert taken.outcome == "resumed" and c.fence is not None and c.fence.epoch == 2
+        with pytest.raises(LeaseLostError, match="lost its claim of fire"):
+            a.add_item_results(run_id, items("i1"))  # the old claimant, had it only been paused
+        c.add_item_results(run_id, items("i1"))
+        c.finish_run(run_id, status="succeeded")
+        assert taken.fire.id is not None
+        c.finish_fire(taken.fire.id)
+        again = b.claim_fire(
+            "nightly", key=key, trigger="slot", scheduled_for=None, holder="h:200:b", host="h", ttl_s=60
+        )
+        assert again.outcome == "done"
+        assert c.completed_item_ids(run_id) == {"i0", "i1"}
