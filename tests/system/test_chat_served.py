@@ -111,3 +111,17 @@ def test_a_server_that_does_not_show_its_template_still_generates_and_fails_choi
     local = evaluate(in_process["chatml"], gen)
     assert [r.prediction for r in remote.results] == [r.prediction for r in local.results]
     assert all(r.error and "does not expose its chat template" in r.error for r in failed.results)
+
+
+def test_choices_picked_by_generation_go_as_a_conversation(server: OpenAIServer, tmp_path: Path) -> None:
+    es = load_evalset(chat_set(tmp_path / "set"))
+    backend = connect(server, "chatml", mc_method="generate")
+    before = server.stats["/v1/chat/completions"]
+    try:
+        outcome = evaluate(backend, es, fewshot_k=2)
+    finally:
+        backend.close()
+    assert server.stats["/v1/chat/completions"] - before == len(es.items)
+    for result in outcome.results:
+        assert result.error is None and result.completion_tokens > 0
+        assert result.messages is not None and result.messages[0]["role"] == "system"

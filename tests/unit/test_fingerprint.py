@@ -17,6 +17,7 @@ from monitor.backends.fingerprint import (
     sha256_file,
 )
 from monitor.errors import ModelLoadError
+from tests.conftest import ChatModels
 
 
 class CountingHasher:
@@ -178,3 +179,23 @@ def test_hub_id_resolves_to_its_local_snapshot(tmp_path: Path, base: Path, cache
     assert resolve_model_dir("acme/tiny", hub_cache=tmp_path / "hub") == snapshot
     from_hub = fingerprint_model("acme/tiny", hub_cache=tmp_path / "hub", cache=HashCache(cache_file))
     assert from_hub.digest == fingerprint_model(base, cache=HashCache(cache_file)).digest
+
+
+def test_the_stack_is_hashed_apart_from_the_weights(chat_models: ChatModels, tmp_path: Path) -> None:
+    from monitor.backends.base import ModelFingerprint
+    from monitor.backends.fingerprint import stack_files
+
+    cache = HashCache(tmp_path / "cache.json")
+    chatml, no_system = (
+        fingerprint_model(m, cache=cache) for m in (chat_models.chatml, chat_models.no_system)
+    )
+    # Same weights (the templates were added to copies of one model): the weights' digest agrees.
+    assert chatml.digest == no_system.digest
+    one, other = (stack_files(m, cache=cache) for m in (chat_models.chatml, chat_models.no_system))
+    assert {"stack/tokenizer.json", "stack/tokenizer_config.json", "stack/chat_template.jinja"} <= set(one)
+    assert one["stack/tokenizer.json"] == other["stack/tokenizer.json"]
+    assert one["stack/chat_template.jinja"] != other["stack/chat_template.jinja"]
+    assert "stack/chat_template.jinja" not in stack_files(chat_models.plain, cache=cache)
+    with_stack = [ModelFingerprint(chatml.digest, chatml.base, stack=s) for s in (one, other)]
+    assert with_stack[0].stack_digest != with_stack[1].stack_digest
+    assert ModelFingerprint("d", "b").stack_digest is None
