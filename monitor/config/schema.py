@@ -588,6 +588,22 @@ class RegressionConfig(Strict):
     behaviour_alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.01
     bootstrap_resamples: Annotated[int, Field(ge=200, le=200_000)] = 5000
     seed: int = 0
+    #: Spend ``alpha`` over the nightly looks at one baseline (alpha·6/(π²k²) at look k), so a year of
+    #: looks at an unchanged model raises a false alarm at most at ``alpha``; false tests each look at ``alpha``.
+    sequential: bool = True
+    #: The power the minimum detectable difference ("this set can detect a drop of X points") is stated at.
+    power: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.8
+    #: Share of items two runs of an unchanged model disagree on, used until the baseline's model has
+    #: runs besides the baseline (None: assume the runs independent, the conservative choice).
+    prior_discordance: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    #: At most this many baseline-era runs estimate that discordance.
+    design_runs: Annotated[int, Field(ge=1, le=100)] = 10
+    #: An item field whose values name slices (items' ``tags`` are slices too); verdicts per slice.
+    slice_by: str | None = None
+    #: At most this many slices are judged (the largest: a bounded label set) ...
+    max_slices: Annotated[int, Field(ge=1, le=200)] = 20
+    #: ... each with at least this many items.
+    min_slice_items: Annotated[int, Field(ge=5)] = 20
 
 
 class MonitorConfig(Strict):

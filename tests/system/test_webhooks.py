@@ -622,6 +622,7 @@ def test_configuration_schema() -> None:
         REGRESSION_CONFIRMED,
         DRIFT_DETECTED,
         RUN_FAILED_REPEATEDLY,
+        "run.recovered",
         "release.discovered",
     }
     with pytest.raises(ValidationError):
