@@ -141,7 +141,9 @@ def _item_results(evalset: str, model: int, n: int) -> list[ItemResult]:
     out = []
     for i in range(n):
         ok = _rng(model, i) < 0.7
-        scores = {m: (1.0 if ok else 0.0) if m != "token_f1" else round(_rng(model, i, 7), 3) for m in metrics}
+        scores = {
+            m: (1.0 if ok else 0.0) if m != "token_f1" else round(_rng(model, i, 7), 3) for m in metrics
+        }
         out.append(
             ItemResult(
                 item_id=f"{evalset}-{i:04d}",
@@ -157,7 +159,9 @@ def _item_results(evalset: str, model: int, n: int) -> list[ItemResult]:
     return out
 
 
-def _verdict_row(run: dict[str, Any], metric: str, day: int, baseline_run: int, when: datetime) -> dict[str, Any]:
+def _verdict_row(
+    run: dict[str, Any], metric: str, day: int, baseline_run: int, when: datetime
+) -> dict[str, Any]:
     r = _rng(run["model_id"], day, len(metric))
     state = "regressed" if r < 0.02 else "suspect" if r < 0.08 else "ok"
     delta = -0.03 * r
@@ -173,35 +177,63 @@ def _verdict_row(run: dict[str, Any], metric: str, day: int, baseline_run: int, 
     }  # fmt: skip
 
 
-def _finding_rows(model_id: int, runs: list[dict[str, Any]], day: int, when: datetime) -> list[dict[str, Any]]:
+def _finding_rows(
+    model_id: int, runs: list[dict[str, Any]], day: int, when: datetime
+) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         for kind in ("behaviour", "canary"):
             drifted = _rng(model_id, day, len(kind)) < 0.03
             rows.append(
                 {
-                    "model_id": model_id, "kind": kind, "source": run["evalset_name"], "run_id": run["id"],
-                    "score": 0.93 if kind == "behaviour" else 0.0, "p_value": 0.4, "threshold": 0.9,
-                    "drifted": drifted, "state": "drifted" if drifted else "ok", "reason": None,
-                    "details": {"agreement": 0.93, "items": 400}, "created_at": when,
-                }  # fmt: skip
+                    "model_id": model_id,
+                    "kind": kind,
+                    "source": run["evalset_name"],
+                    "run_id": run["id"],
+                    "score": 0.93 if kind == "behaviour" else 0.0,
+                    "p_value": 0.4,
+                    "threshold": 0.9,
+                    "drifted": drifted,
+                    "state": "drifted" if drifted else "ok",
+                    "reason": None,
+                    "details": {"agreement": 0.93, "items": 400},
+                    "created_at": when,
+                }
             )
     rows.append(
         {
-            "model_id": model_id, "kind": "input", "source": f"prod-{model_id}", "run_id": None,
-            "score": 0.52, "p_value": 0.3, "threshold": 0.01, "drifted": False, "state": "ok",
-            "reason": None, "details": {"auc": 0.52, "rows": [2000, 2000]}, "created_at": when,
-        }  # fmt: skip
+            "model_id": model_id,
+            "kind": "input",
+            "source": f"prod-{model_id}",
+            "run_id": None,
+            "score": 0.52,
+            "p_value": 0.3,
+            "threshold": 0.01,
+            "drifted": False,
+            "state": "ok",
+            "reason": None,
+            "details": {"auc": 0.52, "rows": [2000, 2000]},
+            "created_at": when,
+        }
     )
     return rows
 
 
 def _costs(model: int) -> dict[str, Any]:
     options = {
-        o: {"total_per_month": 100.0 + 37 * k + model, "cost_per_request": 0.001 * (k + 1), "qualifies": k != 1}
+        o: {
+            "total_per_month": 100.0 + 37 * k + model,
+            "cost_per_request": 0.001 * (k + 1),
+            "qualifies": k != 1,
+        }
         for k, o in enumerate(OPTIONS)
     }
-    return {"currency": "USD", "options": options, "retrain_break_even_days": 40.0, "rebase_break_even_days": 75.0}
+    return {
+        "currency": "USD",
+        "options": options,
+        "retrain_break_even_days": 40.0,
+        "rebase_break_even_days": 75.0,
+    }
 
 
 def _recommendation_row(model_id: int, model: int, day: int, when: datetime) -> dict[str, Any]:
@@ -247,7 +279,9 @@ class Filler:
             )
             assert record.id is not None
             self.model_ids.append(record.id)
-            fire = s.open_fire(f"nightly-{name}", trigger="schedule", scheduled_for=when, key=f"nightly-{name}@0")
+            fire = s.open_fire(
+                f"nightly-{name}", trigger="schedule", scheduled_for=when, key=f"nightly-{name}@0"
+            )
             assert fire is not None and fire.id is not None
             s.start_fire(fire.id, [f"{name}/{e}/{STRATEGY}" for e in EVALSETS])
             runs = []
@@ -263,7 +297,13 @@ class Filler:
                 for i in range(0, len(results), 100):
                     s.add_item_results(run.id, results[i : i + 100])
                 s.finish_run(run.id, status="succeeded", metrics=_metrics(evalset, 0, m, self.scale.items))
-                s.update_run(run.id, started_at=when, finished_at=when + timedelta(minutes=6), duration_s=360.0, load_s=12.0)
+                s.update_run(
+                    run.id,
+                    started_at=when,
+                    finished_at=when + timedelta(minutes=6),
+                    duration_s=360.0,
+                    load_s=12.0,
+                )
                 pin_baseline(s, self.baselines, name, evalset, run.id)
                 self.baseline_runs[(record.id, evalset)] = run.id
                 row = {"id": run.id, "model_id": record.id, "evalset_name": evalset, "m": m}
@@ -301,17 +341,24 @@ class Filler:
             run_rows, fire_rows, verdict_rows, finding_rows, rec_rows = [], [], [], [], []
             run_offset = next_ids["runs"] - first_template
             per_model: dict[int, list[dict[str, Any]]] = {}
-            for m, model_id in enumerate(self.model_ids):
+            for m in range(len(self.model_ids)):
                 fire_id = next_ids["fires"] + m
                 job = f"nightly-ft-{m:03d}"
                 fire_rows.append(
                     {
-                        "id": fire_id, "key": f"{job}@{day}", "job": job, "trigger": "schedule",
-                        "scheduled_for": when, "status": "done",
-                        "planned": [f"ft-{m:03d}/{e}/{STRATEGY}" for e in EVALSETS], "created_at": when,
-                        "started_at": when, "after_job_at": when + timedelta(minutes=20),
-                        "finished_at": when + timedelta(minutes=20), "error": None,
-                    }  # fmt: skip
+                        "id": fire_id,
+                        "key": f"{job}@{day}",
+                        "job": job,
+                        "trigger": "schedule",
+                        "scheduled_for": when,
+                        "status": "done",
+                        "planned": [f"ft-{m:03d}/{e}/{STRATEGY}" for e in EVALSETS],
+                        "created_at": when,
+                        "started_at": when,
+                        "after_job_at": when + timedelta(minutes=20),
+                        "finished_at": when + timedelta(minutes=20),
+                        "error": None,
+                    }
                 )
             for t in self.template_runs:
                 m, evalset = t["m"], t["evalset_name"]
@@ -343,7 +390,11 @@ class Filler:
             for m, model_id in enumerate(self.model_ids):
                 finding_rows.extend(_finding_rows(model_id, per_model[model_id], day, when))
                 rec_rows.append(_recommendation_row(model_id, m, day, when))
-            for name, rows in (("verdicts", verdict_rows), ("drift_analyses", finding_rows), ("recommendations", rec_rows)):
+            for name, rows in (
+                ("verdicts", verdict_rows),
+                ("drift_analyses", finding_rows),
+                ("recommendations", rec_rows),
+            ):
                 for k, row in enumerate(rows):
                     row["id"] = next_ids[name] + k
             # every item of night 0's runs, copied onto tonight's runs; about 30% wrong, varying by night
@@ -375,9 +426,18 @@ class Filler:
         self.days_filled = max(self.days_filled, days)
         if self.postgres:
             with self.store.engine.begin() as conn:
-                for table in ("runs", "fires", "verdicts", "drift_analyses", "recommendations", "item_results"):
+                for table in (
+                    "runs",
+                    "fires",
+                    "verdicts",
+                    "drift_analyses",
+                    "recommendations",
+                    "item_results",
+                ):
                     conn.execute(
-                        text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
+                        text(
+                            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+                        )
                     )
                 conn.execute(text("ANALYZE"))
         else:
@@ -422,7 +482,9 @@ def _row_counts(store: Store) -> dict[str, int]:
         }
 
 
-def measure(store: Store, filler: Filler, args: argparse.Namespace, sqlite_file: Path | None) -> dict[str, Any]:
+def measure(
+    store: Store, filler: Filler, args: argparse.Namespace, sqlite_file: Path | None
+) -> dict[str, Any]:
     files = BaselineFiles(filler.baselines)
     registry = CollectorRegistry()
     registry.register(StoreCollector(store, baselines=lambda: baseline_values(files.current())))
@@ -439,7 +501,10 @@ def measure(store: Store, filler: Filler, args: argparse.Namespace, sqlite_file:
             ("latest_recommendations", store.latest_recommendations),
             ("latest_per_series", store.latest_per_series),
             ("runs_limit_100", lambda: store.runs(limit=100)),
-            ("runs_one_series_10", lambda: store.runs(model="ft-000", evalset="golden-qa", status="succeeded", limit=10)),
+            (
+                "runs_one_series_10",
+                lambda: store.runs(model="ft-000", evalset="golden-qa", status="succeeded", limit=10),
+            ),
             ("item_results_one_run", lambda: store.item_results(filler.template_runs[0]["id"])),
         )
     }
@@ -563,8 +628,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--scrapes", type=int, default=30, help="scrapes per checkpoint (p50/p99)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of every other measurement")
-    parser.add_argument("--slow-repeats", type=int, default=1, help="repeats of monitor status and /api/v1/status")
-    parser.add_argument("--workdir", type=Path, default=None, help="where the SQLite file goes (default: a temp dir)")
+    parser.add_argument(
+        "--slow-repeats", type=int, default=1, help="repeats of monitor status and /api/v1/status"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where the SQLite file goes (default: a temp dir)"
+    )
     parser.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "history.json")
     args = parser.parse_args(argv)
     scale = parse_scale(args.scale, args.items)

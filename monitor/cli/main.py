@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from monitor._version import __version__
-from monitor.cli import baseline, check, daemon, drift, gate, releases, runs, verdicts, webhooks
+from monitor.cli import baseline, check, daemon, deploy, drift, gate, releases, runs, verdicts, webhooks
 from monitor.cli import eval as eval_
 
 app = typer.Typer(
@@ -41,6 +41,7 @@ app.add_typer(drift.report_app, name="report")
 app.add_typer(baseline.baseline_app, name="baseline")
 app.add_typer(releases.releases_app, name="releases")
 app.add_typer(webhooks.webhooks_app, name="webhooks")
+app.add_typer(deploy.deploy_app, name="deploy")
 app.command("serve-openai")(daemon.serve_openai_command)
 app.command("demo")(daemon.demo_command)
 
