@@ -363,7 +363,12 @@ class OpenAIBackend:
             version = self._run(self._version())
             if version is not None:
                 stack["server/version"] = version
-            chat = self.chat_template()
+            try:
+                chat = self.chat_template()
+            except EndpointAuthError:
+                raise
+            except BackendError:  # the weights' identity does not wait on a flaky /tokenize
+                chat = None
             if chat is not None and chat.sha256 != UNEXPOSED_TEMPLATE:
                 stack["chat_template/rendered"] = chat.sha256
             self._stack = stack
@@ -395,6 +400,9 @@ class OpenAIBackend:
         return self._chat
 
     async def _probe_chat(self) -> ChatTemplate:
+        # 404/405: no such endpoint (the template is not exposed); 400/422: the request was refused,
+        # which for a conversation with a system message means the template has no system role.
+        # Anything else (a server kept failing) is raised: a transient failure must not pass for a template.
         system_role = True
         try:
             rendered = await self._render(PROBE_CONVERSATION)
@@ -405,14 +413,18 @@ class OpenAIBackend:
             if exc.status in (404, 405):
                 self._renders = False
                 return ChatTemplate(UNEXPOSED_TEMPLATE, True, "server")
+            if exc.status not in (400, 422):
+                raise
             system_role = False
         if not system_role:
             try:
                 rendered = await self._render(fold_system(PROBE_CONVERSATION))
             except EndpointAuthError:
                 raise
-            except EndpointError:
-                self._renders = False
+            except EndpointError as exc:
+                if exc.status not in (400, 404, 405, 422):
+                    raise
+                self._renders = False  # /tokenize takes no conversations here
                 return ChatTemplate(UNEXPOSED_TEMPLATE, True, "server")
         self._renders = True
         return ChatTemplate(template_digest(rendered), system_role, "server")

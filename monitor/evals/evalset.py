@@ -184,6 +184,35 @@ class EvalSetSpec(Strict):
         return self.target_delimiter
 
 
+#: Run settings a chat eval set or sampled decoding adds (see :meth:`EvalSet.comparison_settings` and
+#: :func:`monitor.evals.loop.chat_settings`); absent from older runs, where they read as None.
+CHAT_COMPARED_SETTINGS = (
+    "format",
+    "system",
+    "fewshot_multiturn",
+    "choice_delimiter",
+    "generation",
+    "system_prompt",
+)
+
+
+def chat_template_change(baseline: dict[str, Any] | None, run: dict[str, Any] | None) -> str | None:
+    """``chat template changed: sha256:… -> sha256:…`` when two runs' settings name different chat
+    templates (one without a template counts as ``none``); None when they agree."""
+    before = (baseline or {}).get("chat_template_sha256")
+    after = (run or {}).get("chat_template_sha256")
+    if before == after:
+        return None
+    return f"chat template changed: {_short_template(before)} -> {_short_template(after)}"
+
+
+def _short_template(value: Any) -> str:
+    if value is None:
+        return "none"
+    text = str(value)
+    return text[: len("sha256:") + 12] if text.startswith("sha256:") else text
+
+
 def pass_at_k_of(reducer: str, repeats: int) -> int | None:
     """The k of a ``pass_at_<k>`` reducer (``pass_at_k``: all repeats); None for other reducers."""
     if reducer == "pass_at_k":

@@ -385,3 +385,14 @@ def test_pass_at_k_and_the_reducers_against_hand_computed_values() -> None:
     assert math.isclose(
         reduce_samples(samples, ["exact_match"], {"exact_match": "pass_at_1"}, 4).scores["exact_match"], 0.5
     )
+
+
+def test_a_template_change_is_said_in_one_phrase() -> None:
+    from monitor.evals.evalset import chat_template_change
+
+    old = {"chat_template_sha256": "sha256:" + "a" * 64, "prompt": "p"}
+    new = {"chat_template_sha256": "sha256:" + "b" * 64, "prompt": "p"}
+    assert chat_template_change(old, new) == f"chat template changed: sha256:{'a' * 12} -> sha256:{'b' * 12}"
+    assert chat_template_change(old, dict(old)) is None
+    assert chat_template_change({"prompt": "p"}, {"prompt": "p"}) is None  # two text runs
+    assert chat_template_change({}, new) == f"chat template changed: none -> sha256:{'b' * 12}"
