@@ -468,6 +468,10 @@ class OpenAIBackend:
             "base_url": self.safe_url,
             "api": e.api,
             "mc_method": self.mc_method,
+            # Only once asked (a chat eval set, or the fingerprint): describing sends nothing.
+            "chat_template": None
+            if self._chat is None
+            else {"sha256": self._chat.sha256, "system_role": self._chat.system_role, "source": "server"},
             "server": dict(self.server_facts),
             "token_counts": self.token_counts(),
             "tokenize": {None: "not asked", True: "server /tokenize", False: "estimate"}[self._can_tokenize],

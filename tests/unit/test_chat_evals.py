@@ -114,6 +114,11 @@ def test_rendered_prompts_equal_the_tokenizers_own_chat_template(
     backend = backends[model]
     chat = chat_setup(backend, es)
     assert chat is not None and chat.system_role is (model == "chatml")
+    assert backend.describe()["chat_template"] == {
+        "sha256": chat.sha256,
+        "system_role": chat.system_role,
+        "source": "tokenizer",
+    }
     model_dir = chat_models.chatml if model == "chatml" else chat_models.no_system
     for index, item in enumerate(es.items):
         got = render_item(backend, es, item, k, chat).text

@@ -413,6 +413,7 @@ class HFBackend:
             "packing": self._packing_note,
             "batch_tokens": self._batch_tokens,
             "max_length": self._max_length,
+            "chat_template": _template_facts(self.chat_template()) if self._model is not None else None,
             "torch": torch.__version__,
             "transformers": _version("transformers"),
             "peft": _version("peft"),
@@ -915,6 +916,12 @@ def _default_batch_tokens(device: torch.device, config: Any, tokenizer: Any) -> 
         return _MIN_CPU_BATCH_TOKENS
     per_position = 4 * vocab + 2 * layers * hidden * 4
     return max(_MIN_CPU_BATCH_TOKENS, min(_MAX_CPU_BATCH_TOKENS, _CPU_PASS_BYTES // per_position))
+
+
+def _template_facts(template: ChatTemplate | None) -> dict[str, Any] | None:
+    if template is None:
+        return None
+    return {"sha256": template.sha256, "system_role": template.system_role, "source": template.source}
 
 
 def _generator(sampling: Sampling, device: torch.device) -> torch.Generator:
