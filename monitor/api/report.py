@@ -218,9 +218,11 @@ def _recommendation(store: Store, cfg: MonitorConfig | None, model: str, report:
     """The decision, its reasons, the challengers and the cost case: made now for a configured fine-tune
     (as ``monitor recommend`` makes it), else the newest stored recommendation."""
     from monitor.analysis.recommend import assess_finetune, latest_recommendations
+    from monitor.service.releases.effective import effective_config
 
     if cfg is not None and model in cfg.finetunes:
-        assessment = assess_finetune(store, cfg, model)
+        # with the discovered releases as challengers, as `monitor recommend` and the daemon see them
+        assessment = assess_finetune(store, effective_config(cfg, store.releases()), model)
         report.recommendation = {
             "action": assessment.decision.action,
             "reasons": list(assessment.decision.reasons),

@@ -85,7 +85,7 @@ def drift_command(
                     "-" if r["score"] is None else f"{r['score']:.3f}",
                     "-" if r["threshold"] is None else f"{r['threshold']:.3f}",
                     _repeated_cell(r.get("repetition")),
-                    (r["reason"] or "")[:80],
+                    r["reason"] or "",
                 ]
                 for r in rows
             ],

@@ -20,8 +20,12 @@ def load_config_file(path: Path) -> Any:
     return load_config(path)
 
 
-def store_for(config_path: Path, db: str | None) -> Any:
-    """The store of ``--db``, else of $MONITOR_DATABASE_URL, else of the configuration's database."""
+def store_for(config_path: Path, db: str | None, *, create: bool = False) -> Any:
+    """The store of ``--db``, else of $MONITOR_DATABASE_URL, else of the configuration's database.
+
+    The commands that use it only read: a SQLite file that does not exist is an error naming it, and
+    nothing (file or folder) is created, unless ``create``.
+    """
     from monitor.store import Store
 
     if db is None:
@@ -30,7 +34,7 @@ def store_for(config_path: Path, db: str | None) -> Any:
         if not config_path.exists():
             raise ConfigError("configuration file not found (or give --db URL)", str(config_path))
         db = load_config_file(config_path).database_url()
-    return Store.open(db)
+    return Store.open(db, create=create)
 
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The monitor configuration file.")]

@@ -80,7 +80,7 @@ def print_runs(runs: Sequence[tuple[Any, str]]) -> None:
                 metric,
                 format_metric(value),
                 f"{run.duration_s:.1f}s" if run.duration_s is not None else "-",
-                (run.error or "")[:80],
+                run.error or "",
             ]
         )
     print_table(

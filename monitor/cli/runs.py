@@ -158,6 +158,8 @@ def history_command(
     if as_json:
         print(json.dumps([clean(run_to_dict(r, n)) for r, n in runs], default=json_default, indent=2))
         return
+    from monitor.analysis.recommend import short_fingerprint
+
     rows = []
     for run, _ in runs:
         metric, value = primary_metric(run)
@@ -170,8 +172,8 @@ def history_command(
                 metric,
                 format_metric(value),
                 run.evalset_version[:10],
-                (run.model_fingerprint or "-")[:10],
-                (run.error or "")[:60],
+                short_fingerprint(run.model_fingerprint),
+                run.error or "",
             ]
         )
     print_table(

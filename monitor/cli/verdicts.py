@@ -16,7 +16,7 @@ from monitor.cli.output import (
     handle_errors,
     print_table,
 )
-from monitor.errors import NotFoundError
+from monitor.errors import InputError, NotFoundError
 
 
 @handle_errors
@@ -95,7 +95,7 @@ def regressions_command(
                 num(r["adjusted_p"], ".2g"),
                 num(r["min_detectable"], ".3f"),
                 str(r["consecutive"]),
-                (r["reason"] or "")[:60],
+                r["reason"] or "",
             ]
             for r in rows
         ],
@@ -112,7 +112,7 @@ def regressions_command(
                     f.state,
                     num(f.score, ".3f"),
                     num(f.p_value, ".2g"),
-                    (f.reason or "")[:70],
+                    f.reason or "",
                 ]
                 for f, n in findings
             ],
@@ -143,7 +143,11 @@ def recommend_command(
             if unknown
             else "no fine-tunes configured (finetunes: in the config)"
         )
-    with Store.open(cfg.database_url()) as store:
+    if memo is not None:
+        folder = memo if (memo.is_dir() or len(names) > 1) else memo.parent
+        if not folder.is_dir():
+            raise InputError(f"--memo {memo}: folder {folder} does not exist")
+    with Store.open(cfg.database_url(), create=False) as store:
         out = []
         cfg = effective_config(cfg, store.releases())
         for name in names:
@@ -157,7 +161,6 @@ def recommend_command(
             out.append((name, decision, evidence, record, case))
             if memo is not None:
                 path = memo / f"{name}.md" if (memo.is_dir() or len(names) > 1) else memo
-                path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(found.memo(when=utcnow().strftime("%Y-%m-%d %H:%M UTC")))
                 err(f"memo written to {path}")
     if as_json:
@@ -186,7 +189,7 @@ def recommend_command(
         "recommendations",
         ["fine-tune", "action", "changed", "why"],
         [
-            [n, d.action, "-" if r is None else ("yes" if r.changed else "no"), d.reasons[0][:110]]
+            [n, d.action, "-" if r is None else ("yes" if r.changed else "no"), d.reasons[0]]
             for n, d, _, r, _ in out
         ],
     )

@@ -66,8 +66,8 @@ def run_demo(workdir: Path, *, rebuild: bool = False, once: bool = False, port: 
         story_started = time.perf_counter()
         tell_story(workdir, config_path, models, receiver=receiver, say=say, show_table=print_status)
         print(
-            f"\ndemo: story told in {time.perf_counter() - story_started:.0f} s "
-            f"(after the models, {built:.0f} s); database {workdir / 'monitor.db'}",
+            f"\ndemo: story told in {time.perf_counter() - story_started:.0f} s (the models took {built:.0f} s "
+            f"before it); database {workdir / 'monitor.db'}",
             file=sys.stderr,
             flush=True,
         )
@@ -97,7 +97,7 @@ def next_commands(workdir: Path, config: Path) -> list[str]:
     newest, oldest = (runs[0].id, runs[-1].id) if runs else (None, None)
     exe = _executable()
     c = f"-c {_shown(config)}"
-    lines = ["", "demo: next, try these (they read the demo's database; nothing is changed):"]
+    lines = ["", "demo: next, try these (on the demo's history, from this folder):"]
     commands: list[tuple[str, str]] = [
         (f"{exe} status {c}", "the newest run of every series, its verdict"),
         (f"{exe} history {FINETUNE} ticket-routing {c}", "every run of one series"),

@@ -242,7 +242,48 @@ def test_check_config_reports_every_problem(tiny_models: TinyModels, tmp_path: P
         f"error: {routing / 'data.jsonl'}:1: target 'nope' is not among the choices ['billing', 'technical', 'account', 'shipping']"
         in lines
     )
-    assert f"error: {config}: models.router.adapter: {tmp_path / 'missing'} does not exist" in lines
+    # path problems carry their line in the configuration
+    assert f"error: {config}:5: models.router.adapter: {tmp_path / 'missing'} does not exist" in lines
+
+
+def test_check_config_validates_adapters(tiny_models: TinyModels, tmp_path: Path) -> None:
+    routing, triage = make_evalsets(tmp_path / "evals")
+    empty = tmp_path / "empty-adapter"
+    empty.mkdir()
+    for adapter, message in (
+        (empty, f"{empty} is not a LoRA adapter folder: it has no adapter_config.json"),
+        (tiny_models.gpt2, f"{tiny_models.gpt2} is a model folder, not a LoRA adapter"),
+    ):
+        config = write_config(tmp_path, tiny_models, routing, triage, adapter=adapter)
+        code, _, stderr = invoke("check-config", "--config", str(config))
+        assert code == 2 and f"error: {config}:5: models.router.adapter: {message}" in stderr, stderr
+    # an adapter trained on another base: its LoRA input widths are not the base's
+    config = tmp_path / "monitor.yaml"
+    config.write_text(
+        f"models:\n  odd:\n    base: {tiny_models.llama}\n    adapter: {tiny_models.lora}\n"
+        f"evalsets:\n  routing: {routing}\n"
+    )
+    code, _, stderr = invoke("check-config", "--config", str(config))
+    assert (
+        code == 2 and "does not fit the base" in stderr and "the base has no module 0.attn.c_attn" in stderr
+    )
+    good = write_config(tmp_path, tiny_models, routing, triage)
+    assert invoke("check-config", "--config", str(good))[0] == 0
+
+
+def test_read_only_commands_create_nothing(
+    tiny_models: TinyModels, evalsets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    missing = tmp_path / "nonexistent" / "dir" / "x.db"
+    for command in (["status"], ["history", "router", "routing"], ["regressions"], ["diff", "1", "2"]):
+        code, stdout, stderr = invoke(*command, "--db", f"sqlite:///{missing}")
+        assert code != 0 and str(missing) in stderr and "Traceback" not in stderr + stdout, (command, stderr)
+    assert not (tmp_path / "nonexistent").exists()
+    config = write_config(tmp_path, tiny_models, *evalsets)
+    for command in (["status"], ["report", "router"]):
+        code, _, stderr = invoke(*command, "--config", str(config))
+        assert code != 0 and "monitor.db" in stderr, (command, stderr)
+    assert not (tmp_path / "state").exists()
 
 
 def test_unknown_job_and_empty_status(

@@ -195,3 +195,8 @@ def test_the_demo_configuration_passes_check_config_as_is(
     assert "models/base-v1" in config.read_text() and "demo-models-" not in config.read_text()
     result = CliRunner().invoke(app, ["check-config", "-c", str(config)])
     assert result.exit_code == 0, result.output
+    # --memo into a folder that does not exist is an error, and nothing is created
+    memo = tmp_path / "nope" / "memo.md"
+    result = CliRunner().invoke(app, ["recommend", "-c", str(config), "--memo", str(memo)])
+    assert result.exit_code != 0 and f"--memo {memo}: folder {memo.parent} does not exist" in result.stderr
+    assert not memo.parent.exists() and not (workdir / "monitor.db").exists()
