@@ -92,7 +92,7 @@ def recommendation_to_dict(record: Any, model_name: str) -> dict[str, Any]:
 def status_entries(store: Store, *, flaky_window: int = 10) -> list[dict[str, Any]]:
     """The latest run per model, eval set and strategy, with the change from the previous succeeded run,
     the verdict against the baseline, the items newly broken since it and the flaky items."""
-    from monitor.analysis.behaviour import flaky_items
+    from monitor.analysis.behaviour import flaky_items, run_identity
     from monitor.store import as_utc
 
     verdicts = {(v.model_id, v.evalset_name, v.strategy, v.metric): v for v in store.latest_verdicts()}
@@ -113,6 +113,8 @@ def status_entries(store: Store, *, flaky_window: int = 10) -> list[dict[str, An
             if run.strategy == latest.strategy
         ]
         history = [{r.item_id: r.correct for r in store.item_results(run.id)} for run in reversed(recent)]  # type: ignore[arg-type]
+        # a flip counts only between runs of the same weights and settings (a deploy is not flakiness)
+        keys = [run_identity(run.model_fingerprint, run.settings_digest) for run in reversed(recent)]
         out.append(
             clean(
                 {
@@ -131,7 +133,7 @@ def status_entries(store: Store, *, flaky_window: int = 10) -> list[dict[str, An
                     "verdict": verdict.state if verdict else None,
                     "vs_baseline": verdict.delta if verdict else None,
                     "newly_broken": verdict.details.get("newly_broken") if verdict else None,
-                    "flaky": len(flaky_items(history)),
+                    "flaky": len(flaky_items(history, keys=keys)),
                 }
             )
         )

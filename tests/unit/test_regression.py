@@ -502,11 +502,6 @@ def test_slice_verdicts_are_calibrated_across_slices_and_see_a_slice_drop() -> N
     assert caught >= 80
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/views.status_entries must pass keys=[run_identity(r.model_fingerprint, r.settings_digest)] "
-    "to flaky_items (integrator); remove this mark then",
-)
 def test_status_counts_no_flaky_items_after_a_deploy_and_a_rollback(h: Harness) -> None:
     good = RuleBackend(lambda k: k % 10 != 0)
     bad = RuleBackend(lambda k: k % 10 not in (0, 1, 2, 3), digest="e")  # another adapter, same name
