@@ -6,8 +6,8 @@ calibrated, so they are calibrated on the golden set, where the outcome of every
 item is known: *temperature scaling* (one parameter ``T``, confidence
 ``softmax(scores / T)[top]``, ``T`` chosen by maximum likelihood of the golden
 outcomes) or *isotonic* regression of the outcome on the raw confidence; ``auto``
-takes whichever predicts held-out golden outcomes better (cross-validated Brier
-score): temperature scaling is right for a model that is uniformly over- or
+takes whichever is less biased on held-out golden items weighted to the production
+mix (importance-weighted cross-validation): temperature scaling is right for a model that is uniformly over- or
 underconfident, isotonic for one that is sure of some inputs it gets wrong.  Applied
 to production inputs, whose outcomes nobody knows, the mean calibrated
 confidence estimates the accuracy the model has on them.
@@ -48,7 +48,7 @@ from scipy import optimize, stats
 from monitor.errors import MonitorError
 
 CalibrationMethod = Literal["temperature", "isotonic"]
-#: ``auto`` picks, per golden set, the method with the lower cross-validated Brier score.
+#: ``auto`` picks, per estimate, the method with the smaller held-out bias on the production mix.
 MethodChoice = Literal["auto", "temperature", "isotonic"]
 
 #: Temperatures searched (log-uniformly) when fitting; beyond them confidence is all or nothing.
@@ -180,18 +180,28 @@ class CalibrationQuality:
     """How well a method calibrates the golden set, measured on items it was not fitted on."""
 
     method: CalibrationMethod
-    #: Out-of-fold ECE and Brier score over :data:`CV_FOLDS` folds.
+    #: Out-of-fold ECE over :data:`CV_FOLDS` folds (golden items as they are).
     ece: float
+    #: Out-of-fold Brier score and mean residual (outcome minus confidence), both weighted to the
+    #: production mix: how well, and how far off, the calibration does where production lies.
     brier: float
+    bias: float
 
 
 def cross_validate(
-    gaps: np.ndarray, correct: np.ndarray, method: CalibrationMethod, *, seed: int = 0
+    gaps: np.ndarray,
+    correct: np.ndarray,
+    method: CalibrationMethod,
+    *,
+    weights: np.ndarray | None = None,
+    seed: int = 0,
 ) -> CalibrationQuality:
     """Out-of-fold calibration quality of ``method``: each fold calibrated by a fit on the others.
 
     In-sample ECE flatters (isotonic regression has none by construction), so the
-    quality reported with an estimate is always the held-out one.
+    quality reported with an estimate is always the held-out one.  ``weights``
+    (importance weights of the golden items, see :func:`importance_weights`) make
+    it importance-weighted cross-validation: the quality on the production mix.
     """
     n = gaps.shape[0]
     folds = np.random.default_rng(seed).permutation(n) % min(CV_FOLDS, n)
@@ -199,19 +209,29 @@ def cross_validate(
     for fold in np.unique(folds):
         test = folds == fold
         held_out[test] = fit_calibrator(gaps[~test], correct[~test], method).apply(gaps[test])
-    brier = float(np.mean((held_out - correct) ** 2))
-    return CalibrationQuality(method, expected_calibration_error(held_out, correct), brier)
+    w = np.ones(n) if weights is None or weights.sum() <= 0 else weights
+    brier = float(np.average((held_out - correct) ** 2, weights=w))
+    bias = float(np.average(correct - held_out, weights=w))
+    return CalibrationQuality(method, expected_calibration_error(held_out, correct), brier, bias)
 
 
 def choose_method(
-    gaps: np.ndarray, correct: np.ndarray, method: MethodChoice, *, seed: int = 0
+    gaps: np.ndarray,
+    correct: np.ndarray,
+    method: MethodChoice,
+    *,
+    weights: np.ndarray | None = None,
+    seed: int = 0,
 ) -> tuple[CalibrationMethod, CalibrationQuality]:
-    """``method`` itself, or (``auto``) the method with the lower cross-validated Brier score;
-    with the chosen method's held-out quality."""
+    """``method`` itself, or (``auto``) the method whose held-out confidences, weighted to the
+    production mix (``weights``), average closest to the outcomes (what an accuracy estimate
+    needs; the Brier score rewards sharpness too); with the chosen method's held-out quality."""
     if method != "auto":
-        return method, cross_validate(gaps, correct, method, seed=seed)
-    qualities = [cross_validate(gaps, correct, m, seed=seed) for m in ("temperature", "isotonic")]
-    best = min(qualities, key=lambda q: q.brier)
+        return method, cross_validate(gaps, correct, method, weights=weights, seed=seed)
+    qualities = [
+        cross_validate(gaps, correct, m, weights=weights, seed=seed) for m in ("temperature", "isotonic")
+    ]
+    best = min(qualities, key=lambda q: abs(q.bias))
     return best.method, best
 
 
@@ -234,6 +254,29 @@ class SupportCheck:
     warning: str | None = None
 
 
+def _confidence_bins(
+    golden_raw: np.ndarray, production_raw: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Golden and production items' bins: up to ten golden quantile bins, at least 20 items each."""
+    bins = int(max(2, min(10, golden_raw.size // 20)))
+    inner = np.unique(np.quantile(golden_raw, np.linspace(0, 1, bins + 1)))[1:-1]
+    return (
+        np.searchsorted(inner, golden_raw, side="right"),
+        np.searchsorted(inner, production_raw, side="right"),
+        inner.size + 1,
+    )
+
+
+def importance_weights(golden_raw: np.ndarray, production_raw: np.ndarray) -> np.ndarray:
+    """Each golden item's weight under the production mix: the production share of its confidence
+    bin over the golden share (a density ratio, estimated on raw top-choice confidences)."""
+    golden_bin, production_bin, nbins = _confidence_bins(golden_raw, production_raw)
+    p = np.bincount(golden_bin, minlength=nbins) / golden_raw.size
+    q = np.bincount(production_bin, minlength=nbins) / production_raw.size
+    ratio = np.where(p > 0, q / np.where(p > 0, p, 1.0), 0.0)
+    return ratio[golden_bin]  # type: ignore[no-any-return]
+
+
 def support_check(golden_raw: np.ndarray, production_raw: np.ndarray) -> SupportCheck:
     """Compare raw (uncalibrated) top-choice confidences of the golden and the production items.
 
@@ -243,12 +286,7 @@ def support_check(golden_raw: np.ndarray, production_raw: np.ndarray) -> Support
     """
     n = golden_raw.size
     ks = stats.ks_2samp(golden_raw, production_raw)
-    bins = int(max(2, min(10, n // 20)))
-    edges = np.unique(np.quantile(golden_raw, np.linspace(0, 1, bins + 1)))
-    inner = edges[1:-1]
-    golden_bin = np.searchsorted(inner, golden_raw, side="right")
-    production_bin = np.searchsorted(inner, production_raw, side="right")
-    nbins = inner.size + 1
+    golden_bin, production_bin, nbins = _confidence_bins(golden_raw, production_raw)
     p = np.bincount(golden_bin, minlength=nbins) / n
     q = np.bincount(production_bin, minlength=nbins) / production_raw.size
     chi2 = float(np.sum(np.where(p > 0, q**2 / np.where(p > 0, p, 1.0), 0.0))) - 1.0
@@ -287,9 +325,12 @@ class AccuracyEstimate:
     golden_accuracy: float
     golden_raw_confidence: float
     golden_confidence: float
-    #: ECE and Brier score of the calibrated confidences on held-out golden items (cross-validated).
+    #: ECE of the calibrated confidences on held-out golden items (cross-validated).
     golden_ece: float
+    #: Held-out Brier score and mean residual (outcome minus confidence) of golden items weighted
+    #: to the production mix (importance-weighted cross-validation; ``auto`` picks by the Brier score).
     golden_brier: float
+    shifted_bias: float
     #: Mean raw top-choice confidence of the production items (before calibration).
     production_raw_confidence: float
     support: SupportCheck
@@ -376,8 +417,13 @@ def estimate_accuracy(
     if weights.shape != (prod_gaps.shape[0],) or np.any(weights <= 0):
         raise ValueError("production_weights must be one positive count per production item")
     share = weights / weights.sum()
+    golden_raw = top_confidence(gold_gaps)
+    production_raw = top_confidence(prod_gaps)
+    # Production items count by their traffic, in the weights and the support check as in the estimate.
+    traffic_raw = np.repeat(production_raw, _counts(weights))
+    mix = importance_weights(golden_raw, traffic_raw)
 
-    chosen, quality = choose_method(gold_gaps, correct, method, seed=seed)
+    chosen, quality = choose_method(gold_gaps, correct, method, weights=mix, seed=seed)
     fitted = fit_calibrator(gold_gaps, correct, chosen)
     gold_conf = fitted.apply(gold_gaps)
     prod_conf = fitted.apply(prod_gaps)
@@ -395,10 +441,7 @@ def estimate_accuracy(
     tail = (1.0 - level) / 2.0
     low, high = (float(x) for x in np.quantile(draws, [tail, 1.0 - tail]))
 
-    golden_raw = top_confidence(gold_gaps)
-    production_raw = top_confidence(prod_gaps)
-    # The support check weighs production items by their traffic, as the estimate does.
-    support = support_check(golden_raw, np.repeat(production_raw, _counts(weights)))
+    support = support_check(golden_raw, traffic_raw)
     ece = quality.ece
     warnings = []
     if support.warning is not None:
@@ -407,6 +450,11 @@ def estimate_accuracy(
         warnings.append(
             f"the calibration fits held-out golden items poorly (ECE {ece:.3f} > {MAX_GOLDEN_ECE}): "
             "the interval does not cover that misfit"
+        )
+    if abs(quality.bias) > (high - low) / 2:
+        warnings.append(
+            f"held-out golden items weighted to the production mix are {quality.bias:+.3f} off their "
+            "calibrated confidence, more than half the interval: the calibration may not carry over"
         )
     return AccuracyEstimate(
         estimate=estimate,
@@ -422,6 +470,7 @@ def estimate_accuracy(
         golden_confidence=float(gold_conf.mean()),
         golden_ece=ece,
         golden_brier=quality.brier,
+        shifted_bias=quality.bias,
         production_raw_confidence=float(share @ production_raw),
         support=support,
         bootstrap=bootstrap,
