@@ -401,3 +401,31 @@ def test_a_template_change_is_said_in_one_phrase() -> None:
     assert chat_template_change(old, dict(old)) is None
     assert chat_template_change({"prompt": "p"}, {"prompt": "p"}) is None  # two text runs
     assert chat_template_change({}, new) == f"chat template changed: none -> sha256:{'b' * 12}"
+
+
+def test_chat_only_settings_outside_a_chat_set_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "text"
+    root.mkdir()
+    (root / "evalset.yaml").write_text("name: t\ntask: generate\nprompt: 'Q: {input}'\nsystem: 'be brief'\n")
+    (root / "data.jsonl").write_text('{"id": 1, "input": "x", "target": "y"}\n')
+    with pytest.raises(EvalSetError, match="system: a system prompt needs format: chat"):
+        load_evalset(root)
+    (root / "evalset.yaml").write_text("name: t\ntask: generate\nprompt: 'Q: {input}'\n")
+    (root / "data.jsonl").write_text(
+        '{"id": 1, "messages": [{"role": "user", "content": "x"}], "target": "y"}\n'
+    )
+    with pytest.raises(EvalSetError) as info:
+        load_evalset(root)
+    assert [str(p) for p in info.value.problems] == [
+        f"{root / 'data.jsonl'}:1: messages: an item conversation needs format: chat in evalset.yaml"
+    ]
+    with pytest.raises(EvalSetError, match="multiple choice is scored by log-likelihood"):
+        load_evalset(chat_set(tmp_path / "mc", "generation: {temperature: 0.5}\n"))
+    chat_without_prompt = chat_set(tmp_path / "np", data=[DATA[0]])
+    spec = (chat_without_prompt / "evalset.yaml").read_text().replace("prompt: 'Ticket: {input}'\n", "")
+    (chat_without_prompt / "evalset.yaml").write_text(spec.replace("fewshot: {k: 2, pool: pool.jsonl}\n", ""))
+    with pytest.raises(EvalSetError) as info:
+        load_evalset(chat_without_prompt)
+    assert [str(p) for p in info.value.problems] == [
+        f"{chat_without_prompt / 'data.jsonl'}:1: no prompt in evalset.yaml and no 'messages' in this item"
+    ]
