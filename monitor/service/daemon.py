@@ -551,6 +551,8 @@ class Daemon:
     def _run_fire(self, fire: FireRecord) -> None:
         try:
             closed = self.fires.run_fire(fire)
+        except (StoreError, LeaseHeldError):
+            raise  # a storage fault or a lost lease: handled by the worker (_guarded, _work)
         except MonitorError:  # its eval sets do not load (abandoned, with the reason); counted
             self.plan_errors[fire.job] = self.plan_errors.get(fire.job, 0) + 1
             return

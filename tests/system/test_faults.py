@@ -314,6 +314,25 @@ def test_kill_9_at_seeded_points_of_a_multi_run_fire_loses_and_repeats_nothing(
     assert worked is not None and worked > 0
 
 
+def pause_between_writes(daemon: Daemon, db: Path) -> None:
+    """SIGSTOP the daemon outside a write transaction (a SQLite writer frozen inside one blocks every
+    other writer until it wakes or dies: see docs/reliability.md); retried until it lands between."""
+    for _ in range(50):
+        os.kill(daemon.proc.pid, signal.SIGSTOP)
+        time.sleep(0.05)
+        probe = sqlite3.connect(db, timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.rollback()
+            return
+        except sqlite3.OperationalError:  # paused inside a write: let it finish, try again
+            os.kill(daemon.proc.pid, signal.SIGCONT)
+            time.sleep(0.02)
+        finally:
+            probe.close()
+    pytest.fail("could not pause the daemon between two writes")
+
+
 def test_a_holder_paused_past_its_lease_is_fenced_when_it_wakes(
     tiny_models: TinyModels, tmp_path: Path
 ) -> None:
@@ -323,7 +342,7 @@ def test_a_holder_paused_past_its_lease_is_fenced_when_it_wakes(
         first = Daemon(config, "first")
         started.append(first)
         first.wait_for(lambda: bool(query(db, "select 1 from runs where items_done >= 8")), "a run")
-        os.kill(first.proc.pid, signal.SIGSTOP)
+        pause_between_writes(first, db)
         try:
             time.sleep(3.0)  # past the 2 s lease
             second = Daemon(config, "second")
