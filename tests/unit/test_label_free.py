@@ -266,3 +266,33 @@ def _predictions(model_dir: Path, texts: list[str]) -> list[str]:
     finally:
         backend.close()
     return [CATEGORIES[int(np.argmax(a.loglikelihoods))] for a in answers]
+
+
+def test_an_estimate_that_cannot_be_made_is_stored_as_an_error_finding(tmp_path: Path) -> None:
+    from monitor.config import MonitorConfig
+    from monitor.errors import ConfigError
+    from monitor.evals.evalset import load_evalset
+    from monitor.service.label_free import input_field, record_production_accuracy
+    from monitor.store import Store
+
+    evalset = tmp_path / "routing"
+    evalset.mkdir()
+    (evalset / "evalset.yaml").write_text(
+        'name: routing\ntask: multiple_choice\nprompt: "{meta} {input}"\nchoices: [a, b]\n'
+    )
+    (evalset / "data.jsonl").write_text('{"id": 1, "input": "x", "meta": "m", "target": "a"}\n')
+    cfg = MonitorConfig.model_validate(
+        {
+            "database": f"sqlite:///{tmp_path / 'monitor.db'}",
+            "root": str(tmp_path),
+            "models": {"router": {"base": "some/model"}},
+            "evalsets": {"routing": "routing"},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"also needs meta"):
+        input_field(cfg, "router", load_evalset(evalset))
+    with Store.open(cfg.database_url()) as store:
+        store.upsert_model("router", kind="hf", base="some/model", adapter=None)
+        record = record_production_accuracy(store, cfg, "router", "routing")
+    assert record.kind == "estimate" and record.state == "error"
+    assert "drift.source" in (record.reason or "")
