@@ -45,13 +45,22 @@ from monitor.analysis.stats import (
     unpaired_means,
     unpaired_proportions,
 )
+from monitor.evals.evalset import CHAT_COMPARED_SETTINGS, chat_template_change
 from monitor.events import Notify
 from monitor.store import RunRecord, Store, utcnow
 from monitor.store.tables import VerdictRecord
 
 #: Settings whose difference makes a comparison meaningless (``mc_method``: multiple choice
 #: picked by generation rather than by log-likelihoods, set only then).
-COMPARED_SETTINGS = ("prompt", "target_delimiter", "fewshot_k", "fewshot_separator", "decoding", "mc_method")
+COMPARED_SETTINGS = (
+    "prompt",
+    "target_delimiter",
+    "fewshot_k",
+    "fewshot_separator",
+    "decoding",
+    "mc_method",
+    *CHAT_COMPARED_SETTINGS,
+)
 
 
 @dataclass(frozen=True)
@@ -204,6 +213,9 @@ def comparability(run: RunRecord, baseline: Baseline) -> tuple[str, str | None]:
             f"not comparable with the baseline (run {baseline.run_id}): {', '.join(differing)} differ; "
             "pin a new baseline for the new settings"
         )
+    changed = chat_template_change(baseline.settings, run.settings)
+    if changed:
+        return "unpaired", f"{changed}: compared unpaired, on all items of each"
     if run.evalset_version != baseline.evalset_version:
         return "unpaired", (
             f"the eval set changed since the baseline ({baseline.evalset_version[:10]} -> "

@@ -18,8 +18,14 @@ from monitor.backends import Backend, ModelSpec, load_backend
 from monitor.backends.base import ProgressCallback
 from monitor.config import MonitorConfig
 from monitor.errors import LeaseLostError, StoreError
-from monitor.evals.evalset import EvalSet, strategy_name
-from monitor.evals.loop import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ERROR_RATE, evaluate, run_verdict
+from monitor.evals.evalset import EvalSet, chat_template_change, strategy_name
+from monitor.evals.loop import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_ERROR_RATE,
+    chat_settings,
+    evaluate,
+    run_verdict,
+)
 from monitor.evals.scoring import aggregate
 from monitor.service.after_job import after_job, analyze_safely, make_notifier
 from monitor.service.plan import RunPlan, plan_runs
@@ -153,9 +159,14 @@ def continue_run(
     except Exception as exc:
         return store.finish_run(run_id, status="failed", error=f"model failed to load: {_reason(exc)}")
     store.update_run(run_id, model_fingerprint=fingerprint.digest, load_s=load_s)
-    mixed = record_mc_method(store, run_id, backend, plan.evalset)
+    # the serving stack around the weights (tokenizer, special tokens, chat template, generation
+    # config; a server's version): "stack changed" is told apart from "weights changed"
+    info = {**backend.describe(), "stack_digest": fingerprint.stack_digest, "stack": dict(fingerprint.stack)}
+    mixed = record_chat_settings(store, run_id, backend, plan.evalset) or record_mc_method(
+        store, run_id, backend, plan.evalset
+    )
     if mixed is not None:
-        return store.finish_run(run_id, status="failed", error=mixed, backend_info=backend.describe())
+        return store.finish_run(run_id, status="failed", error=mixed, backend_info=info)
     store.upsert_model(
         plan.model_name,
         kind=plan.spec.backend,
@@ -195,13 +206,11 @@ def continue_run(
             status="interrupted",
             metrics=metric_dict,
             error=f"stopped after {len(stored)} of {len(plan.evalset.items)} items",
-            backend_info=backend.describe(),
+            backend_info=info,
         )
     failed = [r for r in stored if r.error]
     status, error = run_verdict(len(stored), len(failed), max_error_rate, failed[0].error if failed else None)
-    return store.finish_run(
-        run_id, status=status, metrics=metric_dict, error=error, backend_info=backend.describe()
-    )
+    return store.finish_run(run_id, status=status, metrics=metric_dict, error=error, backend_info=info)
 
 
 def run_settings(evalset: EvalSet, fewshot_k: int) -> dict[str, object]:
@@ -216,7 +225,33 @@ def run_settings(evalset: EvalSet, fewshot_k: int) -> dict[str, object]:
         "decoding": {"greedy": True, "max_new_tokens": spec.max_new_tokens, "stop": list(spec.stop)}
         if evalset.task == "generate"
         else None,
+        **evalset.comparison_settings(fewshot_k),
     }
+
+
+def record_chat_settings(store: Store, run_id: int, backend: Backend, evalset: EvalSet) -> str | None:
+    """Put the chat template the model renders with (its hash, source, system-prompt handling) into
+    the run's settings and digest, so a run under another template is never paired with this one.
+    Returns why the run cannot go on when a resumed run would mix templates."""
+    extra = chat_settings(backend, evalset)
+    if not extra:
+        return None
+    run = store.get_run(run_id)
+    settings = dict(run.settings or {})
+    before = settings.get("chat_template_sha256")
+    if before == extra["chat_template_sha256"]:
+        return None
+    if before is not None and store.completed_item_ids(run_id):
+        return f"{chat_template_change(settings, extra)} during the run; its items would mix templates"
+    settings.update(extra)
+    digest = evalset.settings_digest(run.fewshot_k, chat_template_sha256=extra["chat_template_sha256"])
+    store.update_run(run_id, settings=settings, settings_digest=digest)
+    return None
+
+
+def _base_digest(run: RunRecord, evalset: EvalSet) -> str:
+    sha = (run.settings or {}).get("chat_template_sha256")
+    return evalset.settings_digest(run.fewshot_k, chat_template_sha256=sha)
 
 
 def record_mc_method(store: Store, run_id: int, backend: Backend, evalset: EvalSet) -> str | None:
@@ -242,7 +277,7 @@ def record_mc_method(store: Store, run_id: int, backend: Backend, evalset: EvalS
             f"{wanted or 'logprobs'} during the run; its items would mix methods"
         )
     settings["mc_method"] = wanted
-    digest = evalset.settings_digest(run.fewshot_k)
+    digest = _base_digest(run, evalset)
     if wanted is not None:
         digest = hashlib.sha256(f"{digest}|mc_method={wanted}".encode()).hexdigest()[:16]
     store.update_run(run_id, settings=settings, settings_digest=digest)
