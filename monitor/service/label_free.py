@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -43,9 +43,16 @@ from monitor.evals.evalset import EvalItem, EvalSet, load_evalset, parse_strateg
 from monitor.evals.loop import chat_settings, evaluate
 from monitor.events import Notify
 from monitor.service.plan import endpoint_spec
-from monitor.service.runs import ModelPool
 from monitor.store import RunRecord, Store, utcnow
 from monitor.store.tables import DriftRecord
+
+
+class ModelSource(Protocol):
+    """Where the model comes from: :class:`monitor.service.runs.ModelPool` (not imported: the
+    after-job analysis calls this module, and ``runs`` imports the after-job analysis)."""
+
+    def get(self, spec: ModelSpec) -> tuple[Backend, float]: ...
+
 
 #: The finding's kind in ``drift_analyses``.
 FINDING_KIND = "estimate"
@@ -246,7 +253,7 @@ def estimate_production_accuracy(
     evalset_name: str,
     *,
     backend: Backend | None = None,
-    pool: ModelPool | None = None,
+    pool: ModelSource | None = None,
     now: datetime | None = None,
     source: ProductionSource | None = None,
     max_items: int = DEFAULT_MAX_ITEMS,
