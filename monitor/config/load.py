@@ -7,6 +7,7 @@ the loaded :class:`~monitor.config.schema.MonitorConfig` is frozen.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -77,13 +78,28 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Monit
         raise ConfigError(_located(config_path, located, loc, msg) for loc, msg in env_errors)
     if "root" in data:
         raise ConfigError([_located(config_path, located, ("root",), "root: unknown key")])
+
     data["root"] = config_path.resolve().parent
     try:
         return MonitorConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(
-            _split_reference_errors(pydantic_problems(exc, config_path, located), config_path, located)
-        ) from None
+        problems = _split_reference_errors(pydantic_problems(exc, config_path, located), config_path, located)
+        raise ConfigError(_with_suggestions(problems, data)) from None
+
+
+def _with_suggestions(problems: list[Problem], data: dict[str, Any]) -> list[Problem]:
+    """An unknown top-level key gets the known key it most resembles ("did you mean 'database'?"),
+    or the list of known keys."""
+    known = sorted(name for name in MonitorConfig.model_fields if name != "root")
+    out = []
+    for problem in problems:
+        key = problem.message.removesuffix(": unknown key")
+        if key != problem.message and key in data and key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            problem = Problem(problem.location, problem.message + hint)
+        out.append(problem)
+    return out
 
 
 def _located(path: Path, located: LocatedYaml, loc: tuple[str | int, ...], message: str) -> Problem:

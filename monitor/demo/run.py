@@ -94,7 +94,8 @@ def next_commands(workdir: Path, config: Path) -> list[str]:
     cfg = load_config(config)
     with Store.open(cfg.database_url(), create=False) as store:
         runs = [run for run, _ in store.runs(model=FINETUNE, evalset="ticket-routing")]
-    newest, oldest = (runs[0].id, runs[-1].id) if runs else (None, None)
+    # the two newest runs: the same eval set version, so the diff pairs every item
+    newest, oldest = (runs[0].id, runs[1].id) if len(runs) > 1 else (None, None)
     exe = _executable()
     c = f"-c {_shown(config)}"
     lines = ["", "demo: next, try these (on the demo's history, from this folder):"]
@@ -105,9 +106,7 @@ def next_commands(workdir: Path, config: Path) -> list[str]:
         (f"{exe} report {FINETUNE} {c} -o {_shown(workdir / 'report.html')}", "the HTML report, with charts"),
     ]
     if newest is not None and oldest is not None and newest != oldest:
-        commands.insert(
-            2, (f"{exe} diff {oldest} {newest} {c}", "what changed between two runs, item by item")
-        )
+        commands.insert(2, (f"{exe} diff {oldest} {newest} {c}", "two nightly runs, item by item"))
     commands.append((f"{exe} daemon {c}", "restart the daemon on the demo's history (Ctrl-C stops it)"))
     width = max(len(command) for command, _ in commands)
     lines += [f"  {command.ljust(width)}  # {why}" for command, why in commands]

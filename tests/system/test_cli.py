@@ -316,3 +316,13 @@ def test_console_script_runs_as_a_process(evalsets: tuple[Path, Path], tmp_path:
         [sys.executable, "-m", "monitor", "--version"], capture_output=True, text=True, timeout=60
     )
     assert version.returncode == 0 and version.stdout.startswith("monitor ")
+
+
+def test_an_unknown_top_level_key_gets_a_did_you_mean(tmp_path: Path) -> None:
+    config = tmp_path / "monitor.yaml"
+    config.write_text("models: {}\nevalsets: {}\ndatabse: sqlite:///x.db\nzzz: 1\n")
+    code, _, stderr = invoke("check-config", "--config", str(config))
+    lines = stderr.strip().splitlines()
+    assert code == 2 and f"error: {config}:3: databse: unknown key; did you mean 'database'?" in lines, lines
+    assert any(line.startswith(f"error: {config}:4: zzz: unknown key; known keys: ") for line in lines), lines
+    assert not (tmp_path / "x.db").exists()
