@@ -112,9 +112,14 @@ def status_entries(store: Store, *, flaky_window: int = 10) -> list[dict[str, An
             )
             if run.strategy == latest.strategy
         ]
-        history = [{r.item_id: r.correct for r in store.item_results(run.id)} for run in reversed(recent)]  # type: ignore[arg-type]
+        outcomes = store.item_outcomes([run.id for run in recent if run.id is not None])
+        history = [outcomes.get(run.id, {}) for run in reversed(recent) if run.id is not None]
         # a flip counts only between runs of the same weights and settings (a deploy is not flakiness)
-        keys = [run_identity(run.model_fingerprint, run.settings_digest) for run in reversed(recent)]
+        keys = [
+            run_identity(run.model_fingerprint, run.settings_digest)
+            for run in reversed(recent)
+            if run.id is not None
+        ]
         out.append(
             clean(
                 {

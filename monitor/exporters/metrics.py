@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from monitor._version import __version__
 from monitor.store import RunRecord, Store
-from monitor.store.runs import RunCount
+from monitor.store.runs import DurationCounts, RunCount
 from monitor.store.tables import aware
 
 #: Run duration buckets in seconds: from a tiny golden set to a long nightly suite.
@@ -130,7 +130,7 @@ class StoreCollector(Collector):
         yield interval
 
     def _collect_from_store(self) -> Iterator[Metric]:
-        summary = self._store.run_summary()
+        summary = self._store.run_summary(DURATION_BUCKETS)
         names = summary.model_names
         yield from self._recommendations()
         yield from self._releases()
@@ -387,17 +387,20 @@ class StoreCollector(Collector):
         yield from (runs, items, failed, tokens, in_progress, interrupted)
 
 
-def _duration_histogram(rows: Iterable[tuple[str | None, float]]) -> HistogramMetricFamily:
+def _duration_histogram(rows: Iterable[DurationCounts]) -> HistogramMetricFamily:
     histogram = HistogramMetricFamily(
         "monitor_run_duration_seconds", "Wall time of finished runs.", labels=["job"]
     )
-    per_job: dict[str, list[float]] = defaultdict(list)
-    for job, seconds in rows:
-        per_job[job or ""].append(float(seconds))
-    for job, values in sorted(per_job.items()):
-        buckets = [(_bucket_label(b), float(sum(1 for v in values if v <= b))) for b in DURATION_BUCKETS]
-        buckets.append(("+Inf", float(len(values))))
-        histogram.add_metric([job], buckets, sum_value=math.fsum(values))
+    per_job: dict[str, list[DurationCounts]] = defaultdict(list)
+    for row in rows:
+        per_job[row.job or ""].append(row)
+    for job, counts in sorted(per_job.items()):
+        buckets = [
+            (_bucket_label(b), float(sum(c.buckets[i] for c in counts)))
+            for i, b in enumerate(DURATION_BUCKETS)
+        ]
+        buckets.append(("+Inf", float(sum(c.count for c in counts))))
+        histogram.add_metric([job], buckets, sum_value=math.fsum(c.total_s for c in counts))
     return histogram
 
 

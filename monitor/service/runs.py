@@ -161,7 +161,9 @@ def continue_run(
     store.update_run(run_id, model_fingerprint=fingerprint.digest, load_s=load_s)
     # the serving stack around the weights (tokenizer, special tokens, chat template, generation
     # config; a server's version): "stack changed" is told apart from "weights changed"
-    info = {**backend.describe(), "stack_digest": fingerprint.stack_digest, "stack": dict(fingerprint.stack)}
+    info = dict(backend.describe())
+    if fingerprint.stack:
+        info |= {"stack_digest": fingerprint.stack_digest, "stack": dict(fingerprint.stack)}
     mixed = record_chat_settings(store, run_id, backend, plan.evalset) or record_mc_method(
         store, run_id, backend, plan.evalset
     )

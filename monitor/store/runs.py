@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, case, func, select, update
 from sqlmodel import col
 
 from monitor.errors import NotFoundError
@@ -253,6 +253,23 @@ class RunsMixin(StoreMixin):
             )
             return list(s.execute(query).scalars())
 
+    def item_outcomes(self, run_ids: Sequence[int]) -> dict[int, dict[str, bool | None]]:
+        """``{run id: {item id: correct}}`` for several runs in one query (only the three columns)."""
+        if not run_ids:
+            return {}
+        out: dict[int, dict[str, bool | None]] = {run_id: {} for run_id in run_ids}
+        with self.session() as s:
+            rows = s.execute(
+                select(
+                    col(ItemResultRecord.run_id), col(ItemResultRecord.item_id), col(ItemResultRecord.correct)
+                )
+                .where(col(ItemResultRecord.run_id).in_(list(run_ids)))
+                .order_by(col(ItemResultRecord.id))
+            ).all()
+        for run_id, item_id, correct in rows:
+            out[int(run_id)][str(item_id)] = correct
+        return out
+
     def completed_item_ids(self, run_id: int) -> set[str]:
         """The ids of the items a run has already stored (what a resumed run skips)."""
         with self.session() as s:
@@ -337,8 +354,13 @@ class RunsMixin(StoreMixin):
                 .limit(1)
             ).scalar_one_or_none()
 
-    def run_summary(self) -> RunSummary:
-        """What the metrics export about runs, read in one transaction."""
+    def run_summary(self, duration_buckets: Sequence[float] = ()) -> RunSummary:
+        """What the metrics export about runs, read in one transaction.
+
+        Every read is bounded by the number of series, models and jobs, not by the
+        history: the newest row per model or job is picked in SQL, and finished runs'
+        durations are counted into ``duration_buckets`` (upper bounds, seconds) there too.
+        """
         with self.session() as s:
             names = {
                 int(i): str(n) for i, n in s.execute(select(col(ModelRecord.id), col(ModelRecord.name))).all()
@@ -361,31 +383,53 @@ class RunsMixin(StoreMixin):
                     col(RunRecord.model_id), col(RunRecord.evalset_name), col(RunRecord.job), col(RunRecord.status)
                 )
             ).all()  # fmt: skip
+            finished = (
+                col(RunRecord.duration_s).is_not(None),
+                col(RunRecord.status).in_(("succeeded", "failed")),
+            )
+            bucket_columns = [
+                func.sum(case((col(RunRecord.duration_s) <= bound, 1), else_=0)) for bound in duration_buckets
+            ]
             durations = s.execute(
-                select(col(RunRecord.job), col(RunRecord.duration_s)).where(
-                    col(RunRecord.duration_s).is_not(None), col(RunRecord.status).in_(("succeeded", "failed"))
-                )
+                select(col(RunRecord.job), func.count(), func.sum(col(RunRecord.duration_s)), *bucket_columns)
+                .where(*finished)
+                .group_by(col(RunRecord.job))
             ).all()
             last_success = s.execute(
                 select(col(RunRecord.job), func.max(col(RunRecord.finished_at)))
                 .where(col(RunRecord.status) == "succeeded", col(RunRecord.job).is_not(None))
                 .group_by(col(RunRecord.job))
             ).all()
+            newest_load = (
+                select(func.max(col(RunRecord.id)).label("id"))
+                .where(col(RunRecord.load_s) > 0)
+                .group_by(col(RunRecord.model_id))
+                .subquery()
+            )
             last_load = s.execute(
                 select(col(RunRecord.model_id), col(RunRecord.load_s))
-                .where(col(RunRecord.load_s) > 0)
+                .join(newest_load, col(RunRecord.id) == newest_load.c.id)
                 .order_by(col(RunRecord.id).desc())
             ).all()
+            newest_scheduled = (
+                select(func.max(col(RunRecord.id)).label("id"))
+                .where(col(RunRecord.scheduled_for).is_not(None), col(RunRecord.job).is_not(None))
+                .group_by(col(RunRecord.job))
+                .subquery()
+            )
             lag_rows = s.execute(
                 select(col(RunRecord.job), col(RunRecord.started_at), col(RunRecord.scheduled_for))
-                .where(col(RunRecord.scheduled_for).is_not(None), col(RunRecord.job).is_not(None))
+                .join(newest_scheduled, col(RunRecord.id) == newest_scheduled.c.id)
                 .order_by(col(RunRecord.id).desc())
             ).all()
         return RunSummary(
             model_names=names,
             latest_succeeded=latest_ok,
             counts=[RunCount(*row) for row in counts],
-            durations=[(job, float(d)) for job, d in durations],
+            durations=[
+                DurationCounts(job, int(count), float(total or 0.0), tuple(int(b or 0) for b in buckets))
+                for job, count, total, *buckets in durations
+            ],
             last_success=[(str(job), aware(when)) for job, when in last_success if when is not None],
             last_load=[(int(m), float(secs)) for m, secs in last_load],
             schedule_lags=[(str(job), aware(started), aware(sched)) for job, started, sched in lag_rows],
@@ -511,6 +555,17 @@ class RunCount:
 
 
 @dataclass(frozen=True)
+class DurationCounts:
+    """One job's finished runs: how many, their summed seconds, and how many fit each bucket."""
+
+    job: str | None
+    count: int
+    total_s: float
+    #: runs with a duration at most each requested bucket bound, in the bounds' order
+    buckets: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """What :meth:`RunsMixin.run_summary` reads for the metrics, in plain values."""
 
@@ -519,8 +574,8 @@ class RunSummary:
     #: the newest succeeded run of every (model, eval set, strategy)
     latest_succeeded: list[RunRecord]
     counts: list[RunCount]
-    #: (job, seconds) of every finished run with a duration
-    durations: list[tuple[str | None, float]]
+    #: per job: finished runs' durations counted into the requested buckets
+    durations: list[DurationCounts]
     #: (job, finished at) of every job's newest succeeded run
     last_success: list[tuple[str, datetime]]
     #: (model id, load seconds), newest run first

@@ -74,6 +74,8 @@ class RunRecord(SQLModel, table=True):
     __table_args__ = (
         Index("ix_runs_model_evalset_started", "model_id", "evalset_name", "started_at"),
         Index("ix_runs_status", "status"),
+        #: the latest-per-series reads (status, metrics): a year of history read in tens of ms
+        Index("ix_runs_series", "model_id", "evalset_name", "strategy", "status", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

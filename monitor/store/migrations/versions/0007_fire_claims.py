@@ -19,7 +19,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("fires", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("claimed_by", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True))
+        batch_op.add_column(
+            sa.Column("claimed_by", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True)
+        )
         batch_op.add_column(sa.Column("claim_epoch", sa.Integer(), server_default="0", nullable=False))
         batch_op.add_column(sa.Column("claim_expires_at", sa.DateTime(timezone=True), nullable=True))
 
