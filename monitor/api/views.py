@@ -232,3 +232,80 @@ def _verdict_text(entry: dict[str, Any]) -> str:
         return "-"
     delta = entry["vs_baseline"]
     return entry["verdict"] if delta is None else f"{entry['verdict']} ({delta:+.3f})"
+
+
+class EventLines:
+    """The daemon's console: one line per event, instead of the whole status table after every run.
+
+    Called with the status entries after every finished run (``run_daemon``'s ``on_status``): a line
+    for each series whose newest run is new (its status, score and verdict, or its error), and, read
+    from the store at ``database_url`` (read-only), a line when a fine-tune's recommendation changes
+    or a base release is found. The state it starts from is the store's, so a restart prints only what
+    happens after it.
+    """
+
+    def __init__(self, database_url: str | None = None, *, out: Any = None) -> None:
+        self._url = database_url
+        self._out = out
+        self._runs: dict[tuple[str, str, str], Any] | None = None
+        self._actions: dict[str, str] | None = None
+        self._releases: set[str] | None = None
+
+    def say(self, line: str) -> None:
+        from datetime import datetime, timezone
+
+        stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
+        print(f"{stamp} {line}", file=self._out or sys.stdout, flush=True)
+
+    def prime(self, entries: Sequence[dict[str, Any]]) -> None:
+        """Take what is already recorded as seen (nothing is printed for it)."""
+        self._runs = {(e["model"], e["evalset"], e["strategy"]): e["run"] for e in entries}
+        self._actions, self._releases = self._read_store()
+
+    def __call__(self, entries: Sequence[dict[str, Any]]) -> None:
+        if self._runs is None:
+            self._runs = {}
+        for entry in entries:
+            key = (entry["model"], entry["evalset"], entry["strategy"])
+            if self._runs.get(key) == entry["run"]:
+                continue
+            self._runs[key] = entry["run"]
+            self.say(run_line(entry))
+        actions, releases = self._read_store()
+        if self._actions is not None:
+            for name, (action, reason) in actions.items():
+                before = self._actions.get(name)
+                if before is None or before[0] != action:
+                    was = f"{before[0]} -> " if before else ""
+                    self.say(f"recommendation for {name}: {was}{action}: {reason}")
+        if self._releases is not None:
+            for release in sorted(releases - self._releases):
+                self.say(f"release found: {release}")
+        self._actions, self._releases = actions, releases
+
+    def _read_store(self) -> tuple[dict[str, Any], set[str]]:
+        if self._url is None:
+            return {}, set()
+        from monitor.errors import MonitorError
+        from monitor.store import Store
+
+        try:
+            with Store.open(self._url, create=False, migrate_schema=False) as store:
+                actions = {
+                    name: (r.action, (list(r.reasons or []) or [r.summary])[0])
+                    for r, name in store.latest_recommendations()
+                }
+                releases = {r.name for r in store.releases()}
+        except MonitorError:
+            return {}, set()
+        return actions, releases
+
+
+def run_line(entry: dict[str, Any]) -> str:
+    """One status entry as a console line: ``run 7 ticket-router ticket-routing zero-shot: succeeded,
+    acc 0.7389 ± 0.0328, regressed (-0.256)``."""
+    head = f"run {entry['run']} {entry['model']} {entry['evalset']} {entry['strategy']}: {entry['status']}"
+    if entry["status"] != "succeeded":
+        return f"{head}: {entry['error']}" if entry.get("error") else head
+    verdict = "" if entry["verdict"] is None else f", {_verdict_text(entry)}"
+    return f"{head}, {entry['metric']} {format_metric(entry['value'])}{verdict}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,14 +18,36 @@ def daemon_command(
     config: ConfigOption = Path(DEFAULT_CONFIG),
     host: Annotated[str | None, typer.Option(help="Listen address (default: daemon.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (default: daemon.port; 0 picks one).")] = None,
-    show_status: Annotated[bool, typer.Option(help="Print the status table after every run.")] = False,
+    show_status: Annotated[
+        bool, typer.Option(help="Print the whole status table after every run (default: one line per event).")
+    ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the configured jobs on their schedules and serve /metrics, health checks and the API."""
     from monitor.api.app import run_daemon
 
-    on_status = print_status if show_status else None
+    on_status: Any = print_status if show_status else console_events(config)
     run_daemon(config, host=host, port=port, on_status=on_status, log_level=log_level)
+
+
+def console_events(config: Path) -> Any:
+    """One line per event on the console, primed with what the store already holds."""
+    from monitor.api.views import EventLines, status_entries
+    from monitor.cli.options import load_config_file
+    from monitor.errors import MonitorError
+    from monitor.store import Store
+
+    try:
+        url = load_config_file(config).database_url()
+    except MonitorError:
+        return EventLines()  # run_daemon reports the configuration's problems itself
+    lines = EventLines(url)
+    try:
+        with Store.open(url, create=False) as store:
+            lines.prime(status_entries(store))
+    except MonitorError:
+        lines.prime([])  # a new database: everything the daemon records is news
+    return lines
 
 
 @handle_errors

@@ -4,8 +4,9 @@ The story (:mod:`monitor.demo.story`) takes the fine-tune from deployment
 through drift and a confirmed regression to a new base release and a re-base
 recommendation, with webhooks landing in a local receiver.  Then the daemon
 starts on the demo configuration with a fast schedule (the fine-tune every
-minute, the releases folder watched), prints where ``/metrics`` is and shows
-the status table as runs land, until Ctrl-C.  ``--once`` stops after the story
+minute, the releases folder watched), prints where ``/metrics`` is and one
+line per event (a run with its score and verdict, a changed recommendation, a
+release found), until Ctrl-C.  ``--once`` stops after the story
 (what the tests and CI use).
 
 Two configurations are written: ``monitor-demo.yaml``, which the demo itself
@@ -79,7 +80,14 @@ def run_demo(workdir: Path, *, rebuild: bool = False, once: bool = False, port: 
             "demo: starting the daemon on the demo configuration: the fine-tune runs every minute and "
             f"{workdir / 'releases'} is watched for new base models. Ctrl-C stops it."
         )
-        run_daemon(config_path, on_status=print_status, log_level="warning")
+        from monitor.api.views import EventLines, status_entries
+        from monitor.config import load_config
+        from monitor.store import Store
+
+        events = EventLines(load_config(config_path).database_url())
+        with Store.open(load_config(config_path).database_url(), create=False) as store:
+            events.prime(status_entries(store))
+        run_daemon(config_path, on_status=events, log_level="warning")
     finally:
         receiver.stop()
     return plain

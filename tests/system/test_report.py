@@ -309,3 +309,29 @@ def test_every_chart_renders_in_headless_chromium(page: tuple[Path, dict[str, An
     # 2 score series, the challengers, the costs, the drift
     assert check_rendered(dom, console) == 5
     assert screenshot.stat().st_size > 10_000
+
+
+def test_the_daemon_console_prints_one_line_per_event(tmp_path: Path) -> None:
+    import io
+
+    from monitor.api.views import EventLines, status_entries
+
+    out = io.StringIO()
+    lines = EventLines(f"sqlite:///{tmp_path / 'monitor.db'}", out=out)
+    lines.prime([])  # before the database exists: everything after is news
+    url = write_history(tmp_path / "monitor.db")
+    with Store.open(url) as store:
+        entries = status_entries(store)
+    lines(entries)
+    printed = [line.split(" ", 1)[1] for line in out.getvalue().splitlines()]
+    assert (
+        "run 6 ticket-router ticket-routing zero-shot: succeeded, acc 0.7700 ± 0.0665, regressed (-0.180)"
+        in printed
+    )
+    assert any(
+        line.startswith("recommendation for ticket-router: retrain: ticket-routing regressed")
+        for line in printed
+    )
+    assert len(printed) == 3  # two series, one recommendation: no table
+    lines(entries)  # nothing new: nothing printed
+    assert len(out.getvalue().splitlines()) == 3
