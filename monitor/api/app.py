@@ -164,3 +164,106 @@ def run_daemon(
     if daemon.lost_lease is not None:
         raise LeaseLostError(daemon.lost_lease)
     _err("monitor daemon stopped")
+
+
+def run_server(
+    config: Path,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    log_level: str = "info",
+    stop: threading.Event | None = None,
+) -> None:
+    """``monitor serve``: the API, ``/metrics``, the release watchers and the webhook sender, without
+    the scheduler, for deployments where fires run elsewhere (``monitor run JOB --slot`` from
+    Kubernetes CronJobs, Airflow, systemd timers).  It takes no lease: several may serve one database.
+
+    Runs until SIGTERM or SIGINT (or ``stop`` is set).
+    """
+    from prometheus_client import CollectorRegistry
+
+    from monitor.analysis.baselines import BaselineFiles
+    from monitor.api.server import HttpServer, MonitorApp
+    from monitor.config import load_config
+    from monitor.exporters import StoreCollector
+    from monitor.exporters.metrics import baseline_values
+    from monitor.exporters.webhooks import WebhookCollector, WebhookSender
+    from monitor.schedule import make_trigger, typical_interval
+    from monitor.service.after_job import make_notifier
+    from monitor.service.releases.effective import effective_config
+    from monitor.service.releases.watch import ReleaseWatcher
+    from monitor.store import Store, utcnow
+
+    setup_logging(log_level)
+    cfg = load_config(config)
+    store = Store.open(cfg.database_url())
+    now = utcnow()
+    intervals = {
+        name: typical_interval(
+            make_trigger(every=job.schedule.every, cron=job.schedule.cron, timezone=job.schedule.timezone), now
+        )
+        for name, job in cfg.jobs.items()
+        if job.schedule is not None
+    }
+    registry = CollectorRegistry(auto_describe=False)
+    baselines = BaselineFiles(cfg.baselines_dir())
+    registry.register(
+        StoreCollector(
+            store,
+            job_intervals=intervals,
+            baselines=lambda: baseline_values(baselines.current()),
+            models=lambda: effective_config(cfg, store.releases()).models.keys(),
+        )
+    )
+    registry.register(WebhookCollector(store, endpoints=list(cfg.webhooks.endpoints)))
+    sender = WebhookSender(store, cfg.webhooks) if cfg.webhooks.endpoints else None
+    watcher = ReleaseWatcher(store, cfg, notify=make_notifier(cfg))
+    token = os.environ.get(cfg.daemon.api_token_env) or None
+    listen_host = host or cfg.daemon.host
+    listen_port = cfg.daemon.port if port is None else port
+    try:
+        server = HttpServer(MonitorApp(registry, store, None, token), listen_host, listen_port)
+    except OSError as exc:
+        store.close()
+        raise MonitorError(f"cannot listen on {listen_host}:{listen_port}: {exc.strerror or exc}") from exc
+    stopped = stop or threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        _err(f"received {signal.Signals(signum).name}: stopping")
+        stopped.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    watcher.register_configured()
+    server.start()
+    threads = []
+    if sender is not None:
+        threads.append(threading.Thread(target=sender.run_forever, args=(stopped,), name="monitor-webhooks"))
+    if watcher.sources:
+
+        def watch() -> None:
+            while not stopped.wait(min(cfg.daemon.poll_interval.total_seconds(), 1.0)):
+                try:
+                    if watcher.scan_due(utcnow()) and sender is not None:
+                        sender.wake()
+                except MonitorError as exc:
+                    logging.getLogger("monitor.api.app").warning("release watcher: %s", exc)
+                except Exception:  # the watcher must never take the server down
+                    logging.getLogger("monitor.api.app").exception("release watcher failed")
+
+        threads.append(threading.Thread(target=watch, name="monitor-releases"))
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
+    print(f"monitor serve: metrics at {server.url}/metrics, status at {server.url}/api/v1/status", flush=True)
+    if token is None:
+        _err(f"note: ${cfg.daemon.api_token_env} is not set, so the /api/v1 endpoints need no token")
+    stopped.wait()
+    if sender is not None:
+        sender.wake()
+    server.stop()
+    for thread in threads:
+        thread.join(5)
+    store.close()
+    _err("monitor serve stopped")

@@ -220,7 +220,13 @@ class MonitorApp:
         match = _RUN_JOB.match(path)
         if match and method == "POST":
             job = match.group(1)
-            if self.daemon is None or job not in self.daemon.config.jobs:
+            if self.daemon is None:
+                return _json(
+                    start_response,
+                    "409 Conflict",
+                    {"error": "this server runs no jobs (monitor serve): run one with monitor run JOB --slot"},
+                )
+            if job not in self.daemon.config.jobs:
                 return _json(start_response, "404 Not Found", {"error": f"unknown job {_echo(job)!r}"})
             from monitor.service.daemon import WorkItem
 

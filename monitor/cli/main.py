@@ -14,7 +14,19 @@ from typing import Annotated
 import typer
 
 from monitor._version import __version__
-from monitor.cli import baseline, check, daemon, deploy, drift, gate, releases, runs, verdicts, webhooks
+from monitor.cli import (
+    baseline,
+    check,
+    daemon,
+    deploy,
+    drift,
+    gate,
+    releases,
+    runs,
+    serve,
+    verdicts,
+    webhooks,
+)
 from monitor.cli import eval as eval_
 
 app = typer.Typer(
@@ -31,6 +43,7 @@ app.command("run")(runs.run_command)
 app.command("status")(runs.status_command)
 app.command("history")(runs.history_command)
 app.command("daemon")(daemon.daemon_command)
+app.command("serve")(serve.serve_command)
 app.command("run-now")(runs.run_now_command)
 app.command("diff")(runs.diff_command)
 app.command("regressions")(verdicts.regressions_command)
