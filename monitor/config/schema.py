@@ -470,6 +470,18 @@ class DaemonConfig(Strict):
     shutdown_timeout: Interval = Duration("9s")
 
 
+class RetentionConfig(Strict):
+    """``retention:``: how long per-item results are kept (runs, their metrics, verdicts and findings
+    are kept for ever; so are the items of every pinned baseline's run)."""
+
+    #: Per-item results of runs finished longer ago than this are pruned (None: kept for ever).
+    item_results: Interval | None = None
+    #: Rows deleted per transaction: pruning never holds the database for long.
+    batch_size: Annotated[int, Field(ge=10, le=100_000)] = 2000
+    #: How often the daemon prunes.
+    every: Interval = Duration("1h")
+
+
 class OpenAIWatchConfig(Strict):
     """Where an OpenAI-compatible server lists its models (``GET {base_url}/models``)."""
 
@@ -619,6 +631,7 @@ class MonitorConfig(Strict):
     finetunes: dict[Name, FinetuneConfig] = Field(default_factory=dict)
     families: dict[Name, FamilyConfig] = Field(default_factory=dict)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     #: Where pinned baselines live (``<baselines>/<model>/<evalset>.json``), relative to this file.
     baselines: str = "baselines"
     #: Directory the file was loaded from; relative paths resolve against it.

@@ -10,6 +10,8 @@ Threads and their jobs:
   from the database into queue entries.
 - A release watcher scans the watched base-model families when due; a new
   release is stored and its challenger job queued (:mod:`monitor.service.releases.watch`).
+- With ``retention.item_results`` set, a pruner deletes old per-item results in
+  small batches (never a pinned baseline's run).
 
 Every fire the daemon takes (scheduled, catch-up, run-now, release) is recorded
 before its runs (:mod:`monitor.store.fires`), so that a restart completes it: the
@@ -209,6 +211,8 @@ class Daemon:
         if self.watcher.sources and not self._manual:
             # With a manual timer (tests drive time) the caller scans with scan_releases().
             threads.append(("releases", self._watch))
+        if self.config.retention.item_results is not None and not self._manual:
+            threads.append(("retention", self._retain))
         for name, target in threads:
             thread = threading.Thread(target=target, name=f"monitor-{name}", daemon=True)
             thread.start()
@@ -400,6 +404,42 @@ class Daemon:
                 log.warning("release watcher: %s", exc)
             except Exception:  # the watcher must never take the daemon down
                 log.exception("release watcher failed")
+
+    # --- retention -----------------------------------------------------------------------------------
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Delete per-item results older than ``retention.item_results`` (never a pinned baseline's run),
+        in small transactions with a pause between them, so runs in progress are never held up;
+        returns the rows deleted."""
+        from monitor.analysis.baselines import BaselineFiles
+
+        retention = self.config.retention
+        if retention.item_results is None:
+            return 0
+        cutoff = (now or self.clock()) - retention.item_results
+        keep = {b.run_id for b in BaselineFiles(self.config.baselines_dir()).current()}
+        deleted = 0
+        while not self._stop.is_set():
+            batch = self.store.prune_item_results(cutoff, keep_runs=keep, batch_size=retention.batch_size)
+            deleted += batch
+            if batch < retention.batch_size:
+                break
+            self._stop.wait(0.05)
+        if deleted:
+            log.info("retention: pruned %d item results of runs finished before %s", deleted, cutoff)
+        return deleted
+
+    def _retain(self) -> None:
+        every = self.config.retention.every.total_seconds()
+        while not self._stop.is_set():
+            try:
+                self.prune()
+            except MonitorError as exc:
+                log.warning("retention: %s", exc)
+            except Exception:
+                log.exception("retention failed")
+            if self._stop.wait(every):
+                return
 
     # --- recovery ------------------------------------------------------------------------------------
 

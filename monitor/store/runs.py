@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, case, func, select, update
+from sqlalchemy import CursorResult, case, delete, func, select, update
 from sqlmodel import col
 
 from monitor.errors import NotFoundError
@@ -252,6 +252,33 @@ class RunsMixin(StoreMixin):
                 .order_by(col(ItemResultRecord.id))
             )
             return list(s.execute(query).scalars())
+
+    def prune_item_results(
+        self, finished_before: datetime, *, keep_runs: Collection[int] = (), batch_size: int = 2000
+    ) -> int:
+        """Delete one batch of the per-item results of runs finished before ``finished_before``
+        (never of ``keep_runs``: the pinned baselines'); returns how many rows went (0: done).
+
+        One small transaction per call, so a caller prunes between other writers' chunks.
+        """
+        with self.session() as s:
+            old_runs = select(col(RunRecord.id)).where(
+                col(RunRecord.finished_at) < finished_before,
+                col(RunRecord.status).in_(("succeeded", "failed")),
+            )
+            if keep_runs:
+                old_runs = old_runs.where(col(RunRecord.id).not_in(list(keep_runs)))
+            ids = list(
+                s.execute(
+                    select(col(ItemResultRecord.id))
+                    .where(col(ItemResultRecord.run_id).in_(old_runs))
+                    .order_by(col(ItemResultRecord.id))
+                    .limit(batch_size)
+                ).scalars()
+            )
+            if ids:
+                s.execute(delete(ItemResultRecord).where(col(ItemResultRecord.id).in_(ids)))
+            return len(ids)
 
     def item_outcomes(self, run_ids: Sequence[int]) -> dict[int, dict[str, bool | None]]:
         """``{run id: {item id: correct}}`` for several runs in one query (only the three columns)."""

@@ -398,3 +398,43 @@ def test_stop_mid_run_interrupts_and_the_next_start_resumes_without_recomputing(
     assert not set(fresh.items_seen) & done_before
     assert sorted(fresh.items_seen + sorted(done_before)) == sorted(f"i{k}" for k in range(40))
     assert resumed.metrics["acc"]["n"] == 40 and resumed.metrics["acc"]["value"] == pytest.approx(0.25)
+
+
+def test_retention_prunes_old_item_results_but_keeps_runs_and_the_pinned_baseline(
+    tmp_path: Path, store: Store
+) -> None:
+    from monitor.analysis.baselines import pin_baseline
+
+    cfg = make_config(tmp_path, {"j": {"models": ["router"], "evalsets": ["routing"]}}, items=8)
+    cfg = cfg.model_copy(
+        update={
+            "retention": cfg.retention.model_copy(
+                update={"item_results": timedelta(days=30), "batch_size": 10}
+            )
+        }
+    )
+    with time_machine.travel(T0, tick=False) as clock:
+        daemon = Daemon(cfg, store, pool=pool_for(ScriptedBackend()), manual_timer=True)
+        daemon.start()
+        try:
+            for _ in range(3):
+                assert daemon.enqueue(WorkItem("j", "manual"))
+                assert daemon.wait_idle(20)
+            first, second, third = sorted(run.id for run, _ in store.runs())  # type: ignore[type-var]
+            pin_baseline(store, cfg.baselines_dir(), "router", "routing", first)
+            clock.move_to(T0 + timedelta(days=20))
+            assert daemon.prune() == 0  # nothing is 30 days old yet
+            assert daemon.enqueue(WorkItem("j", "manual"))
+            assert daemon.wait_idle(20)
+            clock.move_to(T0 + timedelta(days=40))
+            assert daemon.prune() == 16  # the second and third runs' items, in batches of 10
+        finally:
+            daemon.shutdown()
+    runs = {run.id: run for run, _ in store.runs()}
+    assert len(runs) == 4 and all(
+        run.metrics["acc"]["n"] == 8 for run in runs.values()
+    )  # runs and metrics kept
+    assert len(store.item_results(first)) == 8  # the baseline's items stay
+    assert store.item_results(second) == [] and store.item_results(third) == []
+    newest = max(runs)
+    assert len(store.item_results(newest)) == 8  # 20 days old: kept
