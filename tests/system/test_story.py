@@ -83,6 +83,23 @@ def test_the_story_runs_every_chapter_on_real_models(
     assert (workdir / "baselines" / FINETUNE / "ticket-routing.json").exists()
     assert_memo_agrees_with_the_metrics(outcome, config)
 
+    # The block of next commands names the story's real runs, and its report command draws every chart.
+    from monitor.demo.run import next_commands
+
+    block = "\n".join(next_commands(workdir, config))
+    assert "monitor diff 3 5 -c" in block and f"report {FINETUNE} -c" in block, block
+    from typer.testing import CliRunner
+
+    from monitor.cli.main import app
+    from tests.system.test_report import check_rendered, chromium, render_in_chromium
+
+    report = workdir / "report.html"
+    result = CliRunner().invoke(app, ["report", FINETUNE, "-c", str(config), "-o", str(report)])
+    assert result.exit_code == 0, result.output
+    assert f"recommendation: {outcome.recommendations[-1]}" in result.stdout, result.output
+    if chromium() is not None:
+        assert check_rendered(*render_in_chromium(report)) >= 4
+
     # Telling it again starts afresh: no history, releases or baselines are left (the models stay).
     prepare_workdir(workdir)
     assert not (workdir / "monitor.db").exists() and not (workdir / "baselines").exists()
