@@ -309,3 +309,26 @@ def run_line(entry: dict[str, Any]) -> str:
         return f"{head}: {entry['error']}" if entry.get("error") else head
     verdict = "" if entry["verdict"] is None else f", {_verdict_text(entry)}"
     return f"{head}, {entry['metric']} {format_metric(entry['value'])}{verdict}"
+
+
+def count_repeats(problems: Sequence[str]) -> list[str]:
+    """Problems with one message each counted once: ``800 lines: lacks 'timestamp' (first at log.jsonl:3)``.
+
+    A problem reads ``FILE:LINE: message`` (or just a message); the same message on many lines is one
+    entry with its count and first location, in the order first seen.
+    """
+    import re
+
+    groups: dict[str, list[str]] = {}
+    for problem in problems:
+        match = re.match(r"^(.*?:\d+): (.*)$", problem)
+        where, message = (match.group(1), match.group(2)) if match else ("", problem)
+        groups.setdefault(message, []).append(where)
+    out = []
+    for message, places in groups.items():
+        if len(places) == 1:
+            out.append(f"{places[0]}: {message}" if places[0] else message)
+        else:
+            first = next((p for p in places if p), "")
+            out.append(f"{len(places)} lines: {message}" + (f" (first at {first})" if first else ""))
+    return out

@@ -8,14 +8,14 @@ from typing import Annotated, Any
 
 import typer
 
-from monitor.api.views import clean
+from monitor.api.views import clean, count_repeats
 from monitor.cli.options import DEFAULT_CONFIG, ConfigOption, load_config_file
 from monitor.cli.output import (
     handle_errors,
     print_table,
 )
 from monitor.cli.report import report_app
-from monitor.errors import NotFoundError
+from monitor.errors import InputError, NotFoundError
 
 
 @handle_errors
@@ -113,8 +113,14 @@ def report_drift_command(
     cfg = load_config_file(config)
     if model not in cfg.models or cfg.models[model].drift is None:
         raise NotFoundError(f"no drift: section for model {model!r}")
-    check = check_input_drift(cfg.models[model].drift, now=utcnow(), base_dir=cfg.root, report_path=output)
+    if not output.parent.is_dir():
+        raise InputError(f"--output {output}: folder {output.parent} does not exist")
+    drift = cfg.models[model].drift
+    check = check_input_drift(drift, now=utcnow(), base_dir=cfg.root, report_path=output)
     verdict = "drifted" if check.analysis.drifted else "no drift"
+    _add_header(output, model, check, drift)
+    for line in count_repeats(check.problems):
+        print(f"{model}: left out of the window: {line}")
     print(f"{model}: {verdict} (score {check.analysis.score:.3f}); report written to {output}")
     for line in describe_checks(check.analysis.to_dict()):
         print(f"{model}: {line}")
@@ -122,6 +128,37 @@ def report_drift_command(
         f"{model}: the HTML report is Evidently's view of each side's distinct texts; its drift flags assume"
         " independent rows, the verdict above is calibrated for repetition"
     )
+
+
+def _add_header(path: Path, model: str, check: Any, drift: Any) -> None:
+    """Put what the page covers above Evidently's own report: the model, the window, the reference, the
+    sizes and the calibrated verdict (Evidently's "score" columns are its own p-values and statistics)."""
+    import html
+
+    details = check.analysis.to_dict()
+    sizes = []
+    for key, label in (("reference_repetition", "reference"), ("current_repetition", "current window")):
+        side = details.get(key) or (details.get("domain_classifier") or {}).get(key)
+        if isinstance(side, dict):
+            sizes.append(f"{label}: {side.get('rows')} rows, {side.get('distinct')} distinct texts")
+    window = check.window
+    verdict = "drifted" if check.analysis.drifted else "no drift"
+    header = (
+        '<div style="font-family: system-ui, sans-serif; padding: 12px 20px; border-bottom: 1px solid #ccc">'
+        f"<h1>Input drift: {html.escape(model)}</h1>"
+        f"<p><b>Verdict: {verdict}</b> (score {check.analysis.score:.3f}, the domain classifier's ROC AUC; "
+        "calibrated for repeated rows, see docs/drift.md)</p>"
+        f"<p>Window: {window.start:%Y-%m-%d %H:%M} to {window.end:%Y-%m-%d %H:%M} UTC (the last "
+        f"{html.escape(str(window.length or drift.window))}) from {html.escape(str(drift.source.kind))}; "
+        f"reference: {html.escape(str(drift.reference.kind))} {html.escape(str(getattr(drift.reference, 'path', '')))}</p>"
+        f"<p>{html.escape('; '.join(sizes))}</p>"
+        "<p>Below is Evidently's report of each side's distinct texts: where it says \"score\" for a text "
+        "column it shows its own test's p-value or statistic, which assumes independent rows.</p></div>"
+    )
+    text = path.read_text(encoding="utf-8")
+    at = text.find("<body")
+    at = text.find(">", at) + 1 if at >= 0 else 0
+    path.write_text(text[:at] + header + text[at:], encoding="utf-8")
 
 
 def _percent(share: float) -> str:
