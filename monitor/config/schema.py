@@ -263,6 +263,17 @@ class DriftThresholds(Strict):
     embedding_auc: Annotated[float, Field(ge=0.5, le=1.0)] = 0.55
 
 
+class AccuracyEstimateConfig(Strict):
+    """``models.<name>.drift.accuracy_estimate``: estimated production accuracy without labels, from the
+    model's choice probabilities on sampled production inputs, calibrated on these golden sets."""
+
+    evalsets: Annotated[tuple[Name, ...], Field(min_length=1)]
+    max_items: Annotated[int, Field(ge=20)] = 500
+    method: Literal["auto", "temperature", "isotonic"] = "auto"
+    level: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
+    bootstrap: Annotated[int, Field(ge=100)] = 1000
+
+
 class DriftConfig(Strict):
     """``models.<name>.drift``: where production inputs come from and how drift is judged."""
 
@@ -281,6 +292,7 @@ class DriftConfig(Strict):
     descriptors: Annotated[tuple[DescriptorName, ...], Field(min_length=1)] = DEFAULT_DESCRIPTORS
     seed: int = 0
     thresholds: DriftThresholds = Field(default_factory=DriftThresholds)
+    accuracy_estimate: AccuracyEstimateConfig | None = None
 
 
 # --- alert webhooks: ``webhooks:`` ------------------------------------------------------------------

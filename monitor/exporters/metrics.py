@@ -302,8 +302,32 @@ class StoreCollector(Collector):
             "1 when the latest analysis found drift or an integrity problem.",
             labels=labels,
         )
+        estimate_labels = ["model", "evalset", "source"]
+        estimated = GaugeMetricFamily(
+            "monitor_estimated_accuracy",
+            "Estimated accuracy on sampled production inputs without labels (choice probabilities "
+            "calibrated on the golden set).",
+            labels=estimate_labels,
+        )
+        estimated_low = GaugeMetricFamily(
+            "monitor_estimated_accuracy_low", "Lower bound of monitor_estimated_accuracy's interval.",
+            labels=estimate_labels,
+        )  # fmt: skip
+        estimated_high = GaugeMetricFamily(
+            "monitor_estimated_accuracy_high", "Upper bound of monitor_estimated_accuracy's interval.",
+            labels=estimate_labels,
+        )  # fmt: skip
         for record, model in self._store.latest_findings():
             if not self._shown(model):
+                continue
+            if record.kind == "estimate":
+                details = record.details or {}
+                where = [model, str(details.get("evalset", record.source)), record.source]
+                if record.state != "error" and _finite(record.score):
+                    estimated.add_metric(where, float(record.score))  # type: ignore[arg-type]
+                    for family, bound in ((estimated_low, "low"), (estimated_high, "high")):
+                        if _finite(details.get(bound)):
+                            family.add_metric(where, float(details[bound]))
                 continue
             key = [model, record.kind, record.source]
             if _finite(record.score):
@@ -311,7 +335,7 @@ class StoreCollector(Collector):
             if _finite(record.p_value):
                 p_value.add_metric(key, float(record.p_value))  # type: ignore[arg-type]
             detected.add_metric(key, 1.0 if record.drifted else 0.0)
-        yield from (score, p_value, detected)
+        yield from (score, p_value, detected, estimated, estimated_low, estimated_high)
 
     def _baseline_scores(self) -> Iterator[Metric]:
         labels = ["model", "evalset", "strategy", "metric"]

@@ -334,7 +334,40 @@ def analyze_safely(store: Store, run_id: int, cfg: MonitorConfig, notify: Notify
         return None
 
 
-def after_job(store: Store, cfg: MonitorConfig, models: Sequence[str], notify: Notify | None = None) -> None:
+def record_accuracy_estimates(
+    store: Store, cfg: MonitorConfig, model: str, estimate: Any, *, notify: Notify | None, pool: Any
+) -> None:
+    """The label-free accuracy estimate of ``model`` on each configured golden set (one finding each,
+    kind ``estimate``); failures are logged, never raised."""
+    import logging
+
+    from monitor.service.label_free import record_production_accuracy
+
+    log = logging.getLogger("monitor.analysis")
+    if pool is None:
+        log.warning("accuracy estimate of %s skipped: no model pool to score production inputs with", model)
+        return
+    for evalset in estimate.evalsets:
+        try:
+            record_production_accuracy(
+                store,
+                cfg,
+                model,
+                evalset,
+                pool=pool,
+                notify=notify,
+                max_items=estimate.max_items,
+                method=estimate.method,
+                level=estimate.level,
+                bootstrap=estimate.bootstrap,
+            )
+        except Exception as exc:  # a model that fails to load raises what its loader raises
+            log.warning("accuracy estimate of %s on %s failed: %s", model, evalset, exc)
+
+
+def after_job(
+    store: Store, cfg: MonitorConfig, models: Sequence[str], notify: Notify | None = None, pool: Any = None
+) -> None:
     """After a job: input drift for its models that watch production, then the recommendations of the
     fine-tunes that involve them.  Failures are logged, never raised."""
     import logging
@@ -351,6 +384,8 @@ def after_job(store: Store, cfg: MonitorConfig, models: Sequence[str], notify: N
             record_input_drift(store, name, drift, base_dir=cfg.root, now=utcnow(), notify=notify)
         except Exception as exc:
             log.warning("input drift check of %s failed: %s", name, exc)
+        if drift.accuracy_estimate is not None:
+            record_accuracy_estimates(store, cfg, name, drift.accuracy_estimate, notify=notify, pool=pool)
     for ft_name, ft in cfg.finetunes.items():
         if not ({ft.model, ft.base_model, *ft.challengers} & set(models)):
             continue

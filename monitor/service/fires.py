@@ -134,7 +134,7 @@ class FireRunner:
         """The fire's after-job work (input drift, recommendations, releases evaluated), then close it."""
         assert fire.id is not None
         config = self.config()
-        after_job(self.store, config, list(config.jobs[fire.job].models), self.notify)
+        after_job(self.store, config, list(config.jobs[fire.job].models), self.notify, pool=self.pool)
         if self.clock is not None:
             mark_evaluated(self.store, config, fire.job, self.clock())
         else:

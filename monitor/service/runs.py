@@ -331,7 +331,7 @@ def run_jobs(
             finished.append((run, plan.model_name))
             if on_run is not None:
                 on_run(plan, run)
-        after_job(store, cfg, sorted({plan.model_name for plan in plans}), notify)
+        after_job(store, cfg, sorted({plan.model_name for plan in plans}), notify, pool=pool)
         for job in jobs or list(cfg.jobs):
             mark_evaluated(store, cfg, job)
     return finished

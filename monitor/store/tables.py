@@ -264,7 +264,7 @@ class DriftRecord(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     model_id: int = Field(foreign_key="models.id")
-    #: behaviour, canary or input
+    #: behaviour, canary, input, or estimate (label-free production accuracy)
     kind: str = Field(max_length=20)
     #: the eval set (behaviour, canary) or the production source (input)
     source: str = Field(max_length=200)

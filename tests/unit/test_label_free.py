@@ -253,6 +253,68 @@ def test_estimate_on_a_drifted_window_covers_the_accuracy_the_monitor_never_saw(
     assert record.score == details["estimate"] and record.source == "routing@jsonl:7d"
 
 
+def test_the_estimate_is_made_after_a_job_and_exported(router: Path, tmp_path: Path) -> None:
+    import time_machine
+    from prometheus_client import CollectorRegistry
+
+    from monitor.config import MonitorConfig
+    from monitor.exporters import StoreCollector
+    from monitor.service.runs import run_jobs
+    from monitor.store import Store
+
+    evalset = tmp_path / "routing"
+    evalset.mkdir()
+    (evalset / "evalset.yaml").write_text(
+        f"name: routing\ntask: multiple_choice\nprompt: {json.dumps(PROMPT)}\nchoices: {json.dumps(CATEGORIES)}\n"
+    )
+    rng = random.Random(3)
+    (evalset / "data.jsonl").write_text(
+        "".join(json.dumps({"id": f"g{i}", "input": t, "target": c}) + "\n" for i, (t, c) in enumerate(
+            ticket(rng, 0.3) for _ in range(60)
+        ))
+    )  # fmt: skip
+    now = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    traffic = tmp_path / "traffic"
+    traffic.mkdir()
+    (traffic / "day.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {"timestamp": (now - timedelta(hours=1 + i / 10)).isoformat(), "input": ticket(rng, 0.9)[0]}
+            )
+            + "\n"
+            for i in range(60)
+        )
+    )
+    drift = {
+        "source": {"kind": "jsonl", "path": "traffic"},
+        "reference": {"kind": "evalset", "path": "routing"},
+        "min_samples": 20,
+        "accuracy_estimate": {"evalsets": ["routing"], "bootstrap": 200},
+    }
+    cfg = MonitorConfig.model_validate(
+        {
+            "database": f"sqlite:///{tmp_path / 'monitor.db'}",
+            "root": str(tmp_path),
+            "models": {"router": {"base": str(router), "device": "cpu", "drift": drift}},
+            "evalsets": {"routing": "routing"},
+            "jobs": {"nightly": {"models": ["router"], "evalsets": ["routing"]}},
+        }
+    )
+    with Store.open(cfg.database_url()) as store, time_machine.travel(now):
+        run_jobs(store, cfg, ["nightly"], trigger="test")
+        (estimate,) = [r for r, _ in store.latest_findings() if r.kind == "estimate"]
+        assert estimate.state in ("ok", "warning"), estimate.reason
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(StoreCollector(store, job_intervals={}))
+        labels = {"model": "router", "evalset": "routing", "source": "routing@jsonl:7d"}
+        value = registry.get_sample_value("monitor_estimated_accuracy", labels)
+        low = registry.get_sample_value("monitor_estimated_accuracy_low", labels)
+        high = registry.get_sample_value("monitor_estimated_accuracy_high", labels)
+        assert value == estimate.score and low is not None and high is not None and low <= value <= high
+        # not mixed into the drift scores
+        assert registry.get_sample_value("monitor_drift_score", {**labels, "kind": "estimate"}) is None
+
+
 def _predictions(model_dir: Path, texts: list[str]) -> list[str]:
     """The model's answer to each text, scored apart from the monitor (what the labels are checked against)."""
     from monitor.backends import ModelSpec, load_backend
