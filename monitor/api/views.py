@@ -286,7 +286,6 @@ class EventLines:
     def _read_store(self) -> tuple[dict[str, Any], set[str]]:
         if self._url is None:
             return {}, set()
-        from monitor.errors import MonitorError
         from monitor.store import Store
 
         try:
@@ -296,7 +295,7 @@ class EventLines:
                     for r, name in store.latest_recommendations()
                 }
                 releases = {r.name for r in store.releases()}
-        except MonitorError:
+        except Exception:  # the console is best-effort: a busy or changing database never stops the daemon
             return {}, set()
         return actions, releases
 

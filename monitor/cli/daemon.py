@@ -43,10 +43,11 @@ def console_events(config: Path) -> Any:
         return EventLines()  # run_daemon reports the configuration's problems itself
     lines = EventLines(url)
     try:
-        with Store.open(url, create=False) as store:
+        # read only, never migrating: the daemon's own start-up opens, migrates and judges the database
+        with Store.open(url, create=False, migrate_schema=False) as store:
             lines.prime(status_entries(store))
-    except MonitorError:
-        lines.prime([])  # a new database: everything the daemon records is news
+    except Exception:  # a new, old-schema or unreadable database: the console starts from nothing
+        lines.prime([])
     return lines
 
 
