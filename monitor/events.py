@@ -56,24 +56,29 @@ def regression_confirmed(
     run: int | None,
     baseline_run: int | None,
     consecutive: int,
+    slice: str | None = None,
+    regressed_slices: list[str] | None = None,
 ) -> Event:
-    """A drop against the baseline was confirmed (the verdict turned ``regressed``)."""
-    return Event(
-        REGRESSION_CONFIRMED,
-        {
-            "model": model,
-            "evalset": evalset,
-            "strategy": strategy,
-            "metric": metric,
-            "delta": delta,
-            "ci_low": ci_low,
-            "ci_high": ci_high,
-            "p_value": p_value,
-            "run": run,
-            "baseline_run": baseline_run,
-            "consecutive": consecutive,
-        },
-    )
+    """A drop against the baseline was confirmed (the verdict turned ``regressed``): of the whole
+    eval set, or (``slice``) of one slice of it; ``regressed_slices`` names the slices regressed."""
+    data: dict[str, Any] = {
+        "model": model,
+        "evalset": evalset,
+        "strategy": strategy,
+        "metric": metric,
+        "delta": delta,
+        "ci_low": ci_low,
+        "ci_high": ci_high,
+        "p_value": p_value,
+        "run": run,
+        "baseline_run": baseline_run,
+        "consecutive": consecutive,
+    }
+    if slice is not None:
+        data["slice"] = slice
+    if regressed_slices:
+        data["regressed_slices"] = regressed_slices
+    return Event(REGRESSION_CONFIRMED, data)
 
 
 def drift_detected(

@@ -72,6 +72,9 @@ class RegressionEvidence:
     #: The run the verdict is about, and the pinned baseline's run.
     run_id: int | None = None
     baseline_run_id: int | None = None
+    #: Slices of the eval set (tags, slice_by values) whose own verdict is suspect or regressed,
+    #: as ``(slice, state, delta)``.
+    slices: tuple[tuple[str, str, float | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -483,7 +486,19 @@ def gather_evidence(store: Store, cfg: MonitorConfig, finetune: str) -> Evidence
     verdicts = [v for v in store.latest_verdicts(model_id) if v.evalset_name in ft.evalsets]
     regressions = tuple(
         RegressionEvidence(
-            v.evalset_name, v.metric, v.state, v.delta, v.ci_low, v.ci_high, v.run_id, v.baseline_run_id
+            v.evalset_name,
+            v.metric,
+            v.state,
+            v.delta,
+            v.ci_low,
+            v.ci_high,
+            v.run_id,
+            v.baseline_run_id,
+            tuple(
+                (str(sv.get("slice")), str(sv.get("state")), sv.get("delta"))
+                for sv in (v.details or {}).get("slices") or []
+                if sv.get("metric") == v.metric and sv.get("state") in ("suspect", "regressed")
+            ),
         )
         for v in verdicts
     )
@@ -755,6 +770,10 @@ def render_memo(
             ci = "-" if r.ci_low is None or r.ci_high is None else f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
             runs = f"#{r.run_id} vs #{r.baseline_run_id}" if r.run_id and r.baseline_run_id else "-"
             lines.append(f"| {r.evalset} | {r.metric} | {r.state} | {delta} | {ci} | {runs} |")
+        for r in evidence.regressions:
+            for name, state, slice_delta in r.slices:
+                change = "" if slice_delta is None else f" ({slice_delta:+.3f})"
+                lines.append(f"\nSlice {name} of {r.evalset} ({r.metric}): {state}{change}.")
     else:
         lines.append("No verdict against a baseline yet (pin one with `monitor baseline pin`).")
     lines.append("")

@@ -561,6 +561,8 @@ def assess_run(
         if c.metric in by_metric:
             record.details = {**record.details, "slices": [v.to_dict() for v in by_metric[c.metric]]}
         records.append(record)
+        slice_verdicts = by_metric.get(c.metric, [])
+        regressed_slices = [v.slice for v in slice_verdicts if v.state == "regressed"]
         if record.state == "regressed" and (previous is None or previous.state != "regressed"):
             confirmed.append(
                 events.regression_confirmed(
@@ -575,8 +577,33 @@ def assess_run(
                     run=run_id,
                     baseline_run=baseline.run_id,
                     consecutive=record.consecutive,
+                    regressed_slices=regressed_slices,
                 )
             )
+        elif record.state != "regressed":
+            # a slice that regressed while the whole set did not: its own event, once per streak
+            before = {
+                (v.get("slice"), v.get("metric")): v.get("state")
+                for v in ((previous.details or {}).get("slices") or [] if previous is not None else [])
+            }
+            for v in slice_verdicts:
+                if v.state == "regressed" and before.get((v.slice, v.metric)) != "regressed":
+                    confirmed.append(
+                        events.regression_confirmed(
+                            model=store.model_name(run.model_id),
+                            evalset=run.evalset_name,
+                            strategy=run.strategy,
+                            metric=c.metric,
+                            delta=v.delta,
+                            ci_low=v.ci_low,
+                            ci_high=v.ci_high,
+                            p_value=v.adjusted_p,
+                            run=run_id,
+                            baseline_run=baseline.run_id,
+                            consecutive=v.consecutive,
+                            slice=v.slice,
+                        )
+                    )
     # the events are written in the verdicts' transaction: both exist, or neither
     return store.add_verdicts(records, confirmed, notify)
 

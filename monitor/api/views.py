@@ -138,6 +138,14 @@ def status_entries(store: Store, *, flaky_window: int = 10) -> list[dict[str, An
                     "verdict": verdict.state if verdict else None,
                     "vs_baseline": verdict.delta if verdict else None,
                     "newly_broken": verdict.details.get("newly_broken") if verdict else None,
+                    # slices (tags, slice_by values) whose own verdict is suspect or regressed
+                    "slices": {
+                        str(sv.get("slice")): sv.get("state")
+                        for sv in ((verdict.details or {}).get("slices") or [] if verdict else [])
+                        if sv.get("metric") == metric and sv.get("state") in ("suspect", "regressed")
+                    }
+                    or None,
+                    "detectable": verdict.details.get("detectable") if verdict else None,
                     "flaky": len(flaky_items(history, keys=keys)),
                 }
             )
@@ -231,7 +239,9 @@ def _verdict_text(entry: dict[str, Any]) -> str:
     if entry["verdict"] is None:
         return "-"
     delta = entry["vs_baseline"]
-    return entry["verdict"] if delta is None else f"{entry['verdict']} ({delta:+.3f})"
+    text = entry["verdict"] if delta is None else f"{entry['verdict']} ({delta:+.3f})"
+    slices = entry.get("slices") or {}
+    return f"{text}; slices {', '.join(f'{k} {v}' for k, v in slices.items())}" if slices else text
 
 
 class EventLines:

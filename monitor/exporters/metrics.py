@@ -267,6 +267,16 @@ class StoreCollector(Collector):
             "1 for the current verdict against the baseline (ok, suspect, regressed, refused), 0 for the others.",
             labels=[*labels, "state"],
         )
+        slice_delta = GaugeMetricFamily(
+            "monitor_regression_slice_delta",
+            "A slice's change against the baseline (items sharing a tag or a slice_by value).",
+            labels=[*labels, "slice"],
+        )
+        slice_state = GaugeMetricFamily(
+            "monitor_regression_slice_state",
+            "1 for a slice's current verdict (ok, suspect, regressed; Holm across slices), 0 for the others.",
+            labels=[*labels, "slice", "state"],
+        )
         for v in sorted(
             self._store.latest_verdicts(), key=lambda v: (v.model_id, v.evalset_name, v.strategy, v.metric)
         ):
@@ -284,7 +294,16 @@ class StoreCollector(Collector):
                     family.add_metric(key, float(value))  # type: ignore[arg-type]
             for name in ("ok", "suspect", "regressed", "refused"):
                 state.add_metric([*key, name], 1.0 if v.state == name else 0.0)
-        yield from (delta, low, high, p_value, mdd, state)
+            # slices: at most regression.max_slices per verdict (the analysis bounds the label set)
+            for sv in (v.details or {}).get("slices") or []:
+                if sv.get("metric") != v.metric:
+                    continue
+                slice_key = [*key, str(sv.get("slice"))]
+                if _finite(sv.get("delta")):
+                    slice_delta.add_metric(slice_key, float(sv["delta"]))
+                for name in ("ok", "suspect", "regressed"):
+                    slice_state.add_metric([*slice_key, name], 1.0 if sv.get("state") == name else 0.0)
+        yield from (delta, low, high, p_value, mdd, state, slice_delta, slice_state)
 
     def _drift(self, names: Mapping[int, str]) -> Iterator[Metric]:
         labels = ["model", "kind", "source"]

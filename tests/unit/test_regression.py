@@ -434,6 +434,47 @@ def test_slices_have_their_own_verdicts_with_holm_across_them(tmp_path: Path) ->
     assert again["billing"]["state"] == "regressed" and again["billing"]["consecutive"] == 2
 
 
+def test_a_regressed_slice_is_in_the_event_the_metrics_and_the_status(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from monitor.api.views import status_entries
+    from monitor.events import Event
+    from monitor.exporters import StoreCollector
+
+    h = Harness(tmp_path, RegressionPolicy(tolerance=0.1, min_slice_items=20))
+    data = tmp_path / "evals" / "routing" / "data.jsonl"
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    for k, row in enumerate(rows):
+        row["tags"] = ["billing"] if k < 50 else ["other"]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
+    broken_billing = RuleBackend(lambda k: k % 10 != 0 and not (k < 50 and k % 10 in (1, 2, 3)))
+    sent: list[Event] = []
+    for _ in range(2):
+        analyze_run(h.store, h.run(broken_billing), h.root, h.policy, lambda _s, e: sent.append(e))
+    # 7.5 points overall is within the 10-point tolerance; the billing slice lost 30: its own event
+    (event,) = sent
+    assert event.data["slice"] == "billing" and event.data["delta"] == pytest.approx(-0.3)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(h.store, job_intervals={}))
+    labels = {"model": "router", "evalset": "routing", "strategy": "zero-shot", "metric": "acc"}
+    assert registry.get_sample_value("monitor_regression_state", {**labels, "state": "ok"}) == 1
+    assert (
+        registry.get_sample_value(
+            "monitor_regression_slice_state", {**labels, "slice": "billing", "state": "regressed"}
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            "monitor_regression_slice_state", {**labels, "slice": "other", "state": "ok"}
+        )
+        == 1
+    )
+    (entry,) = status_entries(h.store)
+    assert entry["slices"] == {"billing": "regressed"} and "80% power" in entry["detectable"]
+
+
 def test_no_slices_without_tags_or_slice_by(h: Harness) -> None:
     pin_baseline(h.store, h.root, "router", "routing", h.run(RuleBackend(lambda k: k % 10 != 0)))
     (verdict,) = h.analyze(h.run(RuleBackend(lambda k: k % 10 != 0))).verdicts

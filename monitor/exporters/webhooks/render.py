@@ -91,6 +91,8 @@ def summarize_event(event_type: str, data: Mapping[str, Any]) -> str:
             )
         elif event_type == REGRESSION_CONFIRMED:
             head = f"Regression confirmed: {model} on {d.get('evalset', '?')}"
+            if d.get("slice"):
+                head += f" (slice {d['slice']})"
             if "metric" in d:
                 head += f", {d['metric']}"
                 if d.get("delta") is not None:
