@@ -360,7 +360,7 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:
     reports: dict[str, TrainingReport] = {}
     started = time.perf_counter()
     work = stage_work(recipe)
-    say(f"building demo models (recipe {recipe.name}, {digest}): {len(work)} stages, minutes on 2 cores ...")
+    say(f"building demo models (recipe {recipe.name}, {digest}): {len(work)} stages ...")
     with _torch_threads(recipe.torch_threads):
         with _stage("tokenizer", timings, say, work):
             build_tokenizer(_tokenizer_texts(recipe), paths.tokenizer, vocab_size=recipe.vocab_size)
