@@ -200,7 +200,8 @@ def run_server(
     now = utcnow()
     intervals = {
         name: typical_interval(
-            make_trigger(every=job.schedule.every, cron=job.schedule.cron, timezone=job.schedule.timezone), now
+            make_trigger(every=job.schedule.every, cron=job.schedule.cron, timezone=job.schedule.timezone),
+            now,
         )
         for name, job in cfg.jobs.items()
         if job.schedule is not None

@@ -224,7 +224,9 @@ class MonitorApp:
                 return _json(
                     start_response,
                     "409 Conflict",
-                    {"error": "this server runs no jobs (monitor serve): run one with monitor run JOB --slot"},
+                    {
+                        "error": "this server runs no jobs (monitor serve): run one with monitor run JOB --slot"
+                    },
                 )
             if job not in self.daemon.config.jobs:
                 return _json(start_response, "404 Not Found", {"error": f"unknown job {_echo(job)!r}"})

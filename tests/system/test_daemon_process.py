@@ -173,7 +173,9 @@ def test_sigterm_stops_within_seconds_and_a_second_daemon_is_refused(
     assert status == "interrupted" and 8 <= done < SIGTERM_ITEMS
     assert done == query(db, "select count(*) from item_results")[0][0]
     assert "stopped after" in error
-    assert query(db, "select count(*) from daemon_lease where holder != ''") == [(0,)]  # released on a clean stop
+    assert query(db, "select count(*) from daemon_lease where holder != ''") == [
+        (0,)
+    ]  # released on a clean stop
 
 
 def test_sigterm_during_a_chunk_longer_than_the_timeout_exits_cleanly_and_records_the_run(
@@ -206,4 +208,6 @@ def test_sigterm_during_a_chunk_longer_than_the_timeout_exits_cleanly_and_record
     ((status, done, error),) = query(db, "select status, items_done, error from runs")
     assert status == "interrupted" and done == query(db, "select count(*) from item_results")[0][0]
     assert "shutdown timeout (1s)" in error
-    assert query(db, "select count(*) from daemon_lease where holder != ''") == [(0,)]  # released through the database
+    assert query(db, "select count(*) from daemon_lease where holder != ''") == [
+        (0,)
+    ]  # released through the database

@@ -281,8 +281,10 @@ def test_kill_9_at_seeded_points_of_a_multi_run_fire_loses_and_repeats_nothing(
             if k == KILLS - 1:
                 point = "after-job"
                 d.wait_for(
-                    lambda: query(db, "select count(*) from runs where status = 'succeeded'") == [(4,)]
-                    or fire_done(db),
+                    lambda: (
+                        query(db, "select count(*) from runs where status = 'succeeded'") == [(4,)]
+                        or fire_done(db)
+                    ),
                     "the last run",
                 )
             elif k in at_start:
@@ -297,7 +299,9 @@ def test_kill_9_at_seeded_points_of_a_multi_run_fire_loses_and_repeats_nothing(
                 assert d.stop() == 0
                 break
             d.kill()
-            runs = "; ".join(f"{s}:{n}" for s, n in query(db, "select status, items_done from runs order by id"))
+            runs = "; ".join(
+                f"{s}:{n}" for s, n in query(db, "select status, items_done from runs order by id")
+            )
             killed_at.append(f"{point}: {stored_items(db)} stored [{runs}]")
         last = Daemon(config, "daemon-last")
         started.append(last)

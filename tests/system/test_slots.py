@@ -35,7 +35,8 @@ def write_setup(root: Path, tiny: TinyModels, db_url: str, items: int) -> Path:
     )
     (es / "data.jsonl").write_text(
         "".join(
-            json.dumps({"id": f"m{k}", "input": f"ticket {k}", "target": CHOICES[k % 4]}) + "\n" for k in range(items)
+            json.dumps({"id": f"m{k}", "input": f"ticket {k}", "target": CHOICES[k % 4]}) + "\n"
+            for k in range(items)
         )
     )
     config = root / "monitor.yaml"
@@ -63,7 +64,18 @@ daemon:
 def claimant(config: Path, slot: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "monitor", "run", "nightly", "--slot", slot, "--config", str(config), "--json"],
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "run",
+            "nightly",
+            "--slot",
+            slot,
+            "--config",
+            str(config),
+            "--json",
+        ],
         stdout=subprocess.PIPE,
         stderr=log.open("ab"),
         env=env,
@@ -83,16 +95,22 @@ def rows(db_url: str, sql: str) -> list[tuple]:
 
 
 def check_once(db_url: str, fires: int) -> None:
-    assert rows(db_url, "select count(*), count(distinct key) from fires where status = 'done'") == [(fires, fires)]
+    assert rows(db_url, "select count(*), count(distinct key) from fires where status = 'done'") == [
+        (fires, fires)
+    ]
     assert rows(db_url, "select count(*) from runs where status <> 'succeeded'") == [(0,)]
     per_fire = rows(db_url, "select fire_id, count(*) from runs group by fire_id")
     assert len(per_fire) == fires and all(n == 2 for _, n in per_fire)  # two models, one eval set
     for run_id, total in rows(db_url, "select id, items_total from runs"):
-        stored = rows(db_url, f"select count(*), count(distinct item_id) from item_results where run_id = {run_id}")
+        stored = rows(
+            db_url, f"select count(*), count(distinct item_id) from item_results where run_id = {run_id}"
+        )
         assert stored == [(total, total)]
 
 
-def test_claimants_started_at_once_make_each_fire_once(tiny_models: TinyModels, tmp_path: Path, db_url: str) -> None:
+def test_claimants_started_at_once_make_each_fire_once(
+    tiny_models: TinyModels, tmp_path: Path, db_url: str
+) -> None:
     config = write_setup(tmp_path, tiny_models, db_url, items=40)
     log = tmp_path / "claimants.log"
     procs = [claimant(config, slot, log) for slot in ("2026-03-01", "2026-03-01", "auto", "auto")]
