@@ -46,7 +46,12 @@ def run_command(
     with Store.open(declared.database_url()) as store:
         cfg = effective_config(declared, store.releases())
         finished = run_jobs_here(store, cfg, jobs or [], as_json=as_json)
-    if any(run.status != "succeeded" for run, _ in finished):
+    failed = [(run, name) for run, name in finished if run.status != "succeeded"]
+    if failed:
+        # one line on stderr too, so that a script reading the JSON on stdout still sees why it exits 1
+        run, name = failed[0]
+        first = f": run {run.id} ({name} on {run.evalset_name}): {run.error}" if run.error else ""
+        err(f"error: {len(failed)} of {len(finished)} runs did not succeed{first}")
         raise typer.Exit(1)
 
 

@@ -221,8 +221,11 @@ def test_failed_model_load_is_recorded(
     tiny_models: TinyModels, evalsets: tuple[Path, Path], tmp_path: Path
 ) -> None:
     config = write_config(tmp_path, tiny_models, *evalsets, adapter=tmp_path / "gone-adapter")
-    code, stdout, _ = invoke("run", "nightly", "--config", str(config), "--json")
+    code, stdout, stderr = invoke("run", "nightly", "--config", str(config), "--json")
     assert code == 1
+    assert (
+        stderr.startswith("error: 2 of 4 runs did not succeed: run ") and "model failed to load" in stderr
+    ), stderr
     runs = json.loads(stdout)
     router = [r for r in runs if r["model"] == "router"]
     assert router and all(r["status"] == "failed" and "model failed to load" in r["error"] for r in router)
