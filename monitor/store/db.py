@@ -220,6 +220,10 @@ class Store(
                 message = describe_db_error(exc)
                 if getattr(_tx, "wrote", False):
                     self.write_error = message
+                    # A connection opened while the file could not be written is read-only for good
+                    # (SQLite falls back to O_RDONLY): start the pool afresh, so that writes succeed
+                    # again as soon as the database takes them.
+                    self.engine.dispose()
                 raise StoreError(f"database error: {message}") from exc
             except BaseException:
                 session.rollback()
