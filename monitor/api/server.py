@@ -225,7 +225,8 @@ class MonitorApp:
                     start_response,
                     "409 Conflict",
                     {
-                        "error": "this server runs no jobs (monitor serve): run one with monitor run JOB --slot"
+                        "error": f"this server runs no jobs (monitor serve): run {_echo(job)!r} "
+                        "with monitor run JOB --slot"
                     },
                 )
             if job not in self.daemon.config.jobs:

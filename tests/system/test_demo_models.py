@@ -313,9 +313,9 @@ def test_killed_build_leftovers_are_ignored(tmp_path: Path) -> None:
     assert not models.from_cache and models.root == partial
     # Progress per model, with the time left after each.
     assert "[2/4] building base v1 ..." in lines, lines
-    assert any(re.fullmatch(r"\[2/4\] built base v1 in \d+ s(; about \d+ s left)?", line) for line in lines), (
-        lines
-    )
+    assert any(
+        re.fullmatch(r"\[2/4\] built base v1 in \d+ s(; about \d+ s left)?", line) for line in lines
+    ), lines
     assert any(re.fullmatch(r"\[4/4\] built base v2 in \d+ s", line) for line in lines), lines
     assert read_manifest(models.root)["recipe_digest"] == digest
     assert leftover.exists()  # young: it may be another process's build in progress

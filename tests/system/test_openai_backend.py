@@ -313,7 +313,7 @@ def _one_generation(backend: OpenAIBackend) -> GenerationResult:
         (FaultRule("status", status=429, requests=frozenset({1})), {"http_429": 1, "retries": 1}),
         (FaultRule("drop", requests=frozenset({1, 2, 3})), {"connection": 3, "retries": 3}),
         (FaultRule("malformed", requests=frozenset({1})), {"malformed": 1, "retries": 1}),
-        (FaultRule("slow", delay_s=1.5, requests=frozenset({1})), {"timeout": 1, "retries": 1}),
+        (FaultRule("slow", delay_s=4.0, requests=frozenset({1})), {"timeout": 1, "retries": 1}),
     ],
     ids=["500", "503", "429-no-retry-after", "dropped", "malformed-json", "timeout"],
 )
@@ -321,7 +321,8 @@ def test_transient_faults_are_retried_until_the_answer(
     served: dict[str, ServedModel], in_process: dict[str, HFBackend], rule: FaultRule, counts: dict[str, int]
 ) -> None:
     with OpenAIServer(served, faults=FaultPlan(rules=(rule,))) as flaky:
-        backend = connect(flaky, timeout_s=0.5)
+        # a timeout well above an answer's time on a loaded machine, well below the slow rule's delay
+        backend = connect(flaky, timeout_s=2.0)
         result = _one_generation(backend)
     assert result.error is None
     assert result.text == in_process["tiny"].generate([GenerationRequest(PROMPT, 2)])[0].text
