@@ -28,6 +28,7 @@ from monitor.config import MonitorConfig
 from monitor.errors import InputError, LeaseLostError, NotFoundError
 from monitor.schedule import latest_missed_fire, make_trigger, typical_interval
 from monitor.service.after_job import make_notifier
+from monitor.service.daemon import pid_alive
 from monitor.service.fires import FireRunner
 from monitor.service.runs import ModelPool
 from monitor.store import FireRecord, RunRecord, Store, fire_key, utcnow
@@ -130,7 +131,7 @@ def run_slot(
                 holder=holder,
                 host=host,
                 ttl_s=ttl_s,
-                is_alive=_pid_alive,
+                is_alive=pid_alive,
             )
             if claim.ours:
                 log.info(
@@ -148,7 +149,7 @@ def run_slot(
             holder=holder,
             host=host,
             ttl_s=ttl_s,
-            is_alive=_pid_alive,
+            is_alive=pid_alive,
         )
         if not claim.ours:
             outcome.outcome, outcome.holder = claim.outcome, claim.holder
@@ -195,13 +196,3 @@ def _work(store: Store, runner: FireRunner, fire: FireRecord, ttl_s: float, stop
     else:
         store.release_claim()  # stopped: the next claimant resumes at once
     return closed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

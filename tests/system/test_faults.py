@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TinyModels
+from tests.system.test_daemon_process import query
 
 pytestmark = pytest.mark.faults
 
@@ -184,18 +185,6 @@ def daemons() -> Iterator[list[Daemon]]:
             if d.proc.poll() is None:
                 d.proc.kill()
                 d.proc.wait(10)
-
-
-def query(db: Path, sql: str) -> list[tuple]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
 
 
 def fire_done(db: Path) -> bool:
