@@ -563,23 +563,25 @@ def assess_run(
         records.append(record)
         slice_verdicts = by_metric.get(c.metric, [])
         regressed_slices = [v.slice for v in slice_verdicts if v.state == "regressed"]
-        if record.state == "regressed" and (previous is None or previous.state != "regressed"):
-            confirmed.append(
-                events.regression_confirmed(
-                    model=store.model_name(run.model_id),
-                    evalset=run.evalset_name,
-                    strategy=run.strategy,
-                    metric=c.metric,
-                    delta=record.delta,
-                    ci_low=record.ci_low,
-                    ci_high=record.ci_high,
-                    p_value=record.adjusted_p,
-                    run=run_id,
-                    baseline_run=baseline.run_id,
-                    consecutive=record.consecutive,
-                    regressed_slices=regressed_slices,
-                )
+
+        def event(found: Any, metric: str = c.metric, **extra: Any) -> events.Event:
+            return events.regression_confirmed(
+                model=store.model_name(run.model_id),
+                evalset=run.evalset_name,
+                strategy=run.strategy,
+                metric=metric,
+                delta=found.delta,
+                ci_low=found.ci_low,
+                ci_high=found.ci_high,
+                p_value=found.adjusted_p,
+                run=run_id,
+                baseline_run=baseline.run_id,
+                consecutive=found.consecutive,
+                **extra,
             )
+
+        if record.state == "regressed" and (previous is None or previous.state != "regressed"):
+            confirmed.append(event(record, regressed_slices=regressed_slices))
         elif record.state != "regressed":
             # a slice that regressed while the whole set did not: its own event, once per streak
             before = {
@@ -588,22 +590,7 @@ def assess_run(
             }
             for v in slice_verdicts:
                 if v.state == "regressed" and before.get((v.slice, v.metric)) != "regressed":
-                    confirmed.append(
-                        events.regression_confirmed(
-                            model=store.model_name(run.model_id),
-                            evalset=run.evalset_name,
-                            strategy=run.strategy,
-                            metric=c.metric,
-                            delta=v.delta,
-                            ci_low=v.ci_low,
-                            ci_high=v.ci_high,
-                            p_value=v.adjusted_p,
-                            run=run_id,
-                            baseline_run=baseline.run_id,
-                            consecutive=v.consecutive,
-                            slice=v.slice,
-                        )
-                    )
+                    confirmed.append(event(v, slice=v.slice))
     # the events are written in the verdicts' transaction: both exist, or neither
     return store.add_verdicts(records, confirmed, notify)
 

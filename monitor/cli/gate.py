@@ -147,27 +147,15 @@ def gate_command(
 
 
 def _configured(cfg: Any, name: str) -> Any:
-    from monitor.backends import ModelSpec
     from monitor.service.gate import Contender
-    from monitor.service.plan import endpoint_spec
+    from monitor.service.plan import model_spec
 
     if name not in cfg.models:
         raise NotFoundError(
             f"no model {name!r} in the configuration; configured: {', '.join(cfg.models) or 'none'}"
         )
     model = cfg.models[name]
-    model_base, model_adapter = cfg.model_source(name)
-    spec = ModelSpec(
-        model.backend,
-        model_base,
-        model_adapter,
-        revision=model.revision,
-        device=model.device,
-        dtype=model.dtype,
-        batch_tokens=model.batch_tokens,
-        endpoint=endpoint_spec(model.endpoint) if model.endpoint else None,
-    )
-    return Contender(name, spec, strategy=model.strategy, model_version=model.version)
+    return Contender(name, model_spec(cfg, name), strategy=model.strategy, model_version=model.version)
 
 
 def _candidate(

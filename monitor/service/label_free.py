@@ -42,7 +42,7 @@ from monitor.errors import ConfigError, NotFoundError
 from monitor.evals.evalset import EvalItem, EvalSet, load_evalset, parse_strategy, prompt_fields
 from monitor.evals.loop import chat_settings, evaluate
 from monitor.events import Notify
-from monitor.service.plan import endpoint_spec
+from monitor.service.plan import model_spec
 from monitor.store import RunRecord, Store, utcnow
 from monitor.store.tables import DriftRecord
 
@@ -106,22 +106,6 @@ class ProductionAccuracy:
             "failed": self.failed,
             "warnings": [*self.estimate.warnings, *self.warnings],
         }
-
-
-def model_spec(cfg: MonitorConfig, model_name: str) -> ModelSpec:
-    """The spec a run of ``model_name`` loads (what the model pool is keyed by)."""
-    model = cfg.models[model_name]
-    base, adapter = cfg.model_source(model_name)
-    return ModelSpec(
-        model.backend,
-        base,
-        adapter,
-        revision=model.revision,
-        device=model.device,
-        dtype=model.dtype,
-        batch_tokens=model.batch_tokens,
-        endpoint=endpoint_spec(model.endpoint) if model.endpoint else None,
-    )
 
 
 def calibration_run(

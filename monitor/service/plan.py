@@ -66,17 +66,7 @@ def plan_runs(
         job = cfg.jobs[job_name]
         for model_name in job.models:
             model = cfg.models[model_name]
-            base, adapter = cfg.model_source(model_name)
-            spec = ModelSpec(
-                model.backend,
-                base,
-                adapter,
-                revision=model.revision,
-                device=model.device,
-                dtype=model.dtype,
-                batch_tokens=model.batch_tokens,
-                endpoint=endpoint_spec(model.endpoint) if model.endpoint else None,
-            )
+            spec = model_spec(cfg, model_name)
             for es_name in job.evalsets:
                 es = evalsets[es_name]
                 for strategy in job.strategies or (model.strategy,):
@@ -95,6 +85,22 @@ def plan_runs(
                         )
                     )
     return plans
+
+
+def model_spec(cfg: MonitorConfig, name: str) -> ModelSpec:
+    """The backend's spec of the configured model ``name`` (its folders resolved, its endpoint)."""
+    model = cfg.models[name]
+    base, adapter = cfg.model_source(name)
+    return ModelSpec(
+        model.backend,
+        base,
+        adapter,
+        revision=model.revision,
+        device=model.device,
+        dtype=model.dtype,
+        batch_tokens=model.batch_tokens,
+        endpoint=endpoint_spec(model.endpoint) if model.endpoint else None,
+    )
 
 
 def endpoint_spec(endpoint: EndpointConfig) -> EndpointSpec:
