@@ -27,6 +27,19 @@ class Fence:
     fire_id: int | None = None
 
 
+def claim_held(fence: Fence) -> tuple[Any, ...]:
+    """The conditions that the fire claimed in ``fence`` is still this holder's, under its epoch."""
+    from sqlmodel import col
+
+    from monitor.store.tables import FireRecord
+
+    return (
+        col(FireRecord.id) == fence.fire_id,
+        col(FireRecord.claimed_by) == fence.holder,
+        col(FireRecord.claim_epoch) == fence.epoch,
+    )
+
+
 class StoreMixin:
     """The base of the store's method groups; :class:`monitor.store.db.Store` supplies both."""
 
@@ -58,15 +71,7 @@ class StoreMixin:
         if fence.fire_id is not None:
             result = cast(
                 "CursorResult[Any]",
-                s.execute(
-                    update(FireRecord)
-                    .where(
-                        col(FireRecord.id) == fence.fire_id,
-                        col(FireRecord.claimed_by) == fence.holder,
-                        col(FireRecord.claim_epoch) == fence.epoch,
-                    )
-                    .values(claim_epoch=fence.epoch)
-                ),
+                s.execute(update(FireRecord).where(*claim_held(fence)).values(claim_epoch=fence.epoch)),
             )
             if result.rowcount != 1:
                 fire = s.get(FireRecord, fence.fire_id)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from monitor.errors import NotFoundError
-from monitor.store._mixin import Fence, StoreMixin
+from monitor.store._mixin import Fence, StoreMixin, claim_held
 from monitor.store.tables import DaemonLease, FireRecord, ModelRecord, RunRecord, RunRequest, as_utc, utcnow
 
 
@@ -140,11 +140,7 @@ class FiresMixin(StoreMixin):
                 "CursorResult[Any]",
                 s.execute(
                     update(FireRecord)
-                    .where(
-                        col(FireRecord.id) == fence.fire_id,
-                        col(FireRecord.claimed_by) == fence.holder,
-                        col(FireRecord.claim_epoch) == fence.epoch,
-                    )
+                    .where(*claim_held(fence))
                     .values(claim_expires_at=utcnow() + timedelta(seconds=ttl_s))
                 ),
             )
@@ -158,11 +154,7 @@ class FiresMixin(StoreMixin):
         with self.session() as s:
             s.execute(
                 update(FireRecord)
-                .where(
-                    col(FireRecord.id) == fence.fire_id,
-                    col(FireRecord.claimed_by) == fence.holder,
-                    col(FireRecord.claim_epoch) == fence.epoch,
-                )
+                .where(*claim_held(fence))
                 .values(claim_expires_at=utcnow() - timedelta(seconds=1))
             )
         self.fence = None
