@@ -53,11 +53,11 @@ from monitor.schedule import JobTimer, latest_missed_fire, make_trigger, typical
 from monitor.service.after_job import make_notifier
 from monitor.service.fires import FireRunner, resumable
 from monitor.service.plan import RunPlan, plan_runs
+from monitor.service.pool import ModelPool
 from monitor.service.releases.challengers import pending_challenger_jobs, stale_challenger_jobs
 from monitor.service.releases.effective import effective_config
 from monitor.service.releases.sources import ReleaseSource
 from monitor.service.releases.watch import ReleaseWatcher
-from monitor.service.runs import ModelPool
 from monitor.store import FireRecord, RunRecord, Store, as_utc, fire_key, utcnow
 
 log = logging.getLogger("monitor.service.daemon")

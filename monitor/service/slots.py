@@ -30,7 +30,7 @@ from monitor.schedule import latest_missed_fire, make_trigger, typical_interval
 from monitor.service.after_job import make_notifier
 from monitor.service.daemon import pid_alive
 from monitor.service.fires import FireRunner
-from monitor.service.runs import ModelPool
+from monitor.service.pool import ModelPool
 from monitor.store import FireRecord, RunRecord, Store, fire_key, utcnow
 
 log = logging.getLogger("monitor.service.slots")
