@@ -37,6 +37,10 @@ class ItemResult:
     messages: list[dict[str, str]] | None = None
     #: Every sample of a repeated generation (``generation.repeats``): prediction, scores, tokens.
     samples: list[dict[str, Any]] | None = None
+    #: Per metric, the output after that metric's filters (``filters:``), where they changed it.
+    filtered: dict[str, str] | None = None
+    #: Per metric, why the item has no score on it (a JSON Schema path, an unparseable judge answer).
+    metric_errors: dict[str, str] | None = None
 
 
 #: Version of the summary ``monitor eval --json`` prints (one JSON object).
@@ -131,9 +135,23 @@ def result_line(result: ItemResult, task: str) -> dict[str, Any]:
         line["messages"] = result.messages
     if result.samples is not None:
         line["samples"] = result.samples
+    details = item_details(result)
+    for key in ("filtered", "metric_errors"):
+        if key in details:
+            line[key] = details[key]
     if result.error:
         line["error"] = result.error
     return line
+
+
+#: The ItemResult fields kept, besides the scores, as an item's details (the JSONL and the store).
+DETAIL_FIELDS = ("prompt", "messages", "samples", "filtered", "metric_errors")
+
+
+def item_details(result: ItemResult) -> dict[str, Any]:
+    """What one item's result carries besides its scores: the prompt, the conversation sent,
+    every sample, the filtered outputs and per-metric errors (each only when there is one)."""
+    return {key: value for key in DETAIL_FIELDS if (value := getattr(result, key)) is not None}
 
 
 def write_results(path: Path, task: str, results: Sequence[ItemResult]) -> None:
