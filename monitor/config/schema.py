@@ -474,6 +474,9 @@ class DaemonConfig(Strict):
     #: Name of the environment variable holding the API's bearer token (unset: the API is open).
     api_token_env: str = "MONITOR_API_TOKEN"
     max_loaded_models: Annotated[int, Field(ge=1)] = 2
+    #: Runs in flight at once against OpenAI-compatible endpoints (each endpoint still bounded by its
+    #: ``max_concurrency``, shared by every job); in-process hf runs stay one at a time per device.
+    max_concurrent_runs: Annotated[int, Field(ge=1, le=256)] = 8
     #: Items evaluated and committed at a time: a shutdown waits for at most one chunk.
     chunk_size: Annotated[int, Field(ge=1, le=4096)] = 16
     max_item_error_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
