@@ -1,7 +1,8 @@
 """The daemon's HTTP endpoints: ``/metrics``, ``/healthz``, ``/readyz`` and a small JSON API.
 
-``GET /api/v1/status``, ``/api/v1/runs``, ``/api/v1/fires`` (each job fire: its planned runs and
-whether its after-job work ran), ``/api/v1/recommendations``; ``POST /api/v1/jobs/<job>/run``.
+``GET /api/v1/status``, ``/api/v1/runs``, ``/api/v1/runs/<id>/items`` (each item with the
+prompt it was scored on), ``/api/v1/fires`` (each job fire: its planned runs and whether its
+after-job work ran), ``/api/v1/recommendations``; ``POST /api/v1/jobs/<job>/run``.
 
 ``/api/v1/*`` requires ``Authorization: Bearer <token>`` when the token's
 environment variable is set; ``/metrics`` and the health checks stay open, as
@@ -37,10 +38,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from monitor.api.views import json_default, recommendation_to_dict, run_to_dict, status_entries
+from monitor.errors import NotFoundError
 
 log = logging.getLogger("monitor.api.server")
 StartResponse = Callable[..., Any]
 _RUN_JOB = re.compile(r"^/api/v1/jobs/([A-Za-z0-9][A-Za-z0-9_.-]*)/run$")
+_RUN_ITEMS = re.compile(r"^/api/v1/runs/([0-9]{1,18})/items$")
 _QUERY_VALUE = re.compile(r"=[^&\s]*")
 #: Characters of a client-supplied name or path echoed back in an error.
 ECHO_CHARS = 80
@@ -217,6 +220,9 @@ class MonitorApp:
                 return _json(start_response, "400 Bad Request", {"error": "limit must be an integer"})
             fires = self.store.fires(job=query.get("job"), limit=limit)
             return _json(start_response, "200 OK", {"fires": [_fire_to_dict(f) for f in fires]})
+        items = _RUN_ITEMS.match(path)
+        if items and method == "GET":
+            return self._run_items(int(items.group(1)), start_response)
         match = _RUN_JOB.match(path)
         if match and method == "POST":
             job = match.group(1)
@@ -238,6 +244,29 @@ class MonitorApp:
         return _json(
             start_response, "404 Not Found", {"error": f"no such endpoint: {_echo(method)} {_echo(path)}"}
         )
+
+    def _run_items(self, run_id: int, start_response: StartResponse) -> Iterable[bytes]:
+        """One run's items: prediction, target, scores, error, and what the model was given
+        (the exact prompt, the conversation sent), every sample and the filtered outputs."""
+        try:
+            self.store.get_run(run_id)
+        except NotFoundError:
+            return _json(start_response, "404 Not Found", {"error": f"no run {run_id}"})
+        details = self.store.item_details(run_id)
+        rows = [
+            {
+                "id": r.item_id,
+                "prediction": r.prediction,
+                "target": r.target,
+                "correct": r.correct,
+                "score": r.score,
+                "scores": r.scores,
+                "error": r.error,
+                **details.get(r.item_id, {}),
+            }
+            for r in self.store.item_results(run_id)
+        ]
+        return _json(start_response, "200 OK", {"run": run_id, "items": rows})
 
 
 def _fire_to_dict(fire: Any) -> dict[str, Any]:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, case, delete, func, select, update
+from sqlalchemy import CursorResult, case, delete, func, insert, select, update
 from sqlmodel import col
 
 from monitor.errors import NotFoundError
-from monitor.evals.results import ItemResult
+from monitor.evals.results import ItemResult, item_details
 from monitor.store._mixin import StoreMixin
 from monitor.store.tables import (
     EvalSetVersionRecord,
     ItemResultRecord,
+    ItemTextRecord,
     ModelRecord,
     RunRecord,
     RunRequest,
@@ -165,6 +168,17 @@ class RunsMixin(StoreMixin):
             return
         with self.session() as s:
             self._check_fence(s)
+            texts: dict[str, str] = {}
+            details = [_stored_details(r, texts) for r in results]
+            if texts:
+                known = set(
+                    s.execute(
+                        select(col(ItemTextRecord.sha256)).where(col(ItemTextRecord.sha256).in_(list(texts)))
+                    ).scalars()
+                )
+                new = [{"sha256": k, "text": v} for k, v in texts.items() if k not in known]
+                if new:
+                    s.execute(_insert_ignoring_duplicates(s, new))
             s.add_all(
                 ItemResultRecord(
                     run_id=run_id,
@@ -178,8 +192,9 @@ class RunsMixin(StoreMixin):
                     prompt_tokens=r.prompt_tokens,
                     completion_tokens=r.completion_tokens,
                     error=r.error,
+                    details=detail,
                 )
-                for r in results
+                for r, detail in zip(results, details, strict=True)
             )
             s.execute(
                 update(RunRecord)
@@ -252,6 +267,43 @@ class RunsMixin(StoreMixin):
                 .order_by(col(ItemResultRecord.id))
             )
             return list(s.execute(query).scalars())
+
+    def item_details(self, run_id: int) -> dict[str, dict[str, Any]]:
+        """``{item id: details}`` of a run's stored items: the exact prompt scored (``prompt``), the
+        conversation sent (``messages``), every sample, filtered outputs and per-metric errors."""
+        with self.session() as s:
+            rows = s.execute(
+                select(col(ItemResultRecord.item_id), col(ItemResultRecord.details))
+                .where(col(ItemResultRecord.run_id) == run_id)
+                .order_by(col(ItemResultRecord.id))
+            ).all()
+            wanted = {
+                digest
+                for _, details in rows
+                for key in _TEXT_FIELDS
+                if details and (digest := details.get(f"{key}_sha256"))
+            }
+            texts = (
+                dict(
+                    s.execute(
+                        select(col(ItemTextRecord.sha256), col(ItemTextRecord.text)).where(
+                            col(ItemTextRecord.sha256).in_(list(wanted))
+                        )
+                    ).all()
+                )
+                if wanted
+                else {}
+            )
+        out: dict[str, dict[str, Any]] = {}
+        for item_id, details in rows:
+            resolved = dict(details or {})
+            for key in _TEXT_FIELDS:
+                digest = resolved.pop(f"{key}_sha256", None)
+                if digest is not None and digest in texts:
+                    text = texts[digest]
+                    resolved[key] = json.loads(text) if key == "messages" else text
+            out[str(item_id)] = resolved
+        return out
 
     def prune_item_results(
         self, finished_before: datetime, *, keep_runs: Collection[int] = (), batch_size: int = 2000
@@ -609,3 +661,34 @@ class RunSummary:
     last_load: list[tuple[int, float]]
     #: (job, started at, scheduled for), newest run first
     schedule_lags: list[tuple[str, datetime, datetime]]
+
+
+#: Item details kept once per distinct text (:class:`ItemTextRecord`), by hash.
+_TEXT_FIELDS = ("prompt", "messages")
+
+
+def _stored_details(result: ItemResult, texts: dict[str, str]) -> dict[str, Any] | None:
+    """An item's details as stored: prompt and messages replaced by their hashes (``texts`` collects them)."""
+    details = item_details(result)
+    for key in _TEXT_FIELDS:
+        if key in details:
+            value = details.pop(key)
+            text = value if key == "prompt" else json.dumps(value, ensure_ascii=False, sort_keys=True)
+            digest = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+            texts[digest] = text
+            details[f"{key}_sha256"] = digest
+    return details or None
+
+
+def _insert_ignoring_duplicates(session: Any, rows: list[dict[str, str]]) -> Any:
+    """INSERT of item texts that skips a hash another writer stored meanwhile (same text by construction)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(ItemTextRecord).values(rows).on_conflict_do_nothing(index_elements=["sha256"])
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(ItemTextRecord).values(rows).on_conflict_do_nothing(index_elements=["sha256"])
+    return insert(ItemTextRecord).values(rows)

@@ -142,6 +142,20 @@ class ItemResultRecord(SQLModel, table=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: What the item carries besides its scores (:func:`monitor.evals.results.item_details`): every
+    #: sample, filtered outputs, per-metric errors, and the hashes of the exact prompt scored and the
+    #: conversation sent (their text is in :class:`ItemTextRecord`, once per distinct text).
+    details: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class ItemTextRecord(SQLModel, table=True):
+    """A prompt or conversation an item was scored on, kept once by its hash: the same eval set under
+    the same settings renders the same prompts every night, so runs share them."""
+
+    __tablename__ = "item_texts"
+
+    sha256: str = Field(primary_key=True, max_length=71)
+    text: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class DaemonLease(SQLModel, table=True):

@@ -188,6 +188,9 @@ def test_http_endpoints_and_the_api_token(
         runs = client.get("/api/v1/runs", params={"model": "router", "limit": 1}, headers=auth).json()["runs"]
         assert len(runs) == 1 and runs[0]["status"] == "succeeded" and runs[0]["metrics"]["acc"]["n"] == 8
         assert client.get("/api/v1/runs", params={"limit": "x"}, headers=auth).status_code == 400
+        items = client.get(f"/api/v1/runs/{runs[0]['id']}/items", headers=auth).json()["items"]
+        assert len(items) == 8 and all(i["prompt"] and "prediction" in i for i in items)
+        assert client.get("/api/v1/runs/99999/items", headers=auth).status_code == 404
         fires = client.get("/api/v1/fires", params={"job": "nightly"}, headers=auth).json()["fires"]
         assert [(f["trigger"], f["status"], f["planned"]) for f in fires] == [
             ("manual", "done", ["router/routing/zero-shot"]),

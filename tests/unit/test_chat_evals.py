@@ -429,3 +429,34 @@ def test_chat_only_settings_outside_a_chat_set_are_refused(tmp_path: Path) -> No
     assert [str(p) for p in info.value.problems] == [
         f"{chat_without_prompt / 'data.jsonl'}:1: no prompt in evalset.yaml and no 'messages' in this item"
     ]
+
+
+def test_a_recorded_run_keeps_the_exact_prompt_and_every_sample_in_the_store(
+    backends: dict[str, HFBackend], chat_models: ChatModels, tmp_path: Path
+) -> None:
+    """What ``monitor eval --output`` writes per item is in the database too, for every recorded run."""
+    from monitor.service.plan import RunPlan
+    from monitor.service.pool import ModelPool
+    from monitor.service.runs import execute_run
+    from monitor.store import Store
+
+    es = load_evalset(
+        chat_set(
+            tmp_path / "set",
+            "metrics: [exact_match]\nmax_new_tokens: 4\ngeneration: {temperature: 1.0, seed: 3, repeats: 2}\n",
+            task="generate",
+        )
+    )
+    backend = backends["chatml"]
+    plan = RunPlan("chat", ModelSpec("hf", str(chat_models.chatml)), es, 2)
+    with Store.open(f"sqlite:///{tmp_path / 'monitor.db'}") as store:
+        run = execute_run(store, ModelPool(loader=lambda spec: backend), plan)  # type: ignore[arg-type,return-value]
+        assert run.id is not None and run.status == "succeeded", run.error
+        details = store.item_details(run.id)
+        stored = {r.item_id: r for r in store.item_results(run.id)}
+    for index, item in enumerate(DATA):
+        expected = tokenizer_render(chat_models.chatml, expected_conversation(es, index, 2, True, False))
+        assert details[item["id"]]["prompt"] == expected
+        samples = details[item["id"]]["samples"]
+        assert len(samples) == 2 and stored[item["id"]].prediction in {s["prediction"] for s in samples}
+    assert details["c"]["messages"][-1] == {"role": "user", "content": "my password reset fails"}

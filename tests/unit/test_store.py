@@ -67,6 +67,7 @@ TABLES = {
     "webhook_endpoints",
     "releases",
     "fires",
+    "item_texts",
 }
 
 
@@ -173,7 +174,7 @@ def test_migrations_create_the_schema_from_empty(db_url: str) -> None:
 
     with Store.open(db_url) as store:
         assert store.schema_tables() == {*TABLES, "alembic_version"}
-        assert current_revision(store) == head_revision() == "0008"
+        assert current_revision(store) == head_revision() == "0009"
         columns = {c["name"] for c in inspect(store.engine).get_columns("item_results")}
         assert {"run_id", "item_id", "prediction", "target", "scores", "error"} <= columns
 
@@ -347,6 +348,49 @@ def test_run_lifecycle_counts_batches_and_finishes(store: Store) -> None:
         store.get_run(run.id + 1000)
     with pytest.raises(NotFoundError):
         store.finish_run(run.id + 1000, status="failed")
+
+
+def test_item_details_round_trip_and_prompts_are_kept_once(store: Store) -> None:
+    """The exact prompt, the conversation sent, every sample and the filtered outputs come back per
+    item; two runs scoring the same prompts store each text once (by its hash)."""
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q: 2+2"}]
+    samples = [
+        {"prediction": "4", "scores": {"exact_match": 1.0}},
+        {"prediction": "5", "scores": {"exact_match": 0.0}},
+    ]
+
+    def detailed(item_id: str) -> ItemResult:
+        return ItemResult(
+            item_id=item_id,
+            prediction="The answer is 4",
+            target="4",
+            scores={"exact_match": 1.0},
+            prompt=f"<|system|>Be brief.<|user|>Q: {item_id}<|assistant|>",
+            messages=messages,
+            samples=samples,
+            filtered={"exact_match": "4"},
+            metric_errors={"json_schema": "$.answer: 'x' is not of type 'integer'"},
+        )
+
+    first, second = start(store), start(store)
+    assert first.id is not None and second.id is not None
+    store.add_item_results(first.id, [detailed("q1"), detailed("q2"), result("q3")])
+    store.add_item_results(second.id, [detailed("q1"), detailed("q2")])
+
+    details = store.item_details(first.id)
+    assert set(details) == {"q1", "q2", "q3"}
+    assert details["q3"] == {}
+    assert details["q1"] == {
+        "prompt": "<|system|>Be brief.<|user|>Q: q1<|assistant|>",
+        "messages": messages,
+        "samples": samples,
+        "filtered": {"exact_match": "4"},
+        "metric_errors": {"json_schema": "$.answer: 'x' is not of type 'integer'"},
+    }
+    assert store.item_details(second.id)["q2"] == details["q2"]
+    with store.session() as s:
+        texts = s.execute(text("SELECT count(*) FROM item_texts")).scalar_one()
+    assert texts == 3  # two prompts and one conversation, shared by both runs
 
 
 def test_a_duplicate_item_fails_its_whole_batch(store: Store) -> None:
