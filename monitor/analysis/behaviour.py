@@ -231,3 +231,37 @@ def fingerprint_changed(
         f"the model's weights changed (fingerprint {baseline_fingerprint[:12]} -> {current_fingerprint[:12]}) "
         f"without a new model version ({current_version or 'unversioned'})",
     )
+
+
+#: How many changed stack entries a finding names before counting the rest.
+MAX_STACK_CHANGES = 4
+
+
+def stack_changed(
+    reference: Mapping[str, str] | None, current: Mapping[str, str] | None, reference_label: str
+) -> CanaryFinding | None:
+    """The serving stack around the weights changed: tokenizer files, special tokens, the chat
+    template, the generation config, or what a server says of itself (its version, the template it
+    renders).  ``reference_label`` says what the stack is compared with ("the baseline run 12").
+
+    Entries only one side knows (a server asked for less) are not a change; a changed value is.
+    """
+    if not reference or not current:
+        return None
+    changed = sorted(k for k in reference.keys() & current.keys() if reference[k] != current[k])
+    if not changed:
+        return None
+    shown = [f"{k} {_short(reference[k])} -> {_short(current[k])}" for k in changed[:MAX_STACK_CHANGES]]
+    more = len(changed) - len(shown)
+    return CanaryFinding(
+        "stack_changed",
+        f"the serving stack changed since {reference_label}: {'; '.join(shown)}"
+        + (f" (and {more} more)" if more else ""),
+    )
+
+
+def _short(value: str) -> str:
+    """A digest cut to ``sha256:`` and 12 hex digits; any other value as it is (cut at 40 characters)."""
+    if value.startswith("sha256:"):
+        return value[:19]
+    return value if len(value) <= 40 else value[:39] + "…"

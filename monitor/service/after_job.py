@@ -13,7 +13,13 @@ from typing import Any
 
 from monitor import events
 from monitor.analysis.baselines import Baseline, baseline_path, load_baseline
-from monitor.analysis.behaviour import ItemOutcome, adapter_not_applied, behaviour_drift, fingerprint_changed
+from monitor.analysis.behaviour import (
+    ItemOutcome,
+    adapter_not_applied,
+    behaviour_drift,
+    fingerprint_changed,
+    stack_changed,
+)
 from monitor.analysis.regression import RegressionPolicy, assess_run, comparability
 from monitor.config import MonitorConfig, RegressionConfig
 from monitor.errors import NotFoundError
@@ -80,17 +86,22 @@ def analyze_run(
     if adapter is not None:
         findings.append(adapter)
     path = baseline_path(baselines_root, model_name, run.evalset_name)
-    if run.status != "succeeded" or not path.exists():
+    baseline = load_baseline(path) if run.status == "succeeded" and path.exists() else None
+    stack = _stack_canary(store, run, model_name, baseline)
+    if stack is not None:
+        findings.append(stack)
+    if baseline is None:
         _store_findings(store, findings, notify)
+        _confirm_stack_change(store, run, stack)
         return RunAnalysis(
             run_id,
             None,
             findings=tuple(findings),
             note="no baseline" if run.status == "succeeded" else run.status,
         )
-    baseline = load_baseline(path)
     if baseline.strategy != run.strategy:
         _store_findings(store, findings, notify)
+        _confirm_stack_change(store, run, stack)
         return RunAnalysis(
             run_id, baseline.run_id, findings=tuple(findings), note="the baseline has another strategy"
         )
@@ -100,6 +111,7 @@ def analyze_run(
     if behaviour is not None:
         findings.append(behaviour)
     _store_findings(store, findings, notify)
+    _confirm_stack_change(store, run, stack)
     return RunAnalysis(run_id, baseline.run_id, tuple(verdicts), tuple(findings))
 
 
@@ -183,6 +195,68 @@ def _fingerprint_canary(run: RunRecord, baseline: Baseline) -> DriftRecord:
         details={"baseline": baseline.model_fingerprint, "current": run.model_fingerprint},
         created_at=utcnow(),
     )
+
+
+def _stack_canary(
+    store: Store, run: RunRecord, model_name: str, baseline: Baseline | None
+) -> DriftRecord | None:
+    """Did the serving stack around the weights change (tokenizer, special tokens, chat template,
+    generation config, the server's version)?  Compared with the baseline run's stack where the
+    baseline run is stored with one, else with the model's previous succeeded run."""
+    current = _stack_of(run)
+    if run.status != "succeeded" or run.id is None or current is None:
+        return None
+    reference: RunRecord | None = None
+    if baseline is not None:
+        try:
+            reference = store.get_run(baseline.run_id)
+        except NotFoundError:
+            reference = None
+        label = f"the baseline run {baseline.run_id}"
+    if reference is None or _stack_of(reference) is None:
+        earlier = [
+            r
+            for r, _ in store.runs(model=model_name, status="succeeded", limit=50)
+            if r.id is not None and r.id < run.id
+        ]
+        reference = next((r for r in earlier if _stack_of(r) is not None), None)
+        label = f"the previous run {reference.id}" if reference is not None else ""
+    if reference is None:
+        return None
+    finding = stack_changed(_stack_of(reference), current, label)
+    previous = store.previous_finding(run.model_id, "canary", "stack")
+    return DriftRecord(
+        model_id=run.model_id,
+        kind="canary",
+        source="stack",
+        run_id=run.id,
+        score=1.0 if finding else 0.0,
+        drifted=finding is not None,
+        state="problem" if finding else "ok",
+        reason=finding.message if finding else None,
+        details={
+            "reference_run": reference.id,
+            "reference": (reference.backend_info or {}).get("stack_digest"),
+            "current": (run.backend_info or {}).get("stack_digest"),
+            # the change is new with this run (the previous stack finding was clear, or there was none)
+            "new": finding is not None and (previous is None or not previous.drifted),
+        },
+        created_at=utcnow(),
+    )
+
+
+def _stack_of(run: RunRecord) -> dict[str, str] | None:
+    stack = (run.backend_info or {}).get("stack")
+    return {str(k): str(v) for k, v in stack.items()} if isinstance(stack, dict) and stack else None
+
+
+def _confirm_stack_change(store: Store, run: RunRecord, finding: DriftRecord | None) -> None:
+    """A stack newly changed: queue a run of the job now, so that a verdict on the new stack gets its
+    confirming look without waiting for the next scheduled fire.  Once per change: a stack that stays
+    changed (or flaps from run to run) queues nothing more."""
+    if finding is None or not (finding.details or {}).get("new") or not run.job:
+        return
+    store.request_run(run.job, requested_by=f"stack canary: confirm run {run.id}")
 
 
 def _adapter_canary(store: Store, run: RunRecord) -> DriftRecord | None:

@@ -139,6 +139,7 @@ EXPECTED_ALERTS: dict[str, set[tuple[tuple[str, str], ...]]] = {
         (("model", "summarizer"), ("kind", "canary"), ("source", "fingerprint")),
         (("model", "assistant"), ("kind", "canary"), ("source", "adapter")),
     },
+    "ServingStackChanged": {(("model", "scribe"), ("kind", "canary"), ("source", "stack"))},
     # No input drift findings yet (see the module docstring).
     "InputDrift": set(),
     "FinetuneRetrainRecommended": {(("model", "triage"), ("action", "retrain"))},
@@ -368,7 +369,9 @@ def analysed_history(store: Store, root: Path) -> None:
     * summarizer on routing: pinned, then the same answers from other weights with the
       same model version: ok, but the fingerprint canary fires;
     * assistant (base + LoRA adapter) scores exactly like assistant-base: the adapter
-      canary fires (no baseline needed).
+      canary fires (no baseline needed);
+    * scribe on routing: pinned, then the same weights behind another chat template: the
+      stack canary fires (and a confirmation run of the job is queued).
     """
     evalsets = root / "evals"
     routing = make_evalset(evalsets, ANALYSED_ITEMS, "routing")
@@ -376,7 +379,8 @@ def analysed_history(store: Store, root: Path) -> None:
     for folder in ("model", "base-model", "adapter"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     models: dict[str, Any] = {
-        name: {"base": str(root / "model")} for name in ("ranker", "tagger", "classifier", "summarizer")
+        name: {"base": str(root / "model")}
+        for name in ("ranker", "tagger", "classifier", "summarizer", "scribe")
     }
     models["assistant-base"] = {"base": str(root / "base-model")}
     models["assistant"] = {"base": str(root / "base-model"), "adapter": str(root / "adapter")}
@@ -421,6 +425,16 @@ def analysed_history(store: Store, root: Path) -> None:
     same = RuleBackend(lambda k: k % 3 == 0)
     run("assistant-base", "routing", same)
     run("assistant", "routing", same)
+    served = {"chat_template/rendered": "sha256:" + "a" * 64, "server/version": "0.6.3"}
+    pin_baseline(
+        store,
+        baselines_root,
+        "scribe",
+        "routing",
+        run("scribe", "routing", RuleBackend(good.rule, stack=served)),
+    )
+    upgraded = served | {"chat_template/rendered": "sha256:" + "b" * 64}
+    run("scribe", "routing", RuleBackend(good.rule, stack=upgraded))
 
 
 def activity(rec: Recorder, daemon: Daemon, step: int) -> None:

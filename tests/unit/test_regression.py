@@ -28,10 +28,15 @@ class RuleBackend(ScriptedBackend):
     """Answers item k right when ``rule(k)``; otherwise picks the next choice (or ``wrong(k)``)."""
 
     def __init__(
-        self, rule: Callable[[int], bool], wrong: Callable[[int], int] | None = None, digest: str = "f"
+        self,
+        rule: Callable[[int], bool],
+        wrong: Callable[[int], int] | None = None,
+        digest: str = "f",
+        stack: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.rule, self.wrong, self.digest = rule, wrong or (lambda k: (k + 1) % 4), digest
+        self.stack = stack or {}
 
     def loglikelihood(
         self, requests: Sequence[LoglikelihoodRequest], *, progress: Any = None
@@ -45,7 +50,7 @@ class RuleBackend(ScriptedBackend):
         return out
 
     def fingerprint(self) -> ModelFingerprint:
-        return ModelFingerprint(digest=self.digest * 64, base="rule")
+        return ModelFingerprint(digest=self.digest * 64, base="rule", stack=dict(self.stack))
 
 
 class Harness:
