@@ -282,3 +282,5 @@ class ModelSpec:
     dtype: str = "auto"
     batch_tokens: int | None = None
     endpoint: EndpointSpec | None = None
+    #: A chat template (its Jinja text) to use instead of the tokenizer's own (hf only).
+    chat_template: str | None = None

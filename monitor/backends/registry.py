@@ -21,6 +21,7 @@ def _load_hf(spec: ModelSpec) -> Backend:
         dtype=spec.dtype,
         batch_tokens=spec.batch_tokens,
         revision=spec.revision,
+        chat_template=spec.chat_template,
     )
 
 

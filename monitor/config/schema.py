@@ -420,17 +420,27 @@ class ModelConfig(Strict):
     #: Production inputs to watch for drift, and the reference they are compared with.
     drift: DriftConfig | None = None
     endpoint: EndpointConfig | None = None
+    #: How production decodes this model's answers, over each generation eval set's own ``generation:``
+    #: (the same keys: temperature, top_p, top_k, seed, max_new_tokens, stop, repeats, reduce); a key
+    #: given here wins.  Checked against each eval set by ``check-config``; multiple choice ignores it.
+    generation: dict[str, Any] | None = None
+    #: A Jinja chat template file to render conversations with instead of the tokenizer's own (as
+    #: vLLM's ``--chat-template``); hf models only: a server applies its own.
+    chat_template: str | None = None
 
     @model_validator(mode="after")
     def _backend_settings(self) -> ModelConfig:
         if self.backend == "openai":
             if self.endpoint is None:
                 raise ValueError("an openai model needs 'endpoint' (base_url and friends)")
-            local = sorted({"adapter", "revision", "device", "dtype", "batch_tokens"} & self.model_fields_set)
+            local = sorted(
+                {"adapter", "revision", "device", "dtype", "batch_tokens", "chat_template"}
+                & self.model_fields_set
+            )
             if local:
                 raise ValueError(
-                    f"{', '.join(local)}: not for openai models (the server loads the weights; "
-                    "name a served adapter in 'base')"
+                    f"{', '.join(local)}: not for openai models (the server loads the weights and applies "
+                    "its own chat template, as vLLM's --chat-template; name a served adapter in 'base')"
                 )
         elif self.endpoint is not None:
             raise ValueError("'endpoint' is only for backend: openai")

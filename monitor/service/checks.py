@@ -18,6 +18,7 @@ from monitor.config import MonitorConfig
 from monitor.errors import ConfigError, EvalSetError, Problem
 from monitor.evals.evalset import EvalSet, load_evalset, parse_strategy
 from monitor.exporters.webhooks import resolve_secrets
+from monitor.service.plan import chat_template_text, for_model
 
 
 def config_problems(cfg: MonitorConfig, config_path: Path) -> list[Problem]:
@@ -63,6 +64,20 @@ def config_problems(cfg: MonitorConfig, config_path: Path) -> list[Problem]:
                 Problem(where_is("models", name, "adapter"), f"models.{name}.adapter: {message}")
                 for message in adapter_problems(Path(adapter), base_dir)
             )
+        try:
+            chat_template_text(cfg, name)
+        except ConfigError as exc:
+            problems.append(Problem(where_is("models", name, "chat_template"), exc.problems[0].message))
+    pairs = {(m, e) for job in cfg.jobs.values() for m in job.models for e in job.evalsets}
+    for model_name, es_name in sorted(pairs):
+        found = loaded.get(es_name)
+        if found is not None and cfg.models[model_name].generation:
+            try:
+                for_model(cfg, model_name, found)
+            except ConfigError as exc:
+                problems.append(
+                    Problem(where_is("models", model_name, "generation"), exc.problems[0].message)
+                )
     for family_name, family in cfg.families.items():
         watch = family.watch
         where = f"families.{family_name}.watch"

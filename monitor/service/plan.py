@@ -6,14 +6,17 @@ the job at once with every problem listed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic import ValidationError
+
 from monitor.backends import EndpointSpec, ModelSpec
 from monitor.config import EndpointConfig, MonitorConfig
-from monitor.errors import EvalSetError, NotFoundError, Problem
-from monitor.evals.evalset import EvalSet, load_evalset, parse_strategy, strategy_name
+from monitor.errors import ConfigError, EvalSetError, NotFoundError, Problem
+from monitor.evals.evalset import EvalSet, GenerationSpec, load_evalset, parse_strategy, strategy_name
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def plan_runs(
             model = cfg.models[model_name]
             spec = model_spec(cfg, model_name)
             for es_name in job.evalsets:
-                es = evalsets[es_name]
+                es = for_model(cfg, model_name, evalsets[es_name])
                 for strategy in job.strategies or (model.strategy,):
                     k = parse_strategy(strategy, es)
                     es.render_fewshot_prefix(k)
@@ -87,6 +90,69 @@ def plan_runs(
     return plans
 
 
+def for_model(cfg: MonitorConfig, model_name: str, evalset: EvalSet) -> EvalSet:
+    """``evalset`` as model ``model_name`` is evaluated on it: a generation set's ``generation:``
+    with the model's own ``generation:`` keys over it (production decoding wins).  The settings
+    digest follows, so a changed model decoding never pairs with the old runs.
+
+    Raises:
+        ConfigError: the merged settings do not validate (one line naming the model's key).
+    """
+    extra = cfg.models[model_name].generation
+    if not extra or evalset.task != "generate":
+        return evalset
+    own = evalset.spec.generation.model_dump(exclude_unset=True) if evalset.spec.generation else {}
+    try:
+        merged = GenerationSpec.model_validate({**own, **extra})
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) + ': ' if e['loc'] else ''}{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise ConfigError(
+            [Problem("", f"models.{model_name}.generation (on {evalset.name}): {reasons}")]
+        ) from None
+    spec = evalset.spec.model_copy(update={"generation": merged})
+    return dataclasses.replace(evalset, spec=spec)
+
+
+def chat_template_text(cfg: MonitorConfig, name: str) -> str | None:
+    """The Jinja text of ``models.NAME.chat_template`` (a file, resolved against the config's folder).
+
+    Raises:
+        ConfigError: the file cannot be read or is not a Jinja template.
+    """
+    configured = cfg.models[name].chat_template
+    if configured is None:
+        return None
+    path = cfg.resolve(configured)
+    where = ""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            reason = "does not exist"
+        elif isinstance(exc, OSError):
+            reason = f"cannot be read ({exc.strerror})"
+        else:
+            reason = "is not UTF-8 text"
+        raise ConfigError([Problem(where, f"models.{name}.chat_template: {path} {reason}")]) from None
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(
+            [
+                Problem(
+                    where,
+                    f"models.{name}.chat_template: {path} line {exc.lineno}: not a Jinja template: {exc.message}",
+                )
+            ]
+        ) from None
+    return text
+
+
 def model_spec(cfg: MonitorConfig, name: str) -> ModelSpec:
     """The backend's spec of the configured model ``name`` (its folders resolved, its endpoint)."""
     model = cfg.models[name]
@@ -100,6 +166,7 @@ def model_spec(cfg: MonitorConfig, name: str) -> ModelSpec:
         dtype=model.dtype,
         batch_tokens=model.batch_tokens,
         endpoint=endpoint_spec(model.endpoint) if model.endpoint else None,
+        chat_template=chat_template_text(cfg, name),
     )
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import hashlib
 import importlib.metadata
 import inspect
 import math
@@ -176,6 +177,8 @@ class HFBackend:
         self.tokens_run = 0
         self._chat: ChatTemplate | None = None
         self._chat_known = False
+        #: The configured chat template that replaced the tokenizer's (``models.NAME.chat_template``).
+        self._template_override: str | None = None
 
         config = model.config
         self._max_length = _max_length(config, tokenizer)
@@ -217,6 +220,7 @@ class HFBackend:
         revision: str | None = None,
         packed: bool = True,
         merge_adapter: bool | None = None,
+        chat_template: str | None = None,
     ) -> HFBackend:
         """Load ``base`` (a local folder or a hub id in the local cache) and optionally a LoRA ``adapter``.
 
@@ -225,6 +229,8 @@ class HFBackend:
         on CPU 2048, up to 8192 for small models: :func:`_default_batch_tokens`).
         ``packed=False`` scores every continuation as its own sequence, exactly
         as lm-eval does (slow; for comparisons).
+        ``chat_template`` (Jinja text) replaces the tokenizer's own template, as vLLM's
+        ``--chat-template`` does; the fingerprint's stack records its hash.
         ``merge_adapter`` folds LoRA weights into the base weights; by default
         only in float32, where merging is exact to rounding: in half precision
         the small LoRA delta would be rounded into the base weights.
@@ -239,6 +245,8 @@ class HFBackend:
         if batch_tokens is not None and batch_tokens < 1:
             raise ModelLoadError(f"batch_tokens must be positive, got {batch_tokens}")
         model, tokenizer = _load_base(base, revision, torch_dtype)
+        if chat_template is not None:
+            tokenizer.chat_template = chat_template
         merged = False
         if adapter is not None:
             peft_model = _attach_adapter(model, tokenizer, adapter, base, revision)
@@ -251,7 +259,7 @@ class HFBackend:
         _fuse_gelu(model)
         if batch_tokens is None:
             batch_tokens = _default_batch_tokens(torch_device, model.config, tokenizer)
-        return cls(
+        backend = cls(
             model=model,
             tokenizer=tokenizer,
             base=str(base_dir) if base_dir else base,
@@ -263,6 +271,8 @@ class HFBackend:
             batch_tokens=batch_tokens,
             packed=packed,
         )
+        backend._template_override = chat_template
+        return backend
 
     # ------------------------------------------------------------------ Backend protocol
 
@@ -346,6 +356,10 @@ class HFBackend:
         weights = fingerprint_model(self._base, self._adapter, revision=self._revision)
         stack = dict(stack_files(self._base, revision=self._revision))
         stack.update(self._special_tokens())
+        if self._template_override is not None:
+            stack["chat_template/configured"] = (
+                "sha256:" + hashlib.sha256(self._template_override.encode()).hexdigest()
+            )
         chat = self.chat_template()
         if chat is not None:
             stack["chat_template/rendered"] = chat.sha256
