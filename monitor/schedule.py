@@ -82,7 +82,7 @@ def cron_trigger(expression: str, timezone: str = "UTC") -> Any:
     try:
         return CronTrigger.from_crontab(expression, timezone=timezone)
     except (ValueError, LookupError) as exc:
-        raise ValueError(f"invalid cron expression {expression!r} (time zone {timezone}): {exc}") from exc
+        raise ValueError(f"invalid cron expression {expression!r}: {exc}") from exc
     except Exception as exc:  # zoneinfo raises its own error types for unknown zones
         raise ValueError(f"invalid cron schedule {expression!r} in time zone {timezone!r}: {exc}") from exc
 

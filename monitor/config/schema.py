@@ -458,12 +458,30 @@ class ScheduleConfig(Strict):
     #: Run once when the daemon starts and the job has never run on schedule.
     run_at_start: bool = False
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name, like UTC or Europe/Berlin)"
+            ) from None
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            cron_trigger(value, "UTC")  # the zone is checked on its own key
+        return value
+
     @model_validator(mode="after")
     def _one_kind(self) -> ScheduleConfig:
         if (self.every is None) == (self.cron is None):
             raise ValueError("give exactly one of 'every' or 'cron'")
-        if self.cron is not None:
-            cron_trigger(self.cron, self.timezone)
         return self
 
 

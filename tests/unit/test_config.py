@@ -101,10 +101,20 @@ def test_references_to_unknown_models_and_evalsets(tmp_path: Path) -> None:
 def test_schedules_are_checked(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace('"0 3 * * *"', '"61 3 * * *"').replace("1h30m", "soon"))
     found = problems(path)
-    assert any(":16: jobs.nightly.schedule: invalid cron expression '61 3 * * *'" in p for p in found), found
+    assert any(":16: jobs.nightly.schedule.cron: invalid cron expression '61 3 * * *'" in p for p in found), (
+        found
+    )
     assert any(":21: jobs.hourly.schedule.every: 'soon' is not an interval" in p for p in found), found
     both = write(tmp_path, GOOD.replace("{every: 1h30m}", "{every: 1h, cron: '* * * * *'}"))
     assert any("give exactly one of 'every' or 'cron'" in p for p in problems(both))
+    # a bad time zone is blamed on the time zone, not on a good cron string
+    zone = problems(write(tmp_path, GOOD.replace("Europe/Berlin", "Europe/Berln")))
+    assert any(
+        ":16: jobs.nightly.schedule.timezone: unknown time zone 'Europe/Berln' (an IANA name, like UTC or "
+        "Europe/Berlin)" in p
+        for p in zone
+    ), zone
+    assert not any("cron" in p for p in zone), zone
 
 
 def test_interval_parsing() -> None:
