@@ -332,6 +332,28 @@ class RunsMixin(StoreMixin):
                 s.execute(delete(ItemResultRecord).where(col(ItemResultRecord.id).in_(ids)))
             return len(ids)
 
+    def prune_item_texts(self, batch_size: int = 2000) -> int:
+        """Delete one batch of stored prompts and conversations that no item result refers to any more
+        (after :meth:`prune_item_results`); returns how many went (0: done)."""
+        details: Any = ItemResultRecord.__table__.c.details  # type: ignore[attr-defined]
+        with self.session() as s:
+            used = [
+                select(details[f"{key}_sha256"].as_string()).where(
+                    details[f"{key}_sha256"].as_string().is_not(None)
+                )
+                for key in _TEXT_FIELDS
+            ]
+            orphans = list(
+                s.execute(
+                    select(col(ItemTextRecord.sha256))
+                    .where(col(ItemTextRecord.sha256).not_in(used[0].union(*used[1:]).scalar_subquery()))
+                    .limit(batch_size)
+                ).scalars()
+            )
+            if orphans:
+                s.execute(delete(ItemTextRecord).where(col(ItemTextRecord.sha256).in_(orphans)))
+            return len(orphans)
+
     def item_outcomes(self, run_ids: Sequence[int]) -> dict[int, dict[str, bool | None]]:
         """``{run id: {item id: correct}}`` for several runs in one query (only the three columns)."""
         if not run_ids:

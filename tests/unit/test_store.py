@@ -392,6 +392,17 @@ def test_item_details_round_trip_and_prompts_are_kept_once(store: Store) -> None
         texts = s.execute(text("SELECT count(*) FROM item_texts")).scalar_one()
     assert texts == 3  # two prompts and one conversation, shared by both runs
 
+    # pruning the first run's items keeps every text the second run still refers to
+    store.finish_run(first.id, status="succeeded")
+    store.finish_run(second.id, status="succeeded")
+    assert store.prune_item_results(utcnow(), keep_runs=[second.id]) == 3
+    assert store.prune_item_texts() == 0
+    assert store.item_details(second.id)["q1"] == details["q1"]
+    # ... and once nothing refers to them, they go too
+    assert store.prune_item_results(utcnow()) == 2
+    assert store.prune_item_texts(batch_size=2) == 2 and store.prune_item_texts() == 1
+    assert store.prune_item_texts() == 0
+
 
 def test_a_duplicate_item_fails_its_whole_batch(store: Store) -> None:
     run = start(store)
