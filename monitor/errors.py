@@ -14,6 +14,7 @@ anything else reaching the CLI is a bug and keeps its traceback::
     │       └── EndpointAuthError  the server refused the API key (401, 403): never retried
     ├── WatchError                 a release watcher cannot read its source (counted, retried)
     ├── StoreError                 the database is unreachable, cannot be written or migrated (exit code 4)
+    │   └── DriverMissingError     the database URL needs a driver that is not installed (exit code 2)
     ├── LeaseHeldError             another daemon holds this database (exit code 5)
     │   └── LeaseLostError         a daemon's lease was taken over while it worked: it stops, fenced
     └── NotFoundError              an unknown job, model, eval set or run (exit code 2)
@@ -100,6 +101,12 @@ class StoreError(MonitorError):
     """The database cannot be reached, created or migrated."""
 
     exit_code = 4
+
+
+class DriverMissingError(StoreError):
+    """The database URL names a driver that is not installed (an install step, not a broken database)."""
+
+    exit_code = 2
 
 
 class LeaseHeldError(MonitorError):

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, event, inspect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine
 
-from monitor.errors import StoreError
+from monitor.errors import DriverMissingError, StoreError
 from monitor.events import Event, Notify
 from monitor.store._errors import describe_db_error, redact_url
 from monitor.store.findings import FindingsMixin
@@ -97,8 +97,26 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
             engine = create_engine(url, pool_pre_ping=True)
         event.listen(engine, "before_cursor_execute", _note_writes)
         return engine
-    except (SQLAlchemyError, ValueError, ImportError) as exc:
+    except ImportError as exc:
+        raise DriverMissingError(_missing_driver(url, exc)) from None
+    except (SQLAlchemyError, ValueError) as exc:
         raise StoreError(f"database URL {redact_url(url)!r} is not usable: {exc}") from exc
+
+
+POSTGRES_EXTRA = "pip install 'model-aging-monitor[postgres]'"
+
+
+def _missing_driver(url: str, exc: ImportError) -> str:
+    """One line for a database URL whose driver is not installed, with the install hint."""
+    module = getattr(exc, "name", None) or "its driver"
+    shown = redact_url(url)
+    if url.startswith("postgresql"):
+        hint = POSTGRES_EXTRA
+        if not url.startswith("postgresql+psycopg2"):
+            # SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql://; the extra installs psycopg2.
+            hint += ", and write the URL as postgresql+psycopg2://..."
+        return f"database URL {shown!r} needs the PostgreSQL driver {module}, not installed: {hint}"
+    return f"database URL {shown!r} needs the driver {module}, not installed (install the package that provides it)"
 
 
 def alembic_config(engine: Engine) -> Any:
