@@ -175,25 +175,58 @@ def _isnan(x: Any) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A rich table on a terminal, tab-separated lines otherwise (for scripts and logs)."""
-    if is_terminal():
-        from rich.console import Console
-        from rich.table import Table
+def print_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    wide: bool = False,
+    console: Any = None,
+) -> None:
+    """A rich table on a terminal, tab-separated lines otherwise (for scripts and logs).
 
+    A cell is never cut: on a narrow terminal long cells wrap between words (a word is split only
+    when it is longer than :data:`WHOLE_WORD`), and ``wide=True`` draws the table as wide as its
+    longest cells need, unwrapped (the terminal, or ``less -S``, takes it from there).  ``console``:
+    draw on this rich console instead of stdout (tests).
+    """
+    if console is None and not is_terminal():
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join(row))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def build() -> Any:
         table = Table(title=title)
-        for column in columns:
-            table.add_column(column)
+        for i, column in enumerate(columns):
+            words = [w for row in rows for w in str(row[i]).split()] + column.split()
+            longest = max((len(w) for w in words), default=1)
+            table.add_column(column, overflow="fold", min_width=min(longest, WHOLE_WORD), no_wrap=wide)
         for row in rows:
             table.add_row(*row)
-        Console().print(table)
-        return
-    print("\t".join(columns))
-    for row in rows:
-        print("\t".join(row))
+        return table
+
+    console = console or Console()
+    table = build()
+    if wide:
+        needed = console.measure(table, options=console.options.update_width(1_000_000)).maximum
+        if needed > console.width:
+            console = Console(
+                file=console.file,
+                width=needed,
+                force_terminal=console.is_terminal,
+                color_system=console.color_system,
+            )
+    console.print(table, crop=False)
 
 
-def print_status(entries: Sequence[dict[str, Any]]) -> None:
+WHOLE_WORD = 24
+"""The longest word a table keeps on one line when it wraps a cell (longer ones fold)."""
+
+
+def print_status(entries: Sequence[dict[str, Any]], *, wide: bool = False) -> None:
     """The status table (rich on a terminal, tab-separated otherwise)."""
     if not entries:
         print("no runs recorded yet")
@@ -232,6 +265,7 @@ def print_status(entries: Sequence[dict[str, Any]]) -> None:
             "when (UTC)",
         ],
         rows,
+        wide=wide,
     )
 
 

@@ -11,6 +11,7 @@ import typer
 from monitor.api.views import clean, count_repeats
 from monitor.cli.options import DEFAULT_CONFIG, ConfigOption, load_config_file
 from monitor.cli.output import (
+    WideOption,
     handle_errors,
     print_table,
 )
@@ -25,6 +26,7 @@ def drift_command(
     ] = None,
     config: ConfigOption = Path(DEFAULT_CONFIG),
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    wide: WideOption = False,
 ) -> None:
     """Check production inputs for drift against the reference, now, and record the result."""
     from monitor.service.after_job import make_notifier, record_input_drift
@@ -89,6 +91,7 @@ def drift_command(
                 ]
                 for r in rows
             ],
+            wide=wide,
         )
         for name, record in results:
             for line in describe_checks(record.details or {}):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -17,6 +17,13 @@ from monitor.api.views import format_metric, primary_metric, print_table
 from monitor.errors import MonitorError, Problem
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+WideOption = Annotated[
+    bool,
+    typer.Option(
+        "--wide", help="Draw tables as wide as their cells need (nothing wrapped; full fingerprints)."
+    ),
+]
 
 
 def err(message: str) -> None:

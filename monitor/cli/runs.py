@@ -13,7 +13,15 @@ import typer
 
 from monitor.api.views import clean, json_default, primary_metric, print_status, run_to_dict, status_entries
 from monitor.cli.options import DEFAULT_CONFIG, ConfigOption, DbOption, load_config_file, store_for
-from monitor.cli.output import err, format_metric, handle_errors, print_runs, print_table, progress_bar
+from monitor.cli.output import (
+    WideOption,
+    err,
+    format_metric,
+    handle_errors,
+    print_runs,
+    print_table,
+    progress_bar,
+)
 from monitor.errors import MonitorError, NotFoundError
 from monitor.evals.evalset import strategy_name
 
@@ -136,6 +144,7 @@ def status_command(
     config: ConfigOption = Path(DEFAULT_CONFIG),
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    wide: WideOption = False,
 ) -> None:
     """The latest result per model, eval set and strategy, with the change from the previous run."""
     with store_for(config, db) as store:
@@ -143,7 +152,7 @@ def status_command(
     if as_json:
         print(json.dumps(entries, default=json_default, indent=2))
         return
-    print_status(entries)
+    print_status(entries, wide=wide)
 
 
 @handle_errors
@@ -154,6 +163,7 @@ def history_command(
     db: DbOption = None,
     limit: Annotated[int, typer.Option(min=1)] = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    wide: WideOption = False,
 ) -> None:
     """The runs of one model on one eval set over time, newest first."""
     with store_for(config, db) as store:
@@ -177,7 +187,7 @@ def history_command(
                 metric,
                 format_metric(value),
                 run.evalset_version[:10],
-                short_fingerprint(run.model_fingerprint),
+                (run.model_fingerprint or "unknown") if wide else short_fingerprint(run.model_fingerprint),
                 run.error or "",
             ]
         )
@@ -195,6 +205,7 @@ def history_command(
             "error",
         ],
         rows,
+        wide=wide,
     )
 
 

@@ -12,6 +12,7 @@ import typer
 from monitor.api.views import clean
 from monitor.cli.options import DEFAULT_CONFIG, ConfigOption, DbOption, load_config_file, store_for
 from monitor.cli.output import (
+    WideOption,
     err,
     handle_errors,
     print_table,
@@ -25,6 +26,7 @@ def regressions_command(
     config: ConfigOption = Path(DEFAULT_CONFIG),
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    wide: WideOption = False,
 ) -> None:
     """The newest verdict against the baseline per model, eval set, strategy and metric."""
     from monitor.analysis.regression import latest_verdicts
@@ -99,6 +101,7 @@ def regressions_command(
             ]
             for r in rows
         ],
+        wide=wide,
     )
     if findings:
         print_table(
@@ -116,6 +119,7 @@ def regressions_command(
                 ]
                 for f, n in findings
             ],
+            wide=wide,
         )
 
 
@@ -127,6 +131,7 @@ def recommend_command(
         Path | None, typer.Option(help="Write a one-page Markdown memo here (a folder for several).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    wide: WideOption = False,
 ) -> None:
     """Keep, roll back, re-train, re-base or retire each fine-tune, with the evidence and the cost case
     (and records the decision)."""
@@ -192,6 +197,7 @@ def recommend_command(
             [n, d.action, "-" if r is None else ("yes" if r.changed else "no"), d.reasons[0]]
             for n, d, _, r, _ in out
         ],
+        wide=wide,
     )
     for n, _, _, _, c in out:
         if c is not None:

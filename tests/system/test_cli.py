@@ -210,6 +210,12 @@ def test_run_status_history_roundtrip(
     code, stdout, _ = invoke("history", "router", "routing", "--config", str(config), "--json")
     history = json.loads(stdout)
     assert len(history) == 4 and history[0]["id"] > history[-1]["id"]
+    fingerprint = history[0]["model_fingerprint"]
+    assert fingerprint and len(fingerprint) > 20
+    code, stdout, _ = invoke("history", "router", "routing", "--config", str(config))
+    assert code == 0 and fingerprint not in stdout
+    code, stdout, _ = invoke("history", "router", "routing", "--config", str(config), "--wide")
+    assert code == 0 and fingerprint in stdout
     # everything is in a real SQLite file with one row per item and run
     db = sqlite3.connect(tmp_path / "state" / "monitor.db")
     assert db.execute("select count(*) from runs").fetchone()[0] == 9
