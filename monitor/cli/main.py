@@ -2,7 +2,7 @@
 
 Each command group lives in its own module (:mod:`.eval`, :mod:`.check`,
 :mod:`.runs`, :mod:`.verdicts`, :mod:`.drift`, :mod:`.baseline`,
-:mod:`.releases`, :mod:`.webhooks`, :mod:`.daemon`, :mod:`.gate`); what they print is in :mod:`.output`.
+:mod:`.releases`, :mod:`.webhooks`, :mod:`.daemon`, :mod:`.gate`, :mod:`.importer`); what they print is in :mod:`.output`.
 Commands are added here in the order ``monitor --help`` lists them.
 """
 
@@ -21,6 +21,7 @@ from monitor.cli import (
     deploy,
     drift,
     gate,
+    importer,
     releases,
     runs,
     serve,
@@ -55,6 +56,7 @@ app.add_typer(baseline.baseline_app, name="baseline")
 app.add_typer(releases.releases_app, name="releases")
 app.add_typer(webhooks.webhooks_app, name="webhooks")
 app.add_typer(deploy.deploy_app, name="deploy")
+app.add_typer(importer.import_app, name="import")
 app.command("serve-openai")(daemon.serve_openai_command)
 app.command("demo")(daemon.demo_command)
 
