@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import re
 import string
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from monitor._yaml import Strict, load_yaml, pydantic_problems, read_text
+from monitor._yaml import LocatedYaml, Strict, load_yaml, pydantic_problems, read_text
 from monitor.errors import EvalSetError, Problem
+from monitor.evals.filters import Filter, parse_filters
+
+if TYPE_CHECKING:
+    from monitor.evals.scorers import Scorer, ScorerContext
 
 SPEC_FILE = "evalset.yaml"
 DATA_FILE = "data.jsonl"
@@ -27,11 +34,16 @@ FORMAT_VERSION = 1
 MULTIPLE_CHOICE_METRICS = frozenset({"acc", "acc_norm"})
 GENERATE_METRICS = frozenset({"exact_match", "contains", "token_f1", "regex", "json_valid", "json_fields"})
 #: Generation metrics that are pass/fail (0 or 1 per item): the ones ``pass_at_k`` can reduce.
-PASS_FAIL_METRICS = frozenset({"exact_match", "contains", "regex", "json_valid"})
+PASS_FAIL_METRICS = frozenset({"exact_match", "contains", "regex", "json_valid", "json_schema"})
 #: How many problems of one eval set are listed before the rest are counted.
 MAX_PROBLEMS = 50
 #: The roles a ``messages`` item may use.
 ROLES = ("system", "user", "assistant")
+#: The few-shot samplers (``fewshot.sampler``) and the default seed (lm-eval's).
+SAMPLERS = ("first_n", "random", "balanced", "similar")
+DEFAULT_FEWSHOT_SEED = 1234
+#: Keys of a metric mapping that are not the scorer's options.
+METRIC_ENTRY_KEYS = ("name", "key", "filters")
 #: Reducers of repeated samples: ``mean``, ``majority`` and ``pass_at_<k>`` (``pass_at_k``: k = repeats).
 REDUCER_PATTERN = r"^(mean|majority|pass_at_k|pass_at_[1-9][0-9]*)$"
 
@@ -40,7 +52,16 @@ Message = tuple[str, str]
 
 
 class FewshotSpec(Strict):
-    """``fewshot:`` in evalset.yaml: the first ``k`` items of ``pool`` in file order.
+    """``fewshot:`` in evalset.yaml: ``k`` items of ``pool`` as examples, chosen by ``sampler``.
+
+    ``first_n`` (the default): the first ``k`` in file order, the same for every item.
+    ``random``: lm-eval's default sampler, one ``random.Random(seed)`` over the items in
+    file order, ``k`` pool items drawn per item.  ``balanced``: the pool grouped by label
+    (``label_field`` of the pool items, else the target), each group shuffled with
+    ``random.Random(seed)``, then one example per label in turn (labels in the order they
+    first appear) until ``k``; the same for every item.  ``similar``: per item, the ``k``
+    pool items nearest to it by all-MiniLM-L6-v2 embedding of the rendered prompt
+    (cosine; ties by pool order), nearest last (next to the item).
 
     Under ``format: chat`` each example is a user turn and an assistant turn
     (lm-eval's ``fewshot_as_multiturn``); ``multiturn: false`` puts the
@@ -51,6 +72,14 @@ class FewshotSpec(Strict):
     pool: str
     separator: str = "\n\n"
     multiturn: bool = True
+    sampler: Literal["first_n", "random", "balanced", "similar"] = "first_n"
+    seed: int = DEFAULT_FEWSHOT_SEED
+    label_field: Annotated[str, Field(min_length=1)] | None = None
+
+    @property
+    def per_item(self) -> bool:
+        """Whether each item gets its own shots (no shared prefix)."""
+        return self.sampler in ("random", "similar")
 
 
 class GenerationSpec(Strict):
@@ -102,7 +131,8 @@ class EvalSetSpec(Strict):
     choices: tuple[str, ...] | None = None
     target_delimiter: str = " "
     fewshot: FewshotSpec | None = None
-    metrics: tuple[str, ...] | None = None
+    #: Plain scorer names or mappings ``{name, key, filters, ...options}`` (see :func:`parse_metric`).
+    metrics: tuple[str | dict[str, Any], ...] | None = None
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 64
     stop: tuple[str, ...] = ()
     generation: GenerationSpec | None = None
@@ -126,12 +156,24 @@ class EvalSetSpec(Strict):
 
     @model_validator(mode="after")
     def _metrics_fit_the_task(self) -> EvalSetSpec:
-        known = MULTIPLE_CHOICE_METRICS if self.task == "multiple_choice" else GENERATE_METRICS
-        unknown = [m for m in self.metrics or () if m not in known]
-        if unknown:
-            raise ValueError(
-                f"metrics {unknown} are not available for task {self.task}; choose from {sorted(known)}"
-            )
+        if self.task == "multiple_choice":
+            known = MULTIPLE_CHOICE_METRICS
+            unknown = [m for m in self.metrics or () if not isinstance(m, str) or m not in known]
+            if unknown:
+                raise ValueError(
+                    f"metrics {unknown} are not available for task {self.task}; choose from {sorted(known)}"
+                )
+        metric_names: dict[str, str] = {}
+        for index, entry in enumerate(self.metrics or ()):
+            try:
+                parsed = parse_metric(entry)
+            except ValueError as exc:
+                raise ValueError(f"metrics.{index}.{exc}") from None
+            if parsed.key in metric_names:
+                raise ValueError(
+                    f"metrics.{index}.key: {parsed.key!r} is used twice; give each entry its own key"
+                )
+            metric_names[parsed.key] = parsed.name
         if self.task == "generate" and self.choices is not None:
             raise ValueError("choices are only for multiple_choice tasks")
         if self.prompt is None and self.format == "text":
@@ -151,13 +193,18 @@ class EvalSetSpec(Strict):
                 raise ValueError("max_new_tokens: give it once, at the top or under generation, not both")
             if generation.stop is not None and "stop" in self.model_fields_set:
                 raise ValueError("stop: give it once, at the top or under generation, not both")
-            metrics = self.metrics or (("acc",) if self.task == "multiple_choice" else ("exact_match",))
+            metrics = tuple(metric_names) or (
+                ("acc",) if self.task == "multiple_choice" else ("exact_match",)
+            )
             for metric, reducer in generation.reduce.items():
                 if metric not in metrics:
                     raise ValueError(
                         f"generation.reduce.{metric}: not one of this eval set's metrics {list(metrics)}"
                     )
-                if reducer.startswith("pass_at_") and metric not in PASS_FAIL_METRICS:
+                if (
+                    reducer.startswith("pass_at_")
+                    and metric_names.get(metric, metric) not in PASS_FAIL_METRICS
+                ):
                     raise ValueError(
                         f"generation.reduce.{metric}: {reducer} needs a pass/fail metric "
                         f"({', '.join(sorted(PASS_FAIL_METRICS))}); {metric} is graded: use mean or majority"
@@ -223,6 +270,44 @@ def pass_at_k_of(reducer: str, repeats: int) -> int | None:
 
 
 @dataclass(frozen=True)
+class MetricSpec:
+    """One ``metrics:`` entry: the scorer ``name``, the ``key`` its score is kept under, the output
+    filters and the scorer's options (the mapping less name, key and filters)."""
+
+    name: str
+    key: str
+    filters: tuple[Filter, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def filter_specs(self) -> list[Any]:
+        return [f.spec for f in self.filters]
+
+
+def parse_metric(entry: str | dict[str, Any]) -> MetricSpec:
+    """A ``metrics:`` entry (a plain scorer name or a mapping) as a :class:`MetricSpec`.
+
+    Raises:
+        ValueError: ``field: message`` (``name``, ``key``, ``filters[i].regex``, ...).
+    """
+    if isinstance(entry, str):
+        if not entry:
+            raise ValueError("name: a metric needs a scorer name")
+        return MetricSpec(entry, entry)
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("name: a metric mapping needs name: (the scorer, e.g. exact_match)")
+    key = entry.get("key", name)
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise ValueError(f"key: {key!r} must be a name of letters, digits, _ . and -")
+    filters = parse_filters(entry.get("filters"))
+    options = {k: v for k, v in entry.items() if k not in METRIC_ENTRY_KEYS}
+    return MetricSpec(name, key, filters, options)
+
+
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
 class EvalItem:
     """One golden item: its id, all its fields, its target and (multiple choice) its choices."""
 
@@ -260,6 +345,10 @@ class EvalSet:
     items: tuple[EvalItem, ...]
     pool: tuple[EvalItem, ...]
     version: str
+    #: Embeds texts for ``fewshot.sampler: similar`` (rows of a 2-D array); None: all-MiniLM-L6-v2.
+    embedder: Callable[[Sequence[str]], Any] | None = field(default=None, compare=False, repr=False)
+    _cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    _cache_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -271,10 +360,59 @@ class EvalSet:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        """The configured metrics, or the task's default."""
+        """The keys the configured metrics are kept under, or the task's default."""
+        return tuple(m.key for m in self.metric_specs)
+
+    @property
+    def metric_specs(self) -> tuple[MetricSpec, ...]:
+        """The configured metric entries (the task's default when none are given)."""
         if self.spec.metrics:
-            return self.spec.metrics
-        return ("acc",) if self.task == "multiple_choice" else ("exact_match",)
+            return tuple(parse_metric(m) for m in self.spec.metrics)
+        return (
+            (MetricSpec("acc", "acc"),)
+            if self.task == "multiple_choice"
+            else (MetricSpec("exact_match", "exact_match"),)
+        )
+
+    def scorers(self, context: ScorerContext | None = None) -> dict[str, Scorer]:
+        """The scorer of each generation metric by key, built with ``context`` (default: this eval set's
+        folder, no backends; built once and kept).
+
+        Raises:
+            EvalSetError: a scorer cannot be built (its located problem).
+        """
+        if self.task == "multiple_choice":
+            return {}
+        from monitor.evals.scorers import ScorerContext, make_scorer
+
+        default = context is None
+        if default:
+            with self._cache_lock:
+                found = self._cache.get("scorers")
+            if found is not None:
+                return dict(found)
+        ctx = context or ScorerContext(self.path)
+        built: dict[str, Scorer] = {}
+        for index, metric in enumerate(self.metric_specs):
+            try:
+                built[metric.key] = make_scorer(metric.name, metric.options, ctx)
+            except ValueError as exc:
+                raise EvalSetError(f"metrics.{index}.{exc}", str(self.path / SPEC_FILE)) from None
+        if default:
+            with self._cache_lock:
+                self._cache["scorers"] = built
+        return dict(built)
+
+    def scorer_settings(self) -> dict[str, Any]:
+        """Each metric's scorer ``settings()`` (by key), where a scorer has any."""
+        from monitor.evals.scorers import scorer_settings
+
+        out = {}
+        for key, scorer in self.scorers().items():
+            found = scorer_settings(scorer)
+            if found:
+                out[key] = found
+        return out
 
     @property
     def default_fewshot(self) -> int:
@@ -291,29 +429,134 @@ class EvalSet:
         assert self.spec.prompt is not None  # the schema asks for one unless items bring messages
         return self.spec.prompt.format(**item.fields)
 
-    def render_fewshot_prefix(self, k: int) -> str:
-        """The few-shot examples as lm-evaluation-harness renders them, ending with the separator."""
+    def render_fewshot_prefix(self, k: int, item: EvalItem | None = None) -> str:
+        """The few-shot examples as lm-evaluation-harness renders them, ending with the separator.
+
+        Without ``item`` this is the prefix every item shares: under a per-item sampler
+        (``random``, ``similar``) only the description, after checking that every item's
+        shots can be drawn (so an impossible strategy fails before anything runs).
+        """
         if k <= 0:
             return self.spec.description
-        shots = self._shots(k)
+        if item is None and self.spec.fewshot is not None and self.spec.fewshot.per_item:
+            self._check_shots(k)
+            for each in self.items:
+                self.shots_for(each, k)
+            return self.spec.description
+        shots = self.shots_for(item, k)
         sep = self.spec.fewshot.separator if self.spec.fewshot else ""
         rendered = [self.render_prompt(ex) + self.spec.target_delimiter + ex.target_text for ex in shots]
         return self.spec.description + sep.join(rendered) + sep
 
-    def _shots(self, k: int) -> tuple[EvalItem, ...]:
+    def _check_shots(self, k: int) -> FewshotSpec:
         if self.spec.fewshot is None:
             raise EvalSetError(
                 f"fewshot: {k}-shot asked for, but the eval set has no fewshot pool", str(self.path)
             )
-        if k > len(self.pool):
+        need = k + 1 if self._pool_is_data and self.spec.fewshot.sampler != "first_n" else k
+        if need > len(self.pool):
             raise EvalSetError(
                 f"fewshot: {k}-shot asked for, but the pool has {len(self.pool)} items", str(self.path)
             )
-        return self.pool[:k]
+        return self.spec.fewshot
+
+    @property
+    def _pool_is_data(self) -> bool:
+        return bool(self.pool) and self.pool == self.items
+
+    def shots_for(self, item: EvalItem | None, k: int) -> tuple[EvalItem, ...]:
+        """The ``k`` few-shot examples of ``item`` under ``fewshot.sampler`` (``item`` may be None for
+        the samplers whose shots every item shares: first_n and balanced).
+
+        Per-item shots are drawn once per shot count over every item in file order, so chunks
+        and resumed runs get the same examples.
+        """
+        fewshot = self._check_shots(k)
+        if fewshot.sampler == "first_n":
+            return self.pool[:k]
+        if fewshot.sampler == "balanced":
+            return self._cached(("balanced", k), lambda: self._balanced(fewshot, k))
+        if item is None:
+            raise EvalSetError(
+                f"fewshot.sampler: {fewshot.sampler} draws shots per item; there is no shared prefix",
+                str(self.path),
+            )
+        table = self._cached(
+            (fewshot.sampler, k),
+            lambda: self._random(fewshot, k) if fewshot.sampler == "random" else self._similar(k),
+        )
+        found = table.get(item.id)
+        if found is None:  # an item not of this eval set: its own seeded draw
+            rnd = random.Random(f"{fewshot.seed}:{item.id}")
+            return tuple(rnd.sample(self.pool, k))
+        return tuple(self.pool[i] for i in found)
+
+    def _cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        with self._cache_lock:
+            if key not in self._cache:
+                self._cache[key] = compute()
+            return self._cache[key]
+
+    def _random(self, fewshot: FewshotSpec, k: int) -> dict[str, tuple[int, ...]]:
+        # lm-eval's default sampler: one Random(seed) per eval set, rnd.sample per item in order; when
+        # the pool is the evaluated data, k + 1 are drawn and the item itself dropped.
+        rnd = random.Random(fewshot.seed)
+        indices = list(range(len(self.pool)))
+        out: dict[str, tuple[int, ...]] = {}
+        for item in self.items:
+            if self._pool_is_data:
+                drawn = [i for i in rnd.sample(indices, k + 1) if self.pool[i] != item][:k]
+            else:
+                drawn = rnd.sample(indices, k)
+            out[item.id] = tuple(drawn)
+        return out
+
+    def _balanced(self, fewshot: FewshotSpec, k: int) -> tuple[EvalItem, ...]:
+        groups: dict[str, list[EvalItem]] = {}
+        for ex in self.pool:
+            label = ex.fields.get(fewshot.label_field) if fewshot.label_field else ex.target_text
+            groups.setdefault(json.dumps(label, sort_keys=True, default=str), []).append(ex)
+        rnd = random.Random(fewshot.seed)
+        for members in groups.values():
+            rnd.shuffle(members)
+        picked: list[EvalItem] = []
+        queues = list(groups.values())
+        while len(picked) < k:
+            for members in queues:
+                if members and len(picked) < k:
+                    picked.append(members.pop(0))
+        return tuple(picked)
+
+    def _similar(self, k: int) -> dict[str, tuple[int, ...]]:
+        embed = self.embedder
+        if embed is None:
+            from monitor.evals.embeddings import MiniLMEmbedder, embeddings_unavailable
+
+            reason = embeddings_unavailable()
+            if reason is not None:
+                raise EvalSetError(
+                    f"fewshot.sampler: similar needs all-MiniLM-L6-v2 embeddings: {reason}",
+                    str(self.path / SPEC_FILE),
+                )
+            embed = MiniLMEmbedder().encode
+        import numpy as np
+
+        from monitor.evals.embeddings import cosine_rows
+
+        items = np.asarray(embed([self.render_prompt(item) for item in self.items]))
+        pool = np.asarray(embed([self.render_prompt(ex) for ex in self.pool]))
+        sims = cosine_rows(items, pool)
+        out: dict[str, tuple[int, ...]] = {}
+        for row, item in enumerate(self.items):
+            order = sorted(range(len(self.pool)), key=lambda j: (-sims[row, j], j))
+            if self._pool_is_data:
+                order = [j for j in order if self.pool[j] != item]
+            out[item.id] = tuple(reversed(order[:k]))  # the nearest example last, next to the item
+        return out
 
     def render_context(self, item: EvalItem, k: int = 0) -> str:
         """The full prompt for one item under a ``k``-shot strategy (``format: text``)."""
-        return self.render_fewshot_prefix(k) + self.render_prompt(item)
+        return self.render_fewshot_prefix(k, item) + self.render_prompt(item)
 
     def render_messages(self, item: EvalItem, k: int = 0) -> tuple[Message, ...]:
         """The conversation sent for one item under a ``k``-shot strategy (``format: chat``), as (role, content).
@@ -335,7 +578,7 @@ class EvalSet:
             messages.append(("system", system))
         turns = own or [("user", self.render_prompt(item))]
         if k > 0:
-            shots = self._shots(k)
+            shots = self.shots_for(item, k)
             if self.spec.fewshot is not None and self.spec.fewshot.multiturn:
                 for ex in shots:
                     example = [(r, c) for r, c in ex.messages if r != "system"]
@@ -368,9 +611,19 @@ class EvalSet:
                 del spec[key]
         if spec.get("prompt") is None:
             del spec["prompt"]
-        if isinstance(spec.get("fewshot"), dict) and spec["fewshot"].get("multiturn") is True:
-            del spec["fewshot"]["multiturn"]
+        if isinstance(spec.get("fewshot"), dict):
+            fewshot = spec["fewshot"]
+            if fewshot.get("multiturn") is True:
+                del fewshot["multiturn"]
+            if fewshot.get("sampler") == "first_n":
+                del fewshot["sampler"]
+                del fewshot["seed"]  # first_n draws nothing
+            if fewshot.get("label_field") is None:
+                fewshot.pop("label_field", None)
         payload: dict[str, Any] = {"spec": spec, "fewshot_k": k}
+        scorers = self.scorer_settings()
+        if scorers:
+            payload["scorers"] = scorers
         if chat_template_sha256 is not None:
             payload["chat_template_sha256"] = chat_template_sha256
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -422,19 +675,31 @@ def content_hash(directory: Path) -> str:
 
 
 def load_evalset(path: str | Path) -> EvalSet:
-    """Load and validate the eval set in directory ``path``.
+    """Load and validate the eval set in directory ``path`` (or the lm-evaluation-harness task file
+    ``path``, a ``.yaml``/``.yml`` file: :func:`monitor.evals.lmeval.load_task`).
+
+    Every metric's scorer is built here (its options and files checked), so a bad metric is a
+    load error naming its line.
 
     Raises:
         EvalSetError: with one problem per finding, each naming its file and line.
     """
     directory = Path(path)
+    if directory.is_file() and directory.suffix in (".yaml", ".yml"):
+        try:
+            from monitor.evals.lmeval import load_task
+        except ImportError as exc:
+            raise EvalSetError(
+                f"lm-evaluation-harness task files are not supported in this build ({exc})", str(directory)
+            ) from None
+        return load_task(directory)
     if not directory.is_dir():
         raise EvalSetError(
             "eval set directory not found" if not directory.exists() else "not a directory", str(directory)
         )
     problems: list[Problem] = []
     spec_path = directory / SPEC_FILE
-    spec = _load_spec(spec_path, problems)
+    spec, located = _load_spec(spec_path, problems)
     items = _load_items(directory / DATA_FILE, spec, problems)
     pool: list[EvalItem] = []
     if spec is not None and spec.fewshot is not None:
@@ -462,6 +727,8 @@ def load_evalset(path: str | Path) -> EvalSet:
                             "few-shot examples must not be evaluated",
                         )
                     )
+    if spec is not None and spec.task == "generate":
+        _check_scorers(spec, directory, spec_path, located, problems)
     if problems:
         if len(problems) > MAX_PROBLEMS:
             extra = len(problems) - MAX_PROBLEMS
@@ -471,26 +738,64 @@ def load_evalset(path: str | Path) -> EvalSet:
     return EvalSet(directory, spec, tuple(items), tuple(pool), content_hash(directory))
 
 
-def _load_spec(path: Path, problems: list[Problem]) -> EvalSetSpec | None:
+def _load_spec(path: Path, problems: list[Problem]) -> tuple[EvalSetSpec | None, LocatedYaml | None]:
     text, read_problems = read_text(path)
     problems.extend(read_problems)
     if text is None:
-        return None
+        return None, None
     if not text.strip():
         problems.append(Problem(str(path), "file is empty"))
-        return None
+        return None, None
     located, yaml_problems = load_yaml(text, path)
     problems.extend(yaml_problems)
     if located is None:
-        return None
+        return None, None
     if not isinstance(located.data, dict):
         problems.append(Problem(f"{path}:1", "must be a mapping of keys (name, task, prompt, ...)"))
-        return None
+        return None, located
     try:
-        return EvalSetSpec.model_validate(located.data)
+        return EvalSetSpec.model_validate(located.data), located
     except ValidationError as exc:
-        problems.extend(pydantic_problems(exc, path, located))
-        return None
+        problems.extend(_metric_located(pydantic_problems(exc, path, located), path, located))
+        return None, located
+
+
+def _metric_located(problems: list[Problem], path: Path, located: LocatedYaml) -> list[Problem]:
+    """Re-locate a ``metrics.<i>.<field>: ...`` problem raised by the spec's validator on its entry's line."""
+    out = []
+    for problem in problems:
+        match = re.match(r"^\(document\): metrics\.(\d+)\.([A-Za-z_]+)", problem.message)
+        if match:
+            index, name = int(match.group(1)), match.group(2)
+            message = problem.message.removeprefix("(document): ")
+            out.append(_metric_problem(path, located, index, name, message))
+        else:
+            out.append(problem)
+    return out
+
+
+def _metric_problem(path: Path, located: LocatedYaml | None, index: int, name: str, message: str) -> Problem:
+    line = located.line_of(("metrics", index, name)) if located is not None else None
+    if line is None and located is not None:
+        line = located.line_of(("metrics", index))
+    return Problem(f"{path}:{line}" if line else str(path), message)
+
+
+def _check_scorers(
+    spec: EvalSetSpec, directory: Path, path: Path, located: LocatedYaml | None, problems: list[Problem]
+) -> None:
+    """Build every metric's scorer once, so that an unknown scorer or a bad option is found at load."""
+    from monitor.evals.scorers import ScorerContext, make_scorer
+
+    context = ScorerContext(directory)
+    for index, entry in enumerate(spec.metrics or ()):
+        metric = parse_metric(entry)  # the spec's validator parsed it already
+        try:
+            make_scorer(metric.name, metric.options, context)
+        except ValueError as exc:
+            text = str(exc)
+            name = text.split(":", 1)[0].split(".", 1)[0].split("[", 1)[0]
+            problems.append(_metric_problem(path, located, index, name, f"metrics.{index}.{text}"))
 
 
 def _load_items(path: Path, spec: EvalSetSpec | None, problems: list[Problem]) -> list[EvalItem]:

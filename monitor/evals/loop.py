@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +30,14 @@ from monitor.backends.base import (
 )
 from monitor.errors import EndpointAuthError, EvalSetError
 from monitor.evals.evalset import SPEC_FILE, EvalItem, EvalSet, GenerationSpec, strategy_name
+from monitor.evals.filters import apply_filters
 from monitor.evals.results import ItemResult
+from monitor.evals.scorers import ScoreError, Scorer, ScorerContext, close_scorer, score_many
 from monitor.evals.scoring import (
+    ItemScore,
     MetricValue,
     aggregate,
     reduce_samples,
-    score_generation,
     score_multiple_choice,
     score_picked_choice,
 )
@@ -78,14 +80,40 @@ def evaluate(
     sink: ChunkSink | None = None,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    scorer_context: ScorerContext | None = None,
 ) -> EvalOutcome:
     """Evaluate every item of ``evalset`` (except ``skip``) with ``backend``.
 
     ``sink`` receives each chunk's results once they are scored; ``should_stop``
     is checked between chunks so that a shutdown stops after a committed chunk.
+    The generation metrics' scorers are built with ``scorer_context`` (default: the
+    eval set's folder, no backends) and closed at the end.
     """
     evalset.render_fewshot_prefix(fewshot_k)  # fail early on an impossible strategy
     chat = chat_setup(backend, evalset)
+    scorers = evalset.scorers(scorer_context)
+    try:
+        return _evaluate(
+            backend, evalset, fewshot_k, chunk_size, skip, sink, progress, should_stop, chat, scorers
+        )
+    finally:
+        if scorer_context is not None:
+            for scorer in scorers.values():
+                close_scorer(scorer)
+
+
+def _evaluate(
+    backend: Backend,
+    evalset: EvalSet,
+    fewshot_k: int,
+    chunk_size: int,
+    skip: Collection[str],
+    sink: ChunkSink | None,
+    progress: ProgressCallback | None,
+    should_stop: Callable[[], bool] | None,
+    chat: ChatTemplate | None,
+    scorers: Mapping[str, Scorer],
+) -> EvalOutcome:
     todo = [item for item in evalset.items if item.id not in skip]
     chunks = [todo[start : start + chunk_size] for start in range(0, len(todo), max(1, chunk_size))]
     outcome = EvalOutcome()
@@ -95,13 +123,13 @@ def evaluate(
         for chunk in chunks:
             if should_stop is not None and should_stop():
                 break
-            results = _evaluate_chunk(backend, evalset, chunk, fewshot_k, progress, chat)
+            results = _evaluate_chunk(backend, evalset, chunk, fewshot_k, progress, chat, scorers)
             if sink is not None:
                 sink(results)
             outcome.results.extend(results)
     else:
         _evaluate_overlapped(
-            backend, evalset, chunks, fewshot_k, overlap, outcome, sink, progress, should_stop, chat
+            backend, evalset, chunks, fewshot_k, overlap, outcome, sink, progress, should_stop, chat, scorers
         )
     outcome.eval_s = time.perf_counter() - started
     return outcome
@@ -118,6 +146,7 @@ def _evaluate_overlapped(
     progress: ProgressCallback | None,
     should_stop: Callable[[], bool] | None,
     chat: ChatTemplate | None,
+    scorers: Mapping[str, Scorer],
 ) -> None:
     """Chunks in flight ``overlap`` at a time (a remote backend), committed in order as each finishes.
 
@@ -137,7 +166,9 @@ def _evaluate_overlapped(
             chunk = next(queue, None)
             if chunk is None:
                 return False
-            pending.append(pool.submit(_evaluate_chunk, backend, evalset, chunk, fewshot_k, progress, chat))
+            pending.append(
+                pool.submit(_evaluate_chunk, backend, evalset, chunk, fewshot_k, progress, chat, scorers)
+            )
             return True
 
         while len(pending) < overlap and submit():
@@ -157,9 +188,10 @@ def _evaluate_chunk(
     fewshot_k: int,
     progress: ProgressCallback | None,
     chat: ChatTemplate | None = None,
+    scorers: Mapping[str, Scorer] | None = None,
 ) -> list[ItemResult]:
     try:
-        return _score_chunk(backend, evalset, chunk, fewshot_k, progress, chat)
+        return _score_chunk(backend, evalset, chunk, fewshot_k, progress, chat, scorers)
     except EndpointAuthError:
         raise  # a refused key refuses every item: asking again one by one only costs calls
     except Exception as exc:
@@ -169,7 +201,7 @@ def _evaluate_chunk(
     results = []
     for item in chunk:
         try:
-            results.extend(_score_chunk(backend, evalset, [item], fewshot_k, None, chat))
+            results.extend(_score_chunk(backend, evalset, [item], fewshot_k, None, chat, scorers))
         except EndpointAuthError:
             raise
         except Exception as exc:
@@ -267,6 +299,7 @@ def _score_chunk(
     fewshot_k: int,
     progress: ProgressCallback | None,
     chat: ChatTemplate | None = None,
+    scorers: Mapping[str, Scorer] | None = None,
 ) -> list[ItemResult]:
     metrics = evalset.metrics
     need_text = evalset.task == "multiple_choice"
@@ -302,15 +335,32 @@ def _score_chunk(
     outs = backend.generate(gen_requests, progress=progress if repeats == 1 else None)
     if repeats > 1 and progress is not None:
         progress(len(chunk))
+    if scorers is None:
+        scorers = evalset.scorers()
+    ok = [
+        index
+        for index in range(len(chunk))
+        if all(out.error is None for out in outs[index * repeats : (index + 1) * repeats])
+    ]
+    graded = score_outputs(
+        evalset,
+        scorers,
+        [chunk[index] for index in ok for _ in range(repeats)],
+        [out.text for index in ok for out in outs[index * repeats : (index + 1) * repeats]],
+    )
+    by_item = {index: graded[n * repeats : (n + 1) * repeats] for n, index in enumerate(ok)}
     for index, (item, p) in enumerate(zip(chunk, prompts, strict=True)):
         samples = outs[index * repeats : (index + 1) * repeats]
         failed = next((out for out in samples if out.error is not None), None)
         if failed is not None:
             results.append(_failed_reason(item, failed.error or ""))
             continue
-        scored = [score_generation(item, out.text, metrics) for out in samples]
-        reduced = scored[0] if repeats == 1 else reduce_samples(scored, metrics, decoding.reduce, repeats)
-        first = reduced.scores[metrics[0]]
+        scored = by_item[index]
+        if repeats == 1:
+            reduced, filtered, errors = scored[0]
+        else:
+            reduced, filtered, errors = _reduce(scored, metrics, decoding.reduce, repeats)
+        first = reduced.scores.get(metrics[0])
         results.append(
             ItemResult(
                 item_id=item.id,
@@ -324,14 +374,69 @@ def _score_chunk(
                 prompt=p.text,
                 messages=_message_dicts(p.messages),
                 samples=[
-                    {"prediction": out.text, "scores": s.scores, "completion_tokens": out.completion_tokens}
-                    for out, s in zip(samples, scored, strict=True)
+                    {
+                        "prediction": out.text,
+                        "scores": s.scores,
+                        "completion_tokens": out.completion_tokens,
+                        **({"filtered": f} if f else {}),
+                        **({"metric_errors": e} if e else {}),
+                    }
+                    for out, (s, f, e) in zip(samples, scored, strict=True)
                 ]
                 if repeats > 1
                 else None,
+                filtered=filtered or None,
+                metric_errors=errors or None,
             )
         )
     return results
+
+
+#: One output's grading: its score per metric key, its filtered output per key (where the filters
+#: changed it) and why a metric has no score (or, beside a 0, why it is 0).
+Graded = tuple[ItemScore, dict[str, str], dict[str, str]]
+
+
+def score_outputs(
+    evalset: EvalSet, scorers: Mapping[str, Scorer], items: Sequence[EvalItem], outputs: Sequence[str]
+) -> list[Graded]:
+    """Grade each output of its item on every generation metric: its filters, then its scorer
+    (``score_batch`` when the scorer has one).  A :class:`ScoreError` leaves the metric unscored
+    for that output, its reason kept; a scorer's other exception fails the chunk (retried item by item)."""
+    graded: list[Graded] = [(ItemScore(out, {}), {}, {}) for out in outputs]
+    for metric in evalset.metric_specs:
+        scorer = scorers[metric.key]
+        filtered = [apply_filters(metric.filters, out) for out in outputs]
+        for (score, kept, errors), raw, text, value in zip(
+            graded, outputs, filtered, score_many(scorer, filtered, items), strict=True
+        ):
+            if text != raw:
+                kept[metric.key] = text
+            if isinstance(value, ScoreError):
+                errors[metric.key] = (str(value) or type(value).__name__)[:2000]
+                continue
+            score.scores[metric.key] = float(value)
+            reason = getattr(value, "reason", None)
+            if reason:
+                errors[metric.key] = str(reason)[:2000]
+    return graded
+
+
+def _reduce(
+    scored: Sequence[Graded], metrics: Sequence[str], reducers: Mapping[str, str], repeats: int
+) -> Graded:
+    """Reduce repeated samples: a metric is reduced over the samples only when every sample has a score
+    on it; else the item has none, with the first sample's reason."""
+    complete = [m for m in metrics if all(m in s.scores for s, _, _ in scored)]
+    reduced = reduce_samples(
+        [s for s, _, _ in scored], complete, {m: r for m, r in reducers.items() if m in complete}, repeats
+    )
+    chosen = next((g for g in scored if g[0].prediction == reduced.prediction), scored[0])
+    errors = {m: e for m, e in chosen[2].items() if m in reduced.scores}
+    for metric in metrics:
+        if metric not in complete:
+            errors[metric] = next(e[metric] for _, _, e in scored if metric in e)
+    return reduced, dict(chosen[1]), errors
 
 
 def _sampling(decoding: GenerationSpec, repeat: int) -> Sampling:

@@ -120,7 +120,7 @@ def _as_factory(name: str, obj: Any) -> ScorerFactory:
                 scorer = cls(**dict(options))
             except TypeError as exc:
                 raise ValueError(f"{name}: bad options {sorted(options)}: {exc}") from exc
-            return scorer  # type: ignore[no-any-return]
+            return scorer  # type: ignore[no-any-return,return-value]
 
         return from_class
     if not callable(obj):
