@@ -80,6 +80,10 @@ def evalset_files(
         and not task.exclude_self
         and task.fewshot_target_delimiter == task.spec.target_delimiter
         and same_description
+        and (
+            task.task != "multiple_choice"
+            or all(ex.target in ex.fields.get("choices", ()) for ex in task.pool)
+        )
     )
     spec.pop("fewshot", None)
     spec.pop("description", None)

@@ -715,7 +715,10 @@ def _pool_item(
             "doc_to_target",
         )
     item_id = f"{split}/{_doc_id(doc, index)}"
-    fields = {"id": item_id, "input": text, "target": answer, "doc": dict(doc)}
+    fields: dict[str, Any] = {"id": item_id, "input": text, "target": answer}
+    if choices is not None:
+        fields["choices"] = choices
+    fields["doc"] = dict(doc)
     return EvalItem(item_id, fields, answer, (), index + 1)
 
 

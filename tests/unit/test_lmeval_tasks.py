@@ -78,7 +78,8 @@ def side_by_side(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFacto
         for name in TASKS:
             by_doc: dict[int, dict[str, Any]] = {}
             for sample in results["samples"][name]:
-                by_doc.setdefault(int(sample["doc_id"]), sample)
+                first = by_doc.setdefault(int(sample["doc_id"]), sample)
+                first.setdefault("by_filter", {})[sample["filter"]] = sample
             samples[name] = [by_doc[i] for i in sorted(by_doc)]
         del lm
         os.chdir(here)
@@ -131,6 +132,11 @@ def test_generate_until_matches_lm_eval(side_by_side: SideBySide) -> None:
         assert kwargs["max_gen_toks"] == es.spec.decoding.max_new_tokens
         assert sample["resps"][0][0] == result.prediction, f"item {item.id}: predictions differ"
         assert sample["target"] == item.target
+        for filter_name, key in (("strict-match", "exact_match_strict_match"), ("none", "exact_match_none")):
+            theirs_filtered = sample["by_filter"][filter_name]
+            assert result.scores[key] == theirs_filtered["exact_match"], f"item {item.id}: {key} differs"
+            filtered = (result.filtered or {}).get(key, result.prediction)
+            assert filtered == theirs_filtered["filtered_resps"][0], f"item {item.id}: {key} filtered differs"
 
 
 def test_default_sampler_draws_as_lm_eval() -> None:
