@@ -506,6 +506,8 @@ class EvalSet:
         for item in self.items:
             if self._pool_is_data:
                 drawn = [i for i in rnd.sample(indices, k + 1) if self.pool[i] != item][:k]
+                if len(drawn) < k:  # copies of the item in the pool: lm-eval draws again without them
+                    drawn = rnd.sample([i for i in indices if self.pool[i] != item], k)
             else:
                 drawn = rnd.sample(indices, k)
             out[item.id] = tuple(drawn)

@@ -162,7 +162,8 @@ def score_many(scorer: Scorer, outputs: Sequence[str], items: Sequence[EvalItem]
     out: list[float | ScoreError] = []
     for output, item in zip(outputs, items, strict=True):
         try:
-            out.append(float(scorer.score(output, item)))
+            value = scorer.score(output, item)
+            out.append(value if isinstance(value, float) else float(value))  # a float keeps its reason
         except ScoreError as exc:
             out.append(exc)
     return out
