@@ -183,7 +183,8 @@ class LmEvalTask(EvalSet):
                 + (" (the evaluated split: one more is drawn and the item left out)" if need > k else ""),
                 str(self.source),
             )
-        rnd = random.Random(self.seed)
+        # a seed set on the spec (a seeded draw of a challenger's shots) wins over the task's
+        rnd = random.Random(getattr(self.spec.fewshot, "seed", self.seed))
         docs = [ex.fields["doc"] for ex in self.pool]
         out: dict[str, tuple[int, ...]] = {}
         for item in self.items:
@@ -446,16 +447,14 @@ def _build(config: dict[str, Any], at: _Located, text: str) -> LmEvalTask:
     }
     if pool:
         spec_data["fewshot"] = FewshotSpec(
-            k=num_fewshot or 0, pool=str(pool_split), separator=fewshot_delimiter
+            k=num_fewshot or 0,
+            pool=str(pool_split),
+            separator=fewshot_delimiter,
+            sampler="random" if sampler == "default" else "first_n",  # named in the settings digest
+            seed=DEFAULT_FEWSHOT_SEED,
         )
     if generation is not None:
         spec_data.update(generation)
-    if not _metric_mappings_supported():
-        # Until the scorers take per-metric options, a generate task is scored by the plain name
-        # (its squad normalisation differs from lm-eval's exact_match); prompts and outputs are lm-eval's.
-        spec_data["metrics"] = list(
-            dict.fromkeys("exact_match" if isinstance(m, dict) else m for m in metrics)
-        )
     try:
         spec = EvalSetSpec.model_validate(spec_data)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -491,17 +490,6 @@ def _build(config: dict[str, Any], at: _Located, text: str) -> LmEvalTask:
         descriptions=descriptions,
         task_digest=hashlib.sha256(digest_source.encode()).hexdigest()[:16],
     )
-
-
-def _metric_mappings_supported() -> bool:
-    """Whether ``metrics:`` entries may be mappings with options (the scorers of issue 14)."""
-    try:
-        EvalSetSpec.model_validate(
-            {"name": "probe", "task": "generate", "prompt": PROMPT, "metrics": [{"name": "exact_match"}]}
-        )
-    except ValueError:
-        return False
-    return True
 
 
 def _string(config: Mapping[str, Any], key: str, default: str, at: _Located) -> str:

@@ -139,6 +139,27 @@ def test_generate_until_matches_lm_eval(side_by_side: SideBySide) -> None:
             assert filtered == theirs_filtered["filtered_resps"][0], f"item {item.id}: {key} filtered differs"
 
 
+def test_monitor_eval_reads_a_task_file(tiny_models: TinyModels, side_by_side: SideBySide) -> None:
+    """``monitor eval --evalset TASK.yaml``: the task file through the CLI, lm-eval's accuracy."""
+    task_file = str(FIXTURES / "fewshot_split.yaml")
+    result = CliRunner().invoke(
+        app, ["eval", "--model", str(tiny_models.gpt2), "--evalset", task_file, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    theirs = side_by_side.lm_eval["lmeval_fewshot_split"]
+    assert summary["metrics"]["acc"]["value"] == pytest.approx(sum(s["acc"] for s in theirs) / len(theirs))
+    assert summary["metrics"]["acc"]["n"] == len(theirs)
+
+
+def test_monitor_eval_refuses_a_bad_task_file(tmp_path: Path) -> None:
+    path = write_task(tmp_path, BASE + "process_docs: !function utils.process_docs\n")
+    result = CliRunner().invoke(app, ["eval", "--model", "unused", "--evalset", str(path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "process_docs: !function" in lines[0]
+
+
 def test_default_sampler_draws_as_lm_eval() -> None:
     """The seeded sampler's shots, separate split and own split, by lm-eval's own ContextSampler."""
     from lm_eval.api.samplers import ContextSampler
