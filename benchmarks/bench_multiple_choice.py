@@ -16,10 +16,18 @@ It exits non-zero when a prediction differs, when a log-likelihood differs by mo
 than ``--tolerance``, or when lm-eval rendered a prompt other than the monitor's
 rendering rule says it should.
 
+``--format chat`` runs the same comparison through a chat template: the model's
+tokenizer gets a ChatML-like template with a system role, the monitor's eval set
+is ``format: chat`` with a ``system:`` prompt and multi-turn few-shot, and lm-eval
+runs with ``apply_chat_template=True``, ``fewshot_as_multiturn=True`` and
+``system_instruction``.  Every context lm-eval logged must equal the monitor's
+``prompt`` for the item and the tokenizer's own ``apply_chat_template`` output.
+
 Usage::
 
     python benchmarks/bench_multiple_choice.py                    # everything
     python benchmarks/bench_multiple_choice.py --only lm-eval     # lm-eval half only
+    python benchmarks/bench_multiple_choice.py --format chat --report benchmarks/results_chat.json
 """
 
 from __future__ import annotations
@@ -71,6 +79,33 @@ class PromptFormat:
 
 
 DEFAULT_FORMAT = PromptFormat()
+
+#: Chat templates for ``--format chat``: both ChatML-like with a system role.  ``im-sep`` is
+#: Phi-4's variant, whose headers end in ``<|im_sep|>``; ``chatml``'s end in a newline.
+CHAT_TEMPLATES = {
+    "im-sep": (
+        "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}<|im_sep|>{{ m['content'] }}"
+        "<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant<|im_sep|>{% endif %}"
+    ),
+    "chatml": (
+        "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    ),
+}
+DEFAULT_CHAT_PROMPT = "Question: {input}"
+DEFAULT_SYSTEM = "You are a careful assistant. Answer each question with one of its options only."
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """``--format chat``: the template style, the user turn's ``prompt`` and the system prompt."""
+
+    template: str = "im-sep"
+    prompt: str = DEFAULT_CHAT_PROMPT
+    system: str = DEFAULT_SYSTEM
+
+    def digest(self) -> str:
+        return "chat-" + hashlib.sha256(json.dumps(asdict(self)).encode()).hexdigest()[:8]
 
 
 @dataclass(frozen=True)
@@ -187,6 +222,27 @@ def render_context(item: McItem, pool: Sequence[McItem], k: int, fmt: PromptForm
     return fmt.separator.join(shots) + fmt.separator + render_prompt(item, fmt)
 
 
+def chat_messages(item: McItem, pool: Sequence[McItem], k: int, chat: ChatFormat) -> list[dict[str, str]]:
+    """The conversation both tools must build: system, ``k`` (user, assistant) example turns, the item."""
+    messages = [{"role": "system", "content": chat.system}]
+    for shot in pool[:k]:
+        messages.append({"role": "user", "content": chat.prompt.format(**shot.to_json())})
+        messages.append({"role": "assistant", "content": shot.target})
+    messages.append({"role": "user", "content": chat.prompt.format(**item.to_json())})
+    return messages
+
+
+def render_chat_context(
+    tokenizer: Any, item: McItem, pool: Sequence[McItem], k: int, chat: ChatFormat
+) -> str:
+    """The item's context as the tokenizer's own ``apply_chat_template`` renders it, generation prompt included."""
+    text = tokenizer.apply_chat_template(
+        chat_messages(item, pool, k, chat), tokenize=False, add_generation_prompt=True
+    )
+    assert isinstance(text, str)
+    return text
+
+
 def python_format_to_jinja(template: str) -> str:
     """Turn ``"Question: {input}"`` into lm-eval's ``"Question: {{input}}"``, refusing anything subtler."""
     parts = []
@@ -224,9 +280,20 @@ class EvalSetPaths:
 
 
 def write_eval_sets(
-    root: Path, items: Sequence[McItem], pool: Sequence[McItem], k: int, fmt: PromptFormat
+    root: Path,
+    items: Sequence[McItem],
+    pool: Sequence[McItem],
+    k: int,
+    fmt: PromptFormat,
+    chat: ChatFormat | None = None,
 ) -> EvalSetPaths:
-    """Write the monitor eval set folder and the lm-eval task folder for the same items."""
+    """Write the monitor eval set folder and the lm-eval task folder for the same items.
+
+    With ``chat`` the monitor's eval set is ``format: chat`` (``system:``, multi-turn few-shot,
+    ``target_delimiter`` left at its chat default ``""``); the lm-eval task is the same, with its
+    system prompt and chat flags passed at run time, and ``target_delimiter: ""``, which is what
+    lm-eval uses under ``apply_chat_template`` without a ``gen_prefix`` whatever the task says.
+    """
     import yaml
 
     monitor_dir = root / "monitor_evalset"
@@ -234,14 +301,26 @@ def write_eval_sets(
     data_file, pool_file = monitor_dir / "data.jsonl", monitor_dir / "fewshot.jsonl"
     _write_if_changed(data_file, _jsonl(items))
     _write_if_changed(pool_file, _jsonl(pool))
-    evalset = {
-        "name": EVALSET_NAME,
-        "task": "multiple_choice",
-        "prompt": fmt.prompt,
-        "target_delimiter": fmt.target_delimiter,
-        "fewshot": {"k": k, "pool": pool_file.name, "separator": fmt.separator},
-        "metrics": ["acc"],
-    }
+    evalset: dict[str, Any]
+    if chat is None:
+        evalset = {
+            "name": EVALSET_NAME,
+            "task": "multiple_choice",
+            "prompt": fmt.prompt,
+            "target_delimiter": fmt.target_delimiter,
+            "fewshot": {"k": k, "pool": pool_file.name, "separator": fmt.separator},
+            "metrics": ["acc"],
+        }
+    else:
+        evalset = {
+            "name": EVALSET_NAME,
+            "task": "multiple_choice",
+            "format": "chat",
+            "system": chat.system,
+            "prompt": chat.prompt,
+            "fewshot": {"k": k, "pool": pool_file.name, "multiturn": True},
+            "metrics": ["acc"],
+        }
     _write_if_changed(
         monitor_dir / "evalset.yaml", yaml.safe_dump(evalset, sort_keys=False, allow_unicode=True)
     )
@@ -256,10 +335,10 @@ def write_eval_sets(
         # lm-eval's default sampler draws a seeded random sample; the monitor takes the first k.
         "fewshot_config": {"sampler": "first_n"},
         "output_type": "multiple_choice",
-        "doc_to_text": python_format_to_jinja(fmt.prompt),
+        "doc_to_text": python_format_to_jinja(fmt.prompt if chat is None else chat.prompt),
         "doc_to_choice": "choices",
         "doc_to_target": "target",
-        "target_delimiter": fmt.target_delimiter,
+        "target_delimiter": fmt.target_delimiter if chat is None else "",
         "fewshot_delimiter": fmt.separator,
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
         "metadata": {"version": 1.0},
@@ -325,6 +404,25 @@ def ensure_model(workdir: Path, spec: ModelSpec, corpus: Sequence[str]) -> Path:
     return model_dir
 
 
+def ensure_chat_model(model_dir: Path, template: str) -> Path:
+    """A copy of ``model_dir`` whose tokenizer carries ``CHAT_TEMPLATES[template]`` (same weights)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out = model_dir.with_name(f"{model_dir.name}-chat-{template}")
+    marker = out / "bench_chat.json"
+    if marker.exists() and json.loads(marker.read_text()) == {"template": CHAT_TEMPLATES[template]}:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(model_dir, out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer.chat_template = CHAT_TEMPLATES[template]
+    tokenizer.save_pretrained(out)
+    marker.write_text(json.dumps({"template": CHAT_TEMPLATES[template]}))
+    return out
+
+
 # ------------------------------------------------------------------ token counts
 
 
@@ -356,18 +454,26 @@ def lm_eval_encode_pair(tokenizer: Any, context: str, continuation: str) -> tupl
 
 
 def count_tokens(
-    tokenizer: Any, items: Sequence[McItem], pool: Sequence[McItem], k: int, fmt: PromptFormat
+    tokenizer: Any,
+    items: Sequence[McItem],
+    pool: Sequence[McItem],
+    k: int,
+    fmt: PromptFormat,
+    contexts: dict[str, str] | None = None,
+    delimiter: str | None = None,
 ) -> TokenCounts:
-    """Count the token positions lm-eval computes and the unique ones a prefix tree needs."""
+    """Count the token positions lm-eval computes and the unique ones a prefix tree needs.
+
+    ``contexts`` (item id -> context) and ``delimiter`` replace the text rendering (chat mode).
+    """
     rows: set[tuple[int, ...]] = set()
     trie: dict[int, Any] = {}
     unique = 0
+    delim = fmt.target_delimiter if delimiter is None else delimiter
     for item in items:
-        context = render_context(item, pool, k, fmt)
+        context = contexts[item.id] if contexts is not None else render_context(item, pool, k, fmt)
         for choice in item.choices:
-            context_enc, continuation_enc = lm_eval_encode_pair(
-                tokenizer, context, fmt.target_delimiter + choice
-            )
+            context_enc, continuation_enc = lm_eval_encode_pair(tokenizer, context, delim + choice)
             row = tuple(context_enc + continuation_enc)[:-1]
             rows.add(row)
             node = trie
@@ -460,9 +566,14 @@ def run_lm_eval(
     threads: int,
     workdir: Path,
     log_dir: Path,
+    system_instruction: str | None = None,
 ) -> ToolRun:
-    """Run lm-eval in a fresh process (this script in worker mode) and collect its samples."""
-    out = workdir / "runs" / f"lm-eval-{shots}shot-bs{batch_size}.json"
+    """Run lm-eval in a fresh process (this script in worker mode) and collect its samples.
+
+    ``system_instruction`` (chat mode) also turns on ``apply_chat_template`` and ``fewshot_as_multiturn``.
+    """
+    tag = "" if system_instruction is None else "-chat"
+    out = workdir / "runs" / f"lm-eval{tag}-{shots}shot-bs{batch_size}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
     spec = {
@@ -473,8 +584,10 @@ def run_lm_eval(
         "threads": threads,
         "out": str(out),
     }
+    if system_instruction is not None:
+        spec["system_instruction"] = system_instruction
     cmd = [sys.executable, str(Path(__file__).resolve()), "--lm-eval-worker", json.dumps(spec)]
-    log = log_dir / f"lm-eval-{shots}shot-bs{batch_size}.log"
+    log = log_dir / f"lm-eval{tag}-{shots}shot-bs{batch_size}.log"
     cpu_before, start = _children_cpu_s(), time.perf_counter()
     with log.open("w") as log_file:
         proc = subprocess.run(
@@ -520,6 +633,13 @@ def _lm_eval_worker(spec: dict[str, Any]) -> None:
     lm.loglikelihood = timed_loglikelihood  # type: ignore[method-assign]
     task_manager = TaskManager(include_path=spec["include_path"])
     indexed = time.perf_counter()
+    chat_kwargs: dict[str, Any] = {}
+    if "system_instruction" in spec:
+        chat_kwargs = {
+            "apply_chat_template": True,
+            "fewshot_as_multiturn": True,
+            "system_instruction": spec["system_instruction"],
+        }
     results = lm_eval.simple_evaluate(
         model=lm,
         tasks=[TASK_NAME],
@@ -528,6 +648,7 @@ def _lm_eval_worker(spec: dict[str, Any]) -> None:
         batch_size=batch_size,
         device="cpu",
         log_samples=True,
+        **chat_kwargs,
     )
     done = time.perf_counter()
     assert results is not None
@@ -580,9 +701,10 @@ def run_monitor(
     threads: int,
     workdir: Path,
     log_dir: Path,
+    tag: str = "",
 ) -> ToolRun:
     """Run ``monitor eval`` as a subprocess and read its per-item JSONL and summary JSON."""
-    out = workdir / "runs" / f"monitor-{shots}shot.jsonl"
+    out = workdir / "runs" / f"monitor{tag}-{shots}shot.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
     cmd = [
@@ -598,7 +720,7 @@ def run_monitor(
         "--json",
         *extra_args,
     ]
-    log = log_dir / f"monitor-{shots}shot.log"
+    log = log_dir / f"monitor{tag}-{shots}shot.log"
     cpu_before, start = _children_cpu_s(), time.perf_counter()
     proc = subprocess.run(cmd, env=_thread_env(threads), capture_output=True, text=True, check=False)
     process_s = time.perf_counter() - start
@@ -665,6 +787,9 @@ class Agreement:
     missing: list[str] = field(default_factory=list)
     worst: dict[str, Any] | None = None
     prediction_mismatches: list[dict[str, Any]] = field(default_factory=list)
+    #: With ``per_item_offset``: the largest |other - reference| shared by all choices of an item,
+    #: taken out before ``max_abs_ll_diff`` (None otherwise).
+    max_abs_offset: float | None = None
 
     @property
     def identical_share(self) -> float:
@@ -682,10 +807,22 @@ def _argmax(values: Sequence[float]) -> int:
 
 
 def compare_runs(
-    items: Sequence[McItem], reference: ToolRun, other: ToolRun, *, examples: int = 5
+    items: Sequence[McItem],
+    reference: ToolRun,
+    other: ToolRun,
+    *,
+    examples: int = 5,
+    per_item_offset: bool = False,
 ) -> Agreement:
-    """Compare ``other`` to ``reference`` item by item: predictions and per-choice log-likelihoods."""
+    """Compare ``other`` to ``reference`` item by item: predictions and per-choice log-likelihoods.
+
+    ``per_item_offset``: each item's log-likelihoods are compared after taking out the mean
+    difference over its choices (the tools split context and continuation at different places,
+    so one scores a token the other conditions on); the largest such offset is reported.
+    """
     agreement = Agreement(compared=0, identical_predictions=0, max_abs_ll_diff=0.0)
+    if per_item_offset:
+        agreement.max_abs_offset = 0.0
     for item in items:
         ref, oth = reference.items.get(item.id), other.items.get(item.id)
         if ref is None or oth is None:
@@ -714,8 +851,12 @@ def compare_runs(
             agreement.max_abs_ll_diff = float("inf")
             agreement.worst = {"id": item.id, "reason": f"{len(ref_lls)} vs {len(oth_lls)} log-likelihoods"}
             continue
+        offset = 0.0
+        if per_item_offset and ref_lls:
+            offset = sum(float(b) - float(a) for a, b in zip(ref_lls, oth_lls, strict=True)) / len(ref_lls)
+            agreement.max_abs_offset = max(agreement.max_abs_offset or 0.0, abs(offset))
         for choice, a, b in zip(item.choices, ref_lls, oth_lls, strict=True):
-            diff = abs(float(a) - float(b))
+            diff = abs(float(a) + offset - float(b))
             if diff > agreement.max_abs_ll_diff:
                 agreement.max_abs_ll_diff = diff
                 agreement.worst = {
@@ -735,18 +876,42 @@ def check_rendered_prompts(
     run: ToolRun,
     *,
     examples: int = 3,
+    contexts: dict[str, str] | None = None,
+    delimiter: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Compare lm-eval's logged (context, continuation) pairs byte for byte with the monitor's rule."""
+    """Compare lm-eval's logged (context, continuation) pairs byte for byte with the monitor's rule.
+
+    ``contexts`` (item id -> expected context) and ``delimiter`` replace the text rule (chat mode).
+    """
+    mismatches = []
+    delim = fmt.target_delimiter if delimiter is None else delimiter
+    for item in items:
+        logged = run.items.get(item.id)
+        if logged is None:
+            continue
+        expected_context = (
+            contexts[item.id] if contexts is not None else render_context(item, pool, shots, fmt)
+        )
+        expected = [(expected_context, delim + choice) for choice in item.choices]
+        got = list(zip(logged["contexts"], logged["continuations"], strict=True))
+        if got != expected:
+            mismatches.append({"id": item.id, "expected": expected[:1], "lm_eval": got[:1]})
+            if len(mismatches) >= examples:
+                break
+    return mismatches
+
+
+def check_monitor_prompts(
+    items: Sequence[McItem], contexts: dict[str, str], run: ToolRun, *, examples: int = 3
+) -> list[dict[str, Any]]:
+    """Compare the ``prompt`` the monitor recorded per item with the expected rendered context."""
     mismatches = []
     for item in items:
         logged = run.items.get(item.id)
         if logged is None:
             continue
-        expected_context = render_context(item, pool, shots, fmt)
-        expected = [(expected_context, fmt.target_delimiter + choice) for choice in item.choices]
-        got = list(zip(logged["contexts"], logged["continuations"], strict=True))
-        if got != expected:
-            mismatches.append({"id": item.id, "expected": expected[:1], "lm_eval": got[:1]})
+        if logged.get("prompt") != contexts[item.id]:
+            mismatches.append({"id": item.id, "expected": contexts[item.id], "monitor": logged.get("prompt")})
             if len(mismatches) >= examples:
                 break
     return mismatches
@@ -874,6 +1039,8 @@ def _agreement_dict(agreement: Agreement | None) -> dict[str, Any] | None:
     data["identical_share"] = agreement.identical_share
     data["missing"] = agreement.missing[:10]
     data["missing_count"] = len(agreement.missing)
+    if agreement.max_abs_offset is None:
+        del data["max_abs_offset"]
     return data
 
 
@@ -911,7 +1078,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="extra arguments for `monitor eval` (default: the device and dtype lm-eval gets)",
     )
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |Δ log-likelihood|")
-    parser.add_argument("--prompt", default=DEFAULT_FORMAT.prompt, help="the eval set's prompt template")
+    parser.add_argument(
+        "--format",
+        choices=["text", "chat"],
+        default="text",
+        help="text (default): prompts as text; chat: through a chat template, with a system prompt "
+        "and multi-turn few-shot, on both tools",
+    )
+    parser.add_argument(
+        "--chat-template",
+        choices=sorted(CHAT_TEMPLATES),
+        default="im-sep",
+        help="(chat) the template's style: im-sep (headers end in <|im_sep|>, default) or chatml "
+        "(headers end in a newline, which lm-eval moves into the continuation: compared per item "
+        "up to an offset)",
+    )
+    parser.add_argument("--system", default=DEFAULT_SYSTEM, help="(chat) the system prompt")
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help=f"the eval set's prompt template (default {DEFAULT_FORMAT.prompt!r}; chat: the user turn, "
+        f"{DEFAULT_CHAT_PROMPT!r})",
+    )
     parser.add_argument("--target-delimiter", default=DEFAULT_FORMAT.target_delimiter)
     parser.add_argument("--separator", default=DEFAULT_FORMAT.separator, help="few-shot separator")
     parser.add_argument(
@@ -951,21 +1139,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_dir = ensure_model(workdir, spec, synthetic_corpus(args.seed, lex))
     items = synthetic_items(args.seed, args.items, prefix="q", lex=lex)
     pool = synthetic_items(args.seed, POOL_SIZE, prefix="fs", lex=lex)
-    fmt = PromptFormat(args.prompt, args.target_delimiter, args.separator)
-    data_root = workdir / "data" / f"items{args.items}-s{args.seed}-{fmt.digest()}"
+    chat: ChatFormat | None = None
+    if args.format == "chat":
+        chat = ChatFormat(args.chat_template, args.prompt or DEFAULT_CHAT_PROMPT, args.system)
+        model_dir = ensure_chat_model(model_dir, chat.template)
+        fmt = PromptFormat(chat.prompt, "", args.separator)
+    else:
+        fmt = PromptFormat(args.prompt or DEFAULT_FORMAT.prompt, args.target_delimiter, args.separator)
+    digest = fmt.digest() if chat is None else chat.digest()
+    data_root = workdir / "data" / f"items{args.items}-s{args.seed}-{digest}"
     default_k = max(shot_settings) if shot_settings else 0
-    paths = write_eval_sets(data_root, items, pool, default_k, fmt)
+    paths = write_eval_sets(data_root, items, pool, default_k, fmt, chat)
     if run_lm:
         warm_dataset_cache(paths)
 
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tag = "" if chat is None else f"-chat-{chat.template}"
+    # Under chatml the context ends in the header's newline, which lm-eval moves into each
+    # continuation: both score the same text, split one token apart (see docs/speed.md).
+    per_item_offset = False
     failures: list[str] = []
     setup_errors: list[str] = []
     rows: list[dict[str, Any]] = []
     for shots in shot_settings:
-        tokens = count_tokens(tokenizer, items, pool, shots, fmt)
+        contexts: dict[str, str] | None = None
+        if chat is not None:
+            contexts = {item.id: render_chat_context(tokenizer, item, pool, shots, chat) for item in items}
+            per_item_offset = any(c != c.rstrip() for c in contexts.values())
+        tokens = count_tokens(tokenizer, items, pool, shots, fmt, contexts)
         # Longer rows are left-truncated by lm-eval (and must be by the monitor): a check of
         # its own, and the token counts above no longer describe the work exactly.
         truncated = tokens.max_row > args.positions
@@ -996,6 +1199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         threads=args.threads,
                         workdir=workdir,
                         log_dir=log_dir,
+                        system_instruction=chat.system if chat is not None else None,
                     ),
                 )
                 if lm_run.error:
@@ -1004,7 +1208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lm_runs.append(lm_run)
                 print(f"    {lm_run.process_s:.1f}s (evaluation {lm_run.eval_s:.1f}s)", file=sys.stderr)
             for lm_run in lm_runs:
-                bad = check_rendered_prompts(items, pool, shots, fmt, lm_run)
+                bad = check_rendered_prompts(items, pool, shots, fmt, lm_run, contexts=contexts)
                 if bad:
                     failures.append(f"{shots}-shot: lm-eval rendered prompts differently, e.g. {bad[0]}")
             row["lm_eval_runs"] = [_run_dict(r) for r in lm_runs]
@@ -1029,16 +1233,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                     threads=args.threads,
                     workdir=workdir,
                     log_dir=log_dir,
+                    tag=tag,
                 ),
             )
             if mon_run.error:
                 setup_errors.append(f"{shots}-shot monitor: {mon_run.error}")
             else:
                 print(f"    {mon_run.process_s:.1f}s", file=sys.stderr)
+                if contexts is not None:
+                    bad = check_monitor_prompts(items, contexts, mon_run)
+                    if bad:
+                        failures.append(
+                            f"{shots}-shot: the monitor rendered prompts other than apply_chat_template, "
+                            f"e.g. {bad[0]}"
+                        )
         row["monitor"] = _run_dict(mon_run)
 
         if lm_runs and mon_run is not None and not mon_run.error:
-            agreements = [compare_runs(items, lm_run, mon_run) for lm_run in lm_runs]
+            agreements = [
+                compare_runs(items, lm_run, mon_run, per_item_offset=per_item_offset) for lm_run in lm_runs
+            ]
             worst = min(agreements, key=lambda a: (a.identical_share, -a.max_abs_ll_diff))
             worst_ll = max(agreements, key=lambda a: a.max_abs_ll_diff)
             agreement = Agreement(
@@ -1048,6 +1262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 worst.missing,
                 worst_ll.worst,
                 worst.prediction_mismatches,
+                max((a.max_abs_offset for a in agreements if a.max_abs_offset is not None), default=None),
             )
             row["agreement"] = _agreement_dict(agreement)
             row["speedup_process"] = _ratio(best_lm.process_s if best_lm else None, mon_run.process_s)
@@ -1074,6 +1289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "items": len(items),
         "seed": args.seed,
         "format": asdict(fmt),
+        **({} if chat is None else {"chat": {**asdict(chat), "jinja": CHAT_TEMPLATES[chat.template]}}),
         "monitor_cmd": args.monitor_cmd if run_mon else None,
         "lm_eval_batch_sizes": batch_sizes if run_lm else None,
         "rows": rows,
@@ -1086,6 +1302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     Path(tmp.name).replace(args.report)
 
     print(format_table(rows))
+    for row in rows:
+        offset = (row.get("agreement") or {}).get("max_abs_offset")
+        if offset is not None:
+            print(
+                f"{row['setting']}: log-likelihoods compared per item up to an offset of at most "
+                f"{offset:.3g} (lm-eval scores the header's trailing whitespace, the monitor conditions on it)"
+            )
     print(f"report: {args.report}")
     for error in setup_errors:
         print(f"ERROR {error}", file=sys.stderr)
