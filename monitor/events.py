@@ -17,6 +17,7 @@ DRIFT_DETECTED = "drift.detected"
 RUN_FAILED_REPEATEDLY = "run.failed_repeatedly"
 RUN_RECOVERED = "run.recovered"
 RELEASE_DISCOVERED = "release.discovered"
+JUDGE_DRIFTED = "judge.drifted"
 #: The event types the monitor sends; an endpoint subscribes to all of them unless it lists some.
 EVENT_TYPES = (
     RECOMMENDATION_CHANGED,
@@ -25,6 +26,7 @@ EVENT_TYPES = (
     RUN_FAILED_REPEATEDLY,
     RUN_RECOVERED,
     RELEASE_DISCOVERED,
+    JUDGE_DRIFTED,
 )
 
 
@@ -58,9 +60,12 @@ def regression_confirmed(
     consecutive: int,
     slice: str | None = None,
     regressed_slices: list[str] | None = None,
+    unreliable: str | None = None,
 ) -> Event:
     """A drop against the baseline was confirmed (the verdict turned ``regressed``): of the whole
-    eval set, or (``slice``) of one slice of it; ``regressed_slices`` names the slices regressed."""
+    eval set, or (``slice``) of one slice of it; ``regressed_slices`` names the slices regressed.
+    ``unreliable`` (a judged metric whose judge agrees with people below its floor) says why the
+    verdict cannot be trusted."""
     data: dict[str, Any] = {
         "model": model,
         "evalset": evalset,
@@ -78,6 +83,8 @@ def regression_confirmed(
         data["slice"] = slice
     if regressed_slices:
         data["regressed_slices"] = regressed_slices
+    if unreliable:
+        data["unreliable"] = unreliable
     return Event(REGRESSION_CONFIRMED, data)
 
 
@@ -167,5 +174,41 @@ def release_discovered(
             "location": location,
             "revision": revision,
             "finetunes": finetunes,
+        },
+    )
+
+
+def judge_drifted(
+    *,
+    model: str,
+    evalset: str,
+    metric: str,
+    judge: str | None,
+    kappa: float | None,
+    accuracy: float | None,
+    min_agreement: float,
+    previous_kappa: float | None,
+    p_value: float | None,
+    n: int,
+    summary: str | None,
+    run: int | None,
+) -> Event:
+    """The judge of a judged metric stopped agreeing with people: its calibration kappa fell below
+    ``min_agreement``, or its agreement dropped significantly against the previous run's."""
+    return Event(
+        JUDGE_DRIFTED,
+        {
+            "model": model,
+            "evalset": evalset,
+            "metric": metric,
+            "judge": judge,
+            "kappa": kappa,
+            "accuracy": accuracy,
+            "min_agreement": min_agreement,
+            "previous_kappa": previous_kappa,
+            "p_value": p_value,
+            "n": n,
+            "summary": summary,
+            "run": run,
         },
     )

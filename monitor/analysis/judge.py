@@ -27,6 +27,7 @@ from typing import Any
 
 from monitor import events
 from monitor.analysis.stats import mcnemar_exact
+from monitor.errors import NotFoundError
 from monitor.events import Notify
 from monitor.store import RunRecord, Store, utcnow
 from monitor.store.tables import DriftRecord
@@ -346,23 +347,26 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-#: The source of a judge canary's finding: ``judge:<evalset>/<metric>``.
 def judge_source(evalset: str, metric: str) -> str:
+    """The source of a judge canary's finding: ``judge:<evalset>/<metric>``."""
     return f"judge:{evalset}/{metric}"[:200]
 
 
-def previous_judged_run(store: Store, run: RunRecord, model: str) -> RunRecord | None:
-    """The newest succeeded run before ``run`` of the same model, eval set and strategy whose judges
-    were calibrated (a bounded read: the newest 50 runs of the series)."""
+def previous_judged_run(store: Store, run: RunRecord, model: str, metric: str) -> RunRecord | None:
+    """The newest succeeded run before ``run`` of the same model, eval set and strategy whose judge of
+    ``metric`` was calibrated (a bounded read: the newest 50 runs of the series)."""
     for earlier, _ in store.runs(model=model, evalset=run.evalset_name, status="succeeded", limit=50):
         if earlier.id is None or run.id is None or earlier.id >= run.id or earlier.strategy != run.strategy:
             continue
-        if any(
-            isinstance(j, Mapping) and isinstance(j.get("calibration"), Mapping)
-            for j in ((earlier.backend_info or {}).get("judges") or {}).values()
-        ):
+        if _calibration_of(earlier, metric) is not None:
             return earlier
     return None
+
+
+def _calibration_of(run: RunRecord, metric: str) -> Mapping[str, Any] | None:
+    judge = ((run.backend_info or {}).get("judges") or {}).get(metric)
+    calibration = judge.get("calibration") if isinstance(judge, Mapping) else None
+    return calibration if isinstance(calibration, Mapping) else None
 
 
 def check_judges(
@@ -370,36 +374,35 @@ def check_judges(
 ) -> list[JudgeCanary]:
     """The "judge drifted" canary of every calibrated judge of a succeeded run, stored as findings.
 
-    Each judged metric is compared with the previous calibrated run of its series
-    (:func:`previous_judged_run`, :func:`judge_canary`); a judge that newly drifted (its
-    previous finding was clear, or there was none) raises ``judge.drifted`` once per streak.
+    Each judged metric is compared (:func:`judge_canary`) with its reference run: the
+    previous calibrated run of the series (:func:`previous_judged_run`) while the judge is
+    fine, and the last run before the drift while it stays drifted, so that a judge that
+    got worse and stays worse stays drifted instead of becoming the new normal.  A judge
+    that newly drifted (its previous finding was clear, or there was none) raises
+    ``judge.drifted``, once per streak, in the findings' transaction.
     """
     run = store.get_run(run_id)
     judges = (run.backend_info or {}).get("judges")
     if run.status != "succeeded" or not isinstance(judges, Mapping):
         return []
     model = store.model_name(run.model_id)
-    previous_run = previous_judged_run(store, run, model)
-    before = ((previous_run.backend_info or {}).get("judges") or {}) if previous_run is not None else {}
     found: list[JudgeCanary] = []
     records: list[DriftRecord] = []
     raised: list[events.Event] = []
     for metric, judge in sorted(judges.items()):
-        calibration = judge.get("calibration") if isinstance(judge, Mapping) else None
-        if not isinstance(calibration, Mapping):
+        calibration = _calibration_of(run, metric)
+        if calibration is None or not isinstance(judge, Mapping):
             continue
-        earlier = before.get(metric) if isinstance(before.get(metric), Mapping) else None
-        previous = earlier.get("calibration") if earlier is not None else None
-        canary = judge_canary(
-            metric, calibration, previous if isinstance(previous, Mapping) else None, policy
-        )
+        source = judge_source(run.evalset_name, metric)
+        last = store.previous_finding(run.model_id, "canary", source)
+        reference = _reference_run(store, run, model, metric, last)
+        previous = _calibration_of(reference, metric) if reference is not None else None
+        canary = judge_canary(metric, calibration, previous, policy)
         if "error" in calibration:
             canary = JudgeCanary(
                 **{**canary.__dict__, "reason": f"the judge could not be calibrated: {calibration['error']}"}
             )
         found.append(canary)
-        source = judge_source(run.evalset_name, metric)
-        last = store.previous_finding(run.model_id, "canary", source)
         records.append(
             DriftRecord(
                 model_id=run.model_id,
@@ -415,7 +418,7 @@ def check_judges(
                 details={
                     **canary.to_dict(),
                     "judge": judge.get("model"),
-                    "previous_run": previous_run.id if previous_run is not None and previous else None,
+                    "reference_run": reference.id if reference is not None else None,
                 },
                 created_at=utcnow(),
             )
@@ -439,3 +442,17 @@ def check_judges(
             )
     store.add_findings(records, raised, notify)
     return found
+
+
+def _reference_run(
+    store: Store, run: RunRecord, model: str, metric: str, last: DriftRecord | None
+) -> RunRecord | None:
+    """While the judge is drifted, the run its last finding was compared with; else the previous one."""
+    if last is not None and last.drifted:
+        reference = (last.details or {}).get("reference_run")
+        if isinstance(reference, int):
+            try:
+                return store.get_run(reference)
+            except NotFoundError:
+                pass
+    return previous_judged_run(store, run, model, metric)

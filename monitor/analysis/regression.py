@@ -34,6 +34,7 @@ from typing import Any
 
 from monitor import events
 from monitor.analysis.baselines import Baseline
+from monitor.analysis.judge import unreliable_reason
 from monitor.analysis.stats import (
     TestResult,
     holm,
@@ -51,7 +52,9 @@ from monitor.store import RunRecord, Store, utcnow
 from monitor.store.tables import VerdictRecord
 
 #: Settings whose difference makes a comparison meaningless (``mc_method``: multiple choice
-#: picked by generation rather than by log-likelihoods, set only then).
+#: picked by generation rather than by log-likelihoods, set only then; ``scorers``: the scorers'
+#: own settings, such as a judge's model, rubric and scale; ``judges``: each judge with its model's
+#: fingerprint once loaded: a changed judge never pairs).
 COMPARED_SETTINGS = (
     "prompt",
     "target_delimiter",
@@ -60,6 +63,8 @@ COMPARED_SETTINGS = (
     "decoding",
     "mc_method",
     *CHAT_COMPARED_SETTINGS,
+    "scorers",
+    "judges",
 )
 
 
@@ -564,8 +569,13 @@ def assess_run(
         slice_verdicts = by_metric.get(c.metric, [])
         regressed_slices = [v.slice for v in slice_verdicts if v.state == "regressed"]
 
-        def event(found: Any, metric: str = c.metric, **extra: Any) -> events.Event:
+        unreliable = (record.details or {}).get("judge", {}).get("reason")
+
+        def event(
+            found: Any, metric: str = c.metric, unreliable: str | None = unreliable, **extra: Any
+        ) -> events.Event:
             return events.regression_confirmed(
+                unreliable=unreliable,
                 model=store.model_name(run.model_id),
                 evalset=run.evalset_name,
                 strategy=run.strategy,
@@ -732,6 +742,12 @@ def _verdict(
         )
     if c.min_detectable is not None:
         details["detectable"] = detectable_sentence(c.min_detectable, policy.power)
+    reason = c.reason
+    judge = judge_reliability(run, c.metric)
+    if judge is not None:
+        details["judge"] = judge
+        if judge["unreliable"]:
+            reason = "; ".join(part for part in (reason, judge["reason"]) if part)
     return VerdictRecord(
         run_id=run.id,
         model_id=run.model_id,
@@ -752,10 +768,36 @@ def _verdict(
         significant_drop=decision.significant,
         consecutive=decision.consecutive,
         state=decision.state,
-        reason=c.reason,
+        reason=reason,
         details=details,
         created_at=utcnow(),
     )
+
+
+def judge_reliability(run: RunRecord, metric: str) -> dict[str, Any] | None:
+    """For a judged metric, how far its verdict can be trusted (None for other metrics).
+
+    Read from the judge's calibration in the run's ``backend_info["judges"]``: the
+    verdict is ``unreliable`` when the judge agrees with people below its
+    ``min_agreement`` (:func:`monitor.analysis.judge.unreliable_reason`); ``reason``
+    then says so, and the verdict's reason carries it.
+    """
+    judges = (run.backend_info or {}).get("judges")
+    if not isinstance(judges, dict) or not isinstance(judges.get(metric), dict):
+        return None
+    judge = judges[metric]
+    calibration = judge.get("calibration") if isinstance(judge.get("calibration"), dict) else None
+    why = unreliable_reason(judge)
+    return {
+        "model": judge.get("model"),
+        "calibrated": calibration is not None and "kappa" in calibration,
+        "kappa": (calibration or {}).get("kappa"),
+        "accuracy": (calibration or {}).get("accuracy"),
+        "n": (calibration or {}).get("n"),
+        "min_agreement": (calibration or {}).get("min_agreement"),
+        "unreliable": why is not None,
+        "reason": why,
+    }
 
 
 def latest_verdicts(store: Store, model_id: int | None = None) -> list[VerdictRecord]:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from monitor.backends import Backend
+from monitor.analysis.judge import calibration_record
+from monitor.backends import Backend, ModelSpec
 from monitor.backends.base import ProgressCallback
 from monitor.config import MonitorConfig
-from monitor.errors import LeaseLostError, StoreError
+from monitor.errors import LeaseLostError, NotFoundError, StoreError
 from monitor.evals.evalset import EvalSet, chat_template_change, strategy_name
+from monitor.evals.judge import JudgeModels, JudgeScorer
 from monitor.evals.loop import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_ERROR_RATE,
@@ -23,9 +26,10 @@ from monitor.evals.loop import (
     evaluate,
     run_verdict,
 )
+from monitor.evals.scorers import ScorerContext
 from monitor.evals.scoring import aggregate
 from monitor.service.after_job import after_job, analyze_safely, make_notifier
-from monitor.service.plan import RunPlan, plan_runs
+from monitor.service.plan import RunPlan, model_spec, plan_runs
 from monitor.service.pool import ModelPool
 from monitor.store import RunRecord, Store
 
@@ -40,12 +44,14 @@ def execute_run(
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     fire_id: int | None = None,
+    judge_specs: JudgeSpecs | None = None,
 ) -> RunRecord:
     """Make one run and record it, whatever happens; returns the finished run.
 
     The exceptions: a storage fault (:class:`~monitor.errors.StoreError`) and a lost
     lease (:class:`~monitor.errors.LeaseLostError`) propagate, because the run cannot
-    be recorded; the daemon leaves such a run resumable.
+    be recorded; the daemon leaves such a run resumable.  ``judge_specs`` gives the
+    models of the eval set's ``judge`` metrics (:func:`judge_specs`).
     """
     run_id = open_run(store, plan, fire_id=fire_id)
     return continue_run(
@@ -57,7 +63,39 @@ def execute_run(
         max_error_rate=max_error_rate,
         progress=progress,
         should_stop=should_stop,
+        judge_specs=judge_specs,
     )
+
+
+#: A configured model name -> its spec (a judge's); raises NotFoundError for an unknown name.
+JudgeSpecs = Callable[[str], ModelSpec]
+
+
+def judge_specs(cfg: MonitorConfig) -> JudgeSpecs:
+    """The specs of the configuration's models, by name, for the judges of a run."""
+
+    def spec(name: str) -> ModelSpec:
+        if name not in cfg.models:
+            raise NotFoundError(
+                f"the judge model {name!r} is not configured; configured models: {', '.join(cfg.models) or 'none'}"
+            )
+        return model_spec(cfg, name)
+
+    return spec
+
+
+def judge_keys(evalset: EvalSet) -> list[str]:
+    """The keys of the eval set's ``judge`` metrics."""
+    if evalset.task != "generate":
+        return []
+    return [m.key for m in evalset.metric_specs if m.name == "judge"]
+
+
+def judge_models(evalset: EvalSet) -> set[str]:
+    """The configured model names the eval set's judges use."""
+    if evalset.task != "generate":
+        return set()
+    return {str(m.options.get("model")) for m in evalset.metric_specs if m.name == "judge"}
 
 
 def open_run(store: Store, plan: RunPlan, *, fire_id: int | None = None) -> int:
@@ -101,8 +139,38 @@ def continue_run(
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    judge_specs: JudgeSpecs | None = None,
 ) -> RunRecord:
-    """Evaluate what run ``run_id`` has not stored yet, then close it (used to start and to resume)."""
+    """Evaluate what run ``run_id`` has not stored yet, then close it (used to start and to resume).
+
+    The model (and the eval set's judges) stay pinned in the pool while the run uses them.
+    """
+    with contextlib.ExitStack() as pins:
+        pin(pool, pins, plan.spec)
+        return _continue_run(
+            store, pool, plan, run_id, pins, chunk_size, max_error_rate, progress, should_stop, judge_specs
+        )
+
+
+def pin(pool: ModelPool, pins: contextlib.ExitStack, spec: ModelSpec) -> None:
+    """Keep ``spec``'s model loaded until ``pins`` closes (a pool without pins: nothing to do)."""
+    pinned = getattr(pool, "pinned", None)
+    if pinned is not None:
+        pins.enter_context(pinned(spec))
+
+
+def _continue_run(
+    store: Store,
+    pool: ModelPool,
+    plan: RunPlan,
+    run_id: int,
+    pins: contextlib.ExitStack,
+    chunk_size: int,
+    max_error_rate: float,
+    progress: ProgressCallback | None,
+    should_stop: Callable[[], bool] | None,
+    judge_specs: JudgeSpecs | None,
+) -> RunRecord:
     store.reopen_run(run_id)
     try:
         backend, load_s = pool.get(plan.spec)
@@ -122,6 +190,19 @@ def continue_run(
     )
     if mixed is not None:
         return store.finish_run(run_id, status="failed", error=mixed, backend_info=info)
+    earlier = dict(store.get_run(run_id).backend_info or {})
+    try:
+        judges = judge_run(pool, pins, plan.evalset, judge_specs)
+        mixed = record_judge_settings(store, run_id, plan.evalset, judges) if judges else None
+    except (StoreError, LeaseLostError):
+        raise
+    except Exception as exc:
+        return store.finish_run(
+            run_id, status="failed", error=f"judge failed to load: {_reason(exc)}", backend_info=info
+        )
+    if mixed is not None:
+        return store.finish_run(run_id, status="failed", error=mixed, backend_info=info)
+    scorer_context = ScorerContext(plan.evalset.path, backend_for=judges.models) if judges else None
     store.upsert_model(
         plan.model_name,
         kind=plan.spec.backend,
@@ -147,15 +228,19 @@ def continue_run(
             sink=lambda results: store.add_item_results(run_id, results),
             progress=progress,
             should_stop=stop_requested,
+            scorer_context=scorer_context,
         )
     except (StoreError, LeaseLostError):
         raise  # the run cannot be recorded: not the model's failure (the daemon leaves it resumable)
     except Exception as exc:
         return store.finish_run(run_id, status="failed", error=f"run failed: {_reason(exc)}")
     stored = store.item_results(run_id)
+    complete = not (stopped and len(stored) < len(plan.evalset.items))
+    if judges:
+        info |= judges.record(earlier, calibrate=complete)
     metrics = aggregate((r.scores for r in stored if not r.error), plan.evalset.metrics)
     metric_dict = {name: value.to_dict() for name, value in metrics.items()}
-    if stopped and len(stored) < len(plan.evalset.items):
+    if not complete:
         return store.finish_run(
             run_id,
             status="interrupted",
@@ -169,8 +254,11 @@ def continue_run(
 
 
 def run_settings(evalset: EvalSet, fewshot_k: int) -> dict[str, object]:
-    """What decides the comparability of two runs: prompt, few-shot setting, decoding."""
+    """What decides the comparability of two runs: prompt, few-shot setting, decoding, and the
+    scorers' own settings (``scorers``, by metric key, when any scorer has settings: a judge's
+    model, rubric and scale)."""
     spec = evalset.spec
+    scorers = evalset.scorer_settings() if evalset.task == "generate" else {}
     return {
         "prompt": spec.prompt,
         "target_delimiter": spec.target_delimiter,
@@ -181,7 +269,130 @@ def run_settings(evalset: EvalSet, fewshot_k: int) -> dict[str, object]:
         if evalset.task == "generate"
         else None,
         **evalset.comparison_settings(fewshot_k),
+        **({"scorers": scorers} if scorers else {}),
     }
+
+
+class JudgeRun:
+    """The judges of one run: their models (loaded through the pool, pinned, metered) and one scorer
+    per ``judge`` metric, kept to record the judges' settings and to re-score their calibration files."""
+
+    def __init__(self, models: JudgeModels, scorers: dict[str, JudgeScorer]) -> None:
+        self.models = models
+        self.scorers = scorers
+
+    def record(self, earlier: dict[str, Any], *, calibrate: bool = True) -> dict[str, Any]:
+        """What the run's ``backend_info`` keeps of its judges.
+
+        ``judges``: per metric key the judge (model, fingerprint, rubric hash, scale) and,
+        when ``calibrate`` (the run is complete), its agreement with people on its
+        calibration file (:func:`monitor.analysis.judge.calibration_record`) and the tokens
+        that cost.  ``judge_usage``: per judge model the requests and tokens of this run
+        (scoring and calibration), added to those of its earlier stretches (a resumed run).
+        """
+        judges: dict[str, Any] = {}
+        for key, scorer in self.scorers.items():
+            entry = scorer.describe()
+            entry.pop("tokens", None)
+            if calibrate:
+                entry |= _calibration(scorer)
+            judges[key] = entry
+        usage = self.models.usage()
+        for model, before in (earlier.get("judge_usage") or {}).items():
+            mine = usage.setdefault(model, {})
+            for name, count in (before or {}).items():
+                mine[name] = mine.get(name, 0) + int(count or 0)
+        return {"judges": judges, "judge_usage": usage}
+
+
+def _calibration(scorer: JudgeScorer) -> dict[str, Any]:
+    """The judge's calibration entry: its agreement with people, or why it could not be measured."""
+    before = (scorer.requests, scorer.prompt_tokens, scorer.completion_tokens)
+    try:
+        found = scorer.calibrate()
+    except (StoreError, LeaseLostError):
+        raise
+    except Exception as exc:  # a judge that cannot calibrate is untrusted, not a failed run
+        return {"calibration": {"error": _reason(exc), "min_agreement": scorer.min_agreement}}
+    if found is None:
+        return {}
+    record = calibration_record(
+        ids=found.ids,
+        human=found.human,
+        judge=found.judge,
+        scale=scorer.scale,
+        file=found.file,
+        file_sha256=found.file_sha256,
+        min_agreement=scorer.min_agreement,
+        duplicates=found.duplicates,
+    )
+    if found.errors:
+        record["errors"] = list(found.errors)
+    return {
+        "calibration": record,
+        "calibration_tokens": {
+            "requests": scorer.requests - before[0],
+            "prompt_tokens": scorer.prompt_tokens - before[1],
+            "completion_tokens": scorer.completion_tokens - before[2],
+        },
+    }
+
+
+def judge_run(
+    pool: ModelPool, pins: contextlib.ExitStack, evalset: EvalSet, specs: JudgeSpecs | None
+) -> JudgeRun | None:
+    """The judges of ``evalset`` (None when it has no ``judge`` metric), their models loaded now
+    through ``pool`` and pinned there until ``pins`` closes.
+
+    Raises:
+        NotFoundError: a judge model is not configured (or no configuration was given).
+        ValueError, MonitorError: a judge cannot be built or its model cannot be loaded.
+    """
+    from monitor.evals.scorers import make_scorer
+
+    keys = judge_keys(evalset)
+    if not keys:
+        return None
+
+    def load(name: str) -> Backend:
+        if specs is None:
+            raise NotFoundError(
+                f"the judge model {name!r} cannot be loaded: this run was given no configured models"
+            )
+        spec = specs(name)
+        pin(pool, pins, spec)
+        return pool.get(spec)[0]
+
+    models = JudgeModels(load)
+    context = ScorerContext(evalset.path, backend_for=models)
+    scorers: dict[str, JudgeScorer] = {}
+    for metric in evalset.metric_specs:
+        if metric.key in keys:
+            scorer = make_scorer(metric.name, metric.options, context)
+            assert isinstance(scorer, JudgeScorer)
+            scorer.backend()  # load it now: a judge that cannot load fails the run before any item
+            scorers[metric.key] = scorer
+    return JudgeRun(models, scorers)
+
+
+def record_judge_settings(store: Store, run_id: int, evalset: EvalSet, judges: JudgeRun) -> str | None:
+    """Put each judge's settings, with its model's fingerprint now that it is loaded, into the run's
+    settings (``judges``) and digest, so that a run under another judge never pairs with this one.
+    Returns why the run cannot go on when a resumed run would mix judges."""
+    extra = {key: scorer.settings() for key, scorer in judges.scorers.items()}
+    run = store.get_run(run_id)
+    settings = dict(run.settings or {})
+    before = settings.get("judges")
+    if before == extra:
+        return None
+    if before is not None and store.completed_item_ids(run_id):
+        changed = sorted(k for k in set(before) | set(extra) if before.get(k) != extra.get(k))
+        return f"the judge of {', '.join(changed)} changed during the run; its items would mix judges"
+    settings["judges"] = extra
+    payload = json.dumps(extra, sort_keys=True)
+    digest = hashlib.sha256(f"{_base_digest(run, evalset)}|judges={payload}".encode()).hexdigest()[:16]
+    store.update_run(run_id, settings=settings, settings_digest=digest)
+    return None
 
 
 def record_chat_settings(store: Store, run_id: int, backend: Backend, evalset: EvalSet) -> str | None:
@@ -266,8 +477,10 @@ def run_jobs(
     plans = plan_runs(cfg, jobs, trigger=trigger)
     notify = make_notifier(cfg)
     finished: list[tuple[RunRecord, str]] = []
+    # room for the judges beside the model under test (a pool without pins evicts the least recent)
+    room = 1 + len(set().union(*(judge_models(plan.evalset) for plan in plans)))
     # A pool of our own is closed here; a caller's pool stays open for the caller.
-    with ModelPool(max_models=1) if pool is None else contextlib.nullcontext(pool) as pool:
+    with ModelPool(max_models=room) if pool is None else contextlib.nullcontext(pool) as pool:
         for plan in plans:
             context = progress_for(plan) if progress_for is not None else contextlib.nullcontext(None)
             with context as progress:
@@ -278,6 +491,7 @@ def run_jobs(
                     chunk_size=cfg.daemon.chunk_size,
                     max_error_rate=cfg.daemon.max_item_error_rate,
                     progress=progress,
+                    judge_specs=judge_specs(cfg),
                 )
             assert run.id is not None
             analyze_safely(store, run.id, cfg, notify)
