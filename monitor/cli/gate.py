@@ -89,7 +89,7 @@ def gate_command(
     from monitor.evals.evalset import load_evalset
     from monitor.service.after_job import analysis_policy
     from monitor.service.gate import run_gate
-    from monitor.service.runs import ModelPool
+    from monitor.service.runs import ModelPool, judge_specs
     from monitor.store import Store
 
     if alpha is not None and not 0.0 < alpha < 1.0:
@@ -131,6 +131,7 @@ def gate_command(
                 against=other,
                 policy=policy,
                 chunk_size=cfg.daemon.chunk_size,
+                judge_specs=judge_specs(cfg),
             )
     if junit is not None:
         junit.parent.mkdir(parents=True, exist_ok=True)

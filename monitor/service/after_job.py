@@ -20,6 +20,7 @@ from monitor.analysis.behaviour import (
     fingerprint_changed,
     stack_changed,
 )
+from monitor.analysis.judge import check_judges
 from monitor.analysis.regression import RegressionPolicy, assess_run, comparability
 from monitor.config import MonitorConfig, RegressionConfig
 from monitor.errors import NotFoundError
@@ -402,7 +403,9 @@ def analyze_safely(store: Store, run_id: int, cfg: MonitorConfig, notify: Notify
 
     try:
         check_repeated_failures(store, store.get_run(run_id), notify)
-        return analyze_run(store, run_id, cfg.baselines_dir(), analysis_policy(cfg.regression), notify)
+        analysis = analyze_run(store, run_id, cfg.baselines_dir(), analysis_policy(cfg.regression), notify)
+        check_judges(store, run_id, notify)  # the judge-drifted canary of every calibrated judge
+        return analysis
     except Exception as exc:
         logging.getLogger("monitor.analysis").warning("analysis of run %s failed: %s", run_id, exc)
         return None

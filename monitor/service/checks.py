@@ -36,6 +36,16 @@ def config_problems(cfg: MonitorConfig, config_path: Path) -> list[Problem]:
             problems.extend(exc.problems)
             continue
         loaded[name] = es
+        for index, metric in enumerate(es.metric_specs):
+            judge = metric.options.get("model") if metric.name == "judge" else None
+            if isinstance(judge, str) and judge not in cfg.models:
+                problems.append(
+                    Problem(
+                        str(es.path / "evalset.yaml") if es.path.is_dir() else str(es.path),
+                        f"metrics.{index}.model: judge model {judge!r} is not configured; configured models: "
+                        f"{', '.join(cfg.models) or 'none'}",
+                    )
+                )
     for name, model in cfg.models.items():
         key_env = model.endpoint.api_key_env if model.endpoint else None
         if key_env and not os.environ.get(key_env):

@@ -45,7 +45,7 @@ from monitor.analysis.stats import holm, regression_decision
 from monitor.backends import ModelSpec
 from monitor.evals.evalset import EvalSet, parse_strategy, strategy_name
 from monitor.service.plan import RunPlan
-from monitor.service.runs import ModelPool, execute_run
+from monitor.service.runs import JudgeSpecs, ModelPool, execute_run
 from monitor.store import RunRecord, Store, as_utc, utcnow
 
 GATE_PASSED = 0
@@ -169,10 +169,12 @@ def run_gate(
     against: Contender | None = None,
     policy: RegressionPolicy | None = None,
     chunk_size: int = 64,
+    judge_specs: JudgeSpecs | None = None,
 ) -> GateReport:
     """Run ``candidate`` on every eval set and judge it against ``baselines`` (by eval set) or ``against``.
 
-    Exactly one of ``baselines`` and ``against`` is given.
+    Exactly one of ``baselines`` and ``against`` is given.  ``judge_specs`` gives the models of
+    the eval sets' ``judge`` metrics (:func:`monitor.service.runs.judge_specs`).
     """
     if (baselines is None) == (against is None):
         raise ValueError("give exactly one reference: the pinned baselines or another model")
@@ -184,7 +186,9 @@ def run_gate(
     checks: list[GateCheck] = []
     for es in evalsets:
         if against is not None:
-            reference_run = _run(store, pool, against, es, parse_strategy(against.strategy, es), chunk_size)
+            reference_run = _run(
+                store, pool, against, es, parse_strategy(against.strategy, es), chunk_size, judge_specs
+            )
             if reference_run.status != "succeeded":
                 checks.append(_failed(es, reference_run, f"the reference {against.name}"))
                 continue
@@ -194,7 +198,7 @@ def run_gate(
             assert baselines is not None
             baseline = baselines[es.name]
             k = baseline.fewshot_k
-        run = _run(store, pool, candidate, es, k, chunk_size)
+        run = _run(store, pool, candidate, es, k, chunk_size, judge_specs)
         if run.status != "succeeded":
             checks.append(_failed(es, run, f"the candidate {candidate.name}"))
             continue
@@ -222,10 +226,18 @@ def _baseline_model(baselines: dict[str, Baseline] | None) -> str:
     return ", ".join(names) or "?"
 
 
-def _run(store: Store, pool: ModelPool, who: Contender, es: EvalSet, k: int, chunk_size: int) -> RunRecord:
+def _run(
+    store: Store,
+    pool: ModelPool,
+    who: Contender,
+    es: EvalSet,
+    k: int,
+    chunk_size: int,
+    judge_specs: JudgeSpecs | None = None,
+) -> RunRecord:
     es.render_fewshot_prefix(k)  # an impossible shot count is an input error, before loading anything
     plan = RunPlan(who.name, who.spec, es, k, trigger="gate", model_version=who.model_version)
-    return execute_run(store, pool, plan, chunk_size=chunk_size)
+    return execute_run(store, pool, plan, chunk_size=chunk_size, judge_specs=judge_specs)
 
 
 def baseline_of_run(store: Store, run: RunRecord, model: str) -> Baseline:

@@ -623,6 +623,7 @@ def test_configuration_schema() -> None:
         DRIFT_DETECTED,
         RUN_FAILED_REPEATEDLY,
         "run.recovered",
+        "judge.drifted",
         "release.discovered",
     }
     with pytest.raises(ValidationError):

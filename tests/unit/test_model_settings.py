@@ -140,3 +140,23 @@ def test_a_template_for_a_served_model_is_refused(tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(app, ["check-config", "--config", str(config)])
     assert result.exit_code == 2 and "chat_template: not for openai models" in result.stderr, result.stderr
+
+
+def test_check_config_names_a_judge_model_that_is_not_configured(
+    chat_models: ChatModels, tmp_path: Path
+) -> None:
+    from tests.fixtures.judge.sets import judge_set
+
+    judged = judge_set(tmp_path / "evals", judge="grader")
+    config = tmp_path / "monitor.yaml"
+    config.write_text(f"models:\n  m:\n    base: {chat_models.plain}\nevalsets:\n  tickets: {judged}\n")
+    result = CliRunner().invoke(app, ["check-config", "--config", str(config)])
+    assert result.exit_code == 2
+    assert (
+        f"error: {judged / 'evalset.yaml'}: metrics.1.model: judge model 'grader' is not configured; "
+        "configured models: m"
+    ) in result.stderr, result.stderr
+    config.write_text(
+        config.read_text().replace("models:\n", f"models:\n  grader:\n    base: {chat_models.plain}\n")
+    )
+    assert CliRunner().invoke(app, ["check-config", "--config", str(config)]).exit_code == 0
