@@ -8,6 +8,7 @@ anything runs and reported one problem per line with its file and line.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import random
 import re
@@ -688,8 +689,8 @@ def load_evalset(path: str | Path) -> EvalSet:
     """
     directory = Path(path)
     if directory.is_file() and directory.suffix in (".yaml", ".yml"):
-        try:
-            from monitor.evals.lmeval import load_task
+        try:  # imported by name: lmeval builds on this module (no import cycle)
+            load_task = importlib.import_module("monitor.evals.lmeval").load_task
         except ImportError as exc:
             raise EvalSetError(
                 f"lm-evaluation-harness task files are not supported in this build ({exc})", str(directory)

@@ -70,8 +70,6 @@ class Filter:
         return str(match).strip()
 
     def _json(self, text: str) -> str:
-        from monitor.evals.scoring import parse_json_output
-
         try:
             value = parse_json_output(text)
         except ValueError:
@@ -90,6 +88,19 @@ class Filter:
         if isinstance(value, str):
             return value
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_json_output(text: str) -> Any:
+    """Parse a model's JSON answer, tolerating surrounding space and a Markdown code fence.
+
+    Raises:
+        ValueError: the text is not JSON.
+    """
+    stripped = text.strip()
+    fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", stripped, flags=re.DOTALL)
+    if fence:
+        stripped = fence.group(1)
+    return json.loads(stripped)
 
 
 def apply_filters(filters: Sequence[Filter], text: str) -> str:

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from monitor.evals.evalset import EvalItem
-
 if TYPE_CHECKING:
     from monitor.backends.base import Backend
+
+#: A :class:`monitor.evals.evalset.EvalItem` (not imported: the eval set builds its scorers through here).
+EvalItem = Any
 
 #: The entry point group custom scorers register under.
 ENTRY_POINT_GROUP = "monitor.scorers"

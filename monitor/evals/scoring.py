@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.evals.evalset import EvalItem
+from monitor.evals.filters import parse_json_output
 
 
 @dataclass(frozen=True)
@@ -113,19 +114,6 @@ def normalize_text(text: str) -> str:
     text = text.lower().translate(_PUNCTUATION)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
-
-
-def parse_json_output(text: str) -> Any:
-    """Parse a model's JSON answer, tolerating surrounding space and a Markdown code fence.
-
-    Raises:
-        ValueError: the text is not JSON.
-    """
-    stripped = text.strip()
-    fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", stripped, flags=re.DOTALL)
-    if fence:
-        stripped = fence.group(1)
-    return json.loads(stripped)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
