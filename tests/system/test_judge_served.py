@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from monitor.analysis.baselines import pin_baseline
-from monitor.analysis.judge import check_judges
+from monitor.analysis.judge import check_judges, judge_source
 from monitor.config import load_config
-from monitor.events import JUDGE_DRIFTED, Event
+from monitor.events import Event
 from monitor.store import Store
 from monitor.testing.openai_server import OpenAIServer, ServedModel
 from tests.conftest import TinyModels
@@ -141,6 +141,7 @@ def test_the_served_judge_drift_canary(
     def notify(session: Any, event: Event) -> None:
         seen.append(event)
 
+    # every analysed run checks its judges itself (after the job): the findings are stored by the runs
     runs = [run_job(config), run_job(config)]
     with Store.open(cfg.database_url()) as store:
         assert [check_judges(store, r.id, notify)[0].drifted for r in runs] == [False, False]
@@ -148,14 +149,14 @@ def test_the_served_judge_drift_canary(
     models["judge-a"].backend = ScriptedJudge(wrong=[f"answer {i}" for i in range(10)], garbage=[GARBAGE])  # type: ignore[assignment]
     drifted = run_job(config)
     with Store.open(cfg.database_url()) as store:
+        stored = store.previous_finding(drifted.model_id, "canary", judge_source("tickets", "judge"))
+        assert stored is not None and stored.run_id == drifted.id and stored.drifted
+        assert stored.details["judge"] == "judge-a" and stored.score == pytest.approx(0.5)
+        # checked again, the judge is still drifted but the streak raised its event already
         (canary,) = check_judges(store, drifted.id, notify)
     assert canary.drifted and (canary.lost, canary.gained) == (10, 0)
-    (event,) = seen
-    assert (
-        event.type == JUDGE_DRIFTED
-        and event.data["judge"] == "judge-a"
-        and event.data["kappa"] == pytest.approx(0.5)
-    )
+    assert canary.kappa == pytest.approx(0.5)
+    assert seen == []
 
 
 def test_monitor_eval_with_a_served_judge_from_the_config(
