@@ -122,6 +122,20 @@ class ChallengerEvidence:
     vs_old_base: Interval | None
     #: The runs compared: ``challenger``, ``finetune`` and (when comparable) ``old_base``.
     runs: dict[str, int] = field(default_factory=dict)
+    #: The challenger's score under each draw of its few-shot examples (``fewshot.draws``).
+    draw_scores: tuple[float, ...] = ()
+
+    def draws_note(self) -> str:
+        """How much the challenger's score depends on the examples drawn ("" with one draw)."""
+        if len(self.draw_scores) < 2:
+            return ""
+        n = len(self.draw_scores)
+        mean = sum(self.draw_scores) / n
+        sd = (sum((x - mean) ** 2 for x in self.draw_scores) / (n - 1)) ** 0.5
+        return (
+            f"; over {n} draws of the few-shot examples it scored {min(self.draw_scores):.3f} to "
+            f"{max(self.draw_scores):.3f} (sd {sd:.3f})"
+        )
 
 
 @dataclass(frozen=True)
@@ -279,6 +293,7 @@ def _retire_candidate(evidence: Evidence, margin: float) -> Decision | None:
             f"{release} with a {strategy} prompt on {c.evalset}: {c.challenger_score:.3f} against the fine-tune's "
             f"{c.finetune_score:.3f} ({_pct(c.vs_finetune.delta)}, 95% CI {_pct(c.vs_finetune.ci_low)} to "  # type: ignore[union-attr]
             f"{_pct(c.vs_finetune.ci_high)}), within the {margin * 100:.0f}-point margin"  # type: ignore[union-attr]
+            f"{c.draws_note()}"
             for c in comparisons
         )
         decision = Decision("retire", reasons, release, strategy)
@@ -303,6 +318,7 @@ def _rebase_candidate(evidence: Evidence, margin: float) -> Decision | None:
             f"{release} beats the current base by {_pct(c.vs_old_base.delta)} on {c.evalset} with a {strategy} prompt "  # type: ignore[union-attr]
             f"(95% CI {_pct(c.vs_old_base.ci_low)} to {_pct(c.vs_old_base.ci_high)}, p={c.vs_old_base.p_value:.2g}): "  # type: ignore[union-attr]
             "an adapter trained on it is expected to beat the current fine-tune"
+            f"{c.draws_note()}"
             for c in better
         )
         decision = Decision("rebase", reasons, release, strategy, {"base_gain": gain})
@@ -468,6 +484,13 @@ def _latest_run(store: Store, model: str, evalset: str, strategy: str | None) ->
     return None
 
 
+def _draw_scores(run: Any, metric: str) -> tuple[float, ...]:
+    """The run's score on ``metric`` under each few-shot draw (empty when it drew once)."""
+    spread = (run.backend_info or {}).get("fewshot_draws") or {}
+    found = (spread.get("metrics") or {}).get(metric) or {}
+    return tuple(float(x) for x in found.get("scores") or ())
+
+
 def _primary(run: Any) -> tuple[str, float] | None:
     if run is None or not run.metrics:
         return None
@@ -545,6 +568,7 @@ def gather_evidence(store: Store, cfg: MonitorConfig, finetune: str) -> Evidence
                             "finetune": ft_run.id,
                             **({"old_base": base_run.id} if same_settings and base_run is not None else {}),
                         },
+                        draw_scores=_draw_scores(run, metric),
                     )
                 )
     return Evidence(finetune, tuple(ft.evalsets), regressions, drift, tuple(challengers), tuple(deploys))
@@ -854,11 +878,14 @@ def token_profile(run: Any, label: str) -> Any:
     if run is None or not run.items_done:
         return None
     done = max(1, run.items_done - run.items_failed)
+    # a run over several few-shot draws sent each item once per draw: a request is one draw's prompt
+    draws = max(1, int((run.settings or {}).get("fewshot_draws") or 1))
+    over = f", the mean over {draws} few-shot draws" if draws > 1 else ""
     try:
         return TokenProfile(
-            run.prompt_tokens / done,
-            run.completion_tokens / done,
-            f"{label}: run {run.id} on {run.evalset_name}",
+            run.prompt_tokens / done / draws,
+            run.completion_tokens / done / draws,
+            f"{label}: run {run.id} on {run.evalset_name}{over}",
         )
     except ValueError:
         return None
@@ -923,7 +950,7 @@ def cost_case_for(
         else None
     )
     conditions = option_conditions(evidence, chosen.release, chosen.strategy, retire_margin=ft.retire_margin)
-    return cost_case(
+    case = cost_case(
         ft.costs,
         fine,
         few,
@@ -932,4 +959,30 @@ def cost_case_for(
         rollback=rollback,
         conditions=conditions,
         recommended=decision.action,
+    )
+    judged = judge_tokens_note(store, ft.model, evidence.evalsets)
+    return replace(case, assumptions=(*case.assumptions, judged)) if judged else case
+
+
+def judge_tokens_note(store: Store, model: str, evalsets: Sequence[str]) -> str | None:
+    """What the judges of the fine-tune's latest runs cost in tokens each evaluation cycle (None: no judge).
+
+    The same for every option (the monitor judges whatever is deployed), so it is stated, not priced.
+    """
+    usage: dict[str, list[int]] = {}
+    for evalset in evalsets:
+        run = _latest_run(store, model, evalset, None)
+        for judge, used in ((run.backend_info or {}).get("judge_usage") or {}).items() if run else ():
+            total = usage.setdefault(str(judge), [0, 0, 0])
+            for i, key in enumerate(("requests", "prompt_tokens", "completion_tokens")):
+                total[i] += int(used.get(key) or 0)
+    if not usage:
+        return None
+    parts = [
+        f"{judge}: {requests:,} requests, {prompt:,} prompt and {completion:,} completion tokens"
+        for judge, (requests, prompt, completion) in sorted(usage.items())
+    ]
+    return (
+        f"judging the eval sets of {model} each cycle takes {'; '.join(parts)} (the latest runs, calibration "
+        "included); the same for every option, so not priced here"
     )

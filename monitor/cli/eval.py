@@ -128,6 +128,13 @@ def eval_command(
         backend=backend.describe(),
     )
     summary |= judged
+    seeds = es.draw_seeds(k)
+    if len(seeds) > 1:
+        from monitor.evals.results import draw_spread, item_details
+
+        summary["fewshot_draws"] = draw_spread(
+            (item_details(r) for r in outcome.results if not r.error), es.metrics, seeds
+        )
     backend.close()
     if as_json:
         print(json.dumps(clean(summary), default=json_default, indent=2))
@@ -137,10 +144,24 @@ def eval_command(
         f"{es.name} ({strategy_name(k)}, {len(es.items)} items)", ["metric", "value ± stderr", "n"], rows
     )
     _print_judges(judged)
+    _print_draws(summary.get("fewshot_draws"))
     failed = f", {outcome.failed} items failed" if outcome.failed else ""
     print(
         f"eval {outcome.eval_s:.2f}s, load {load_s:.2f}s{failed}; eval set version {es.version[:12]}; model {fingerprint.digest[:12]}"
     )
+
+
+def _print_draws(spread: dict[str, Any] | None) -> None:
+    """One line per metric: how the score moves with the few-shot examples drawn."""
+    if not spread:
+        return
+    seeds = spread["seeds"]
+    for metric, found in spread["metrics"].items():
+        each = ", ".join(f"{score:.3f}" for score in found["scores"])
+        print(
+            f"{metric} over {len(seeds)} few-shot draws (seeds {seeds[0]}..{seeds[-1]}): "
+            f"{found['min']:.3f} to {found['max']:.3f}, sd {found['sd']:.3f} ({each})"
+        )
 
 
 def _show_prompts(backend: Any, es: EvalSet, k: int, chat: Any, n: int) -> None:

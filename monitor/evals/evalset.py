@@ -15,11 +15,11 @@ import re
 import string
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from monitor._yaml import LocatedYaml, Strict, load_yaml, pydantic_problems, read_text
 from monitor.errors import EvalSetError, Problem
@@ -42,6 +42,8 @@ MAX_PROBLEMS = 50
 ROLES = ("system", "user", "assistant")
 #: The few-shot samplers (``fewshot.sampler``) and the default seed (lm-eval's).
 SAMPLERS = ("first_n", "random", "balanced", "similar")
+#: The samplers whose examples change with the seed (``fewshot.draws`` needs one).
+SEEDED_SAMPLERS = ("random", "balanced")
 DEFAULT_FEWSHOT_SEED = 1234
 #: Keys of a metric mapping that are not the scorer's options.
 METRIC_ENTRY_KEYS = ("name", "key", "filters")
@@ -67,6 +69,12 @@ class FewshotSpec(Strict):
     Under ``format: chat`` each example is a user turn and an assistant turn
     (lm-eval's ``fewshot_as_multiturn``); ``multiturn: false`` puts the
     examples and the item into one user turn instead, joined by ``separator``.
+
+    ``draws: N`` (the seeded samplers ``random`` and ``balanced``) evaluates every
+    item under N draws of its examples, with seeds ``seed``, ``seed + 1``, ...: the
+    item's score is the mean over the draws, each draw's score is kept, and the run
+    reports the spread of the score over the draws.  Draw 0 is the single draw of
+    ``draws: 1``.
     """
 
     k: Annotated[int, Field(ge=0)]
@@ -76,6 +84,18 @@ class FewshotSpec(Strict):
     sampler: Literal["first_n", "random", "balanced", "similar"] = "first_n"
     seed: int = DEFAULT_FEWSHOT_SEED
     label_field: Annotated[str, Field(min_length=1)] | None = None
+    draws: Annotated[int, Field(ge=1, le=50)] = 1
+
+    @field_validator("draws")
+    @classmethod
+    def _draws_need_a_seeded_sampler(cls, value: int, info: ValidationInfo) -> int:
+        sampler = info.data.get("sampler", "first_n")
+        if value > 1 and sampler not in SEEDED_SAMPLERS:
+            raise ValueError(
+                f"{value} draws need a seeded sampler (random or balanced); {sampler} picks the same "
+                "examples every time"
+            )
+        return value
 
     @property
     def per_item(self) -> bool:
@@ -423,6 +443,38 @@ class EvalSet:
     def is_chat(self) -> bool:
         return self.spec.format == "chat"
 
+    def fewshot_draws(self, k: int) -> int:
+        """How many draws of examples a ``k``-shot run evaluates (``fewshot.draws``; 1 at zero shots)."""
+        fewshot = self.spec.fewshot
+        return fewshot.draws if fewshot is not None and k > 0 else 1
+
+    def draw_seeds(self, k: int) -> tuple[int, ...]:
+        """The sampler seed of each draw of a ``k``-shot run (empty when the run draws nothing)."""
+        fewshot = self.spec.fewshot
+        if fewshot is None or k <= 0 or fewshot.sampler not in SEEDED_SAMPLERS:
+            return ()
+        return tuple(fewshot.seed + d for d in range(fewshot.draws))
+
+    def for_draw(self, draw: int) -> EvalSet:
+        """This eval set with the examples of draw ``draw`` (sampler seed ``seed + draw``, one draw).
+
+        Kept, so that each draw's examples are drawn once however many chunks ask.
+        """
+        fewshot = self.spec.fewshot
+        if fewshot is None or (draw == 0 and fewshot.draws == 1):
+            return self
+
+        def make() -> EvalSet:
+            one = fewshot.model_copy(update={"seed": fewshot.seed + draw, "draws": 1})
+            return replace(
+                self,
+                spec=self.spec.model_copy(update={"fewshot": one}),
+                _cache={},
+                _cache_lock=threading.Lock(),
+            )
+
+        return self._cached(("draw", draw), make)  # type: ignore[no-any-return]
+
     def render_prompt(self, item: EvalItem) -> str:
         """The item's own prompt: the format string filled with its fields (a chat item: its last user turn)."""
         if item.messages:
@@ -623,6 +675,8 @@ class EvalSet:
                 del fewshot["seed"]  # first_n draws nothing
             if fewshot.get("label_field") is None:
                 fewshot.pop("label_field", None)
+            if fewshot.get("draws") == 1:
+                del fewshot["draws"]
         payload: dict[str, Any] = {"spec": spec, "fewshot_k": k}
         scorers = self.scorer_settings()
         if scorers:
@@ -645,6 +699,9 @@ class EvalSet:
             out["choice_delimiter"] = spec.choice_delimiter
         if spec.generation is not None and self.task == "generate":
             out["generation"] = spec.decoding.model_dump(mode="json")
+        if self.fewshot_draws(k) > 1:
+            out["fewshot_draws"] = self.fewshot_draws(k)
+            out["fewshot_draw_seeds"] = list(self.draw_seeds(k))
         return out
 
 

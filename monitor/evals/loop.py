@@ -13,7 +13,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from monitor.backends.base import (
@@ -301,6 +301,16 @@ def _score_chunk(
     chat: ChatTemplate | None = None,
     scorers: Mapping[str, Scorer] | None = None,
 ) -> list[ItemResult]:
+    draws = evalset.fewshot_draws(fewshot_k)
+    if draws > 1:
+        seeds = evalset.draw_seeds(fewshot_k)
+        per_draw = [
+            _score_chunk(backend, evalset.for_draw(d), chunk, fewshot_k, None, chat, scorers)
+            for d in range(draws)
+        ]
+        if progress is not None:
+            progress(len(chunk))
+        return [merge_draws(list(results), seeds, evalset.metrics) for results in zip(*per_draw, strict=True)]
     metrics = evalset.metrics
     need_text = evalset.task == "multiple_choice"
     prompts = [render_item(backend, evalset, item, fewshot_k, chat, need_text=need_text) for item in chunk]
@@ -390,6 +400,53 @@ def _score_chunk(
             )
         )
     return results
+
+
+def merge_draws(draws: Sequence[ItemResult], seeds: Sequence[int], metrics: Sequence[str]) -> ItemResult:
+    """One item's result over several draws of its few-shot examples (``fewshot.draws``).
+
+    Each metric's score is the mean over the draws (a metric unscored in any draw is
+    unscored, with that draw's reason); ``correct`` is whether the item is right under
+    most draws; the prediction, prompt and log-likelihoods are draw 0's; the tokens are
+    every draw's; ``draws`` keeps each draw's seed, prediction, scores and tokens.  An
+    item that failed under any draw failed, with that draw's reason.
+    """
+    for seed, result in zip(seeds, draws, strict=True):
+        if result.error:
+            return replace(result, error=f"few-shot draw with seed {seed}: {result.error}"[:2000])
+    first = draws[0]
+    complete = [m for m in metrics if all(m in (r.scores or {}) for r in draws)]
+    scores = {m: sum((r.scores or {})[m] for r in draws) / len(draws) for m in complete}
+    errors = {m: e for m, e in (first.metric_errors or {}).items() if m in scores}
+    for metric in metrics:
+        if metric not in scores:
+            reason = next(
+                ((r.metric_errors or {}).get(metric) for r in draws if metric not in (r.scores or {})), None
+            )
+            if reason:
+                errors[metric] = reason
+    score = scores.get(metrics[0]) if metrics else None
+    return replace(
+        first,
+        score=score,
+        scores=scores,
+        correct=None if first.correct is None or score is None else score >= 0.5,
+        prompt_tokens=sum(r.prompt_tokens for r in draws),
+        completion_tokens=sum(r.completion_tokens for r in draws),
+        metric_errors=errors or None,
+        draws=[
+            {
+                "seed": seed,
+                "prediction": r.prediction,
+                "scores": r.scores or {},
+                "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens,
+                **({"filtered": r.filtered} if r.filtered else {}),
+                **({"samples": r.samples} if r.samples else {}),
+            }
+            for seed, r in zip(seeds, draws, strict=True)
+        ],
+    )
 
 
 #: One output's grading: its score per metric key, its filtered output per key (where the filters

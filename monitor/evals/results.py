@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,6 +41,8 @@ class ItemResult:
     filtered: dict[str, str] | None = None
     #: Per metric, why the item has no score on it (a JSON Schema path, an unparseable judge answer).
     metric_errors: dict[str, str] | None = None
+    #: Each draw of the few-shot examples (``fewshot.draws``): seed, prediction, scores, tokens.
+    draws: list[dict[str, Any]] | None = None
 
 
 #: Version of the summary ``monitor eval --json`` prints (one JSON object).
@@ -136,7 +138,7 @@ def result_line(result: ItemResult, task: str) -> dict[str, Any]:
     if result.samples is not None:
         line["samples"] = result.samples
     details = item_details(result)
-    for key in ("filtered", "metric_errors"):
+    for key in ("filtered", "metric_errors", "draws"):
         if key in details:
             line[key] = details[key]
     if result.error:
@@ -145,13 +147,50 @@ def result_line(result: ItemResult, task: str) -> dict[str, Any]:
 
 
 #: The ItemResult fields kept, besides the scores, as an item's details (the JSONL and the store).
-DETAIL_FIELDS = ("prompt", "messages", "samples", "filtered", "metric_errors")
+DETAIL_FIELDS = ("prompt", "messages", "samples", "filtered", "metric_errors", "draws")
 
 
 def item_details(result: ItemResult) -> dict[str, Any]:
     """What one item's result carries besides its scores: the prompt, the conversation sent,
     every sample, the filtered outputs and per-metric errors (each only when there is one)."""
     return {key: value for key in DETAIL_FIELDS if (value := getattr(result, key)) is not None}
+
+
+def draw_spread(
+    details: Iterable[Mapping[str, Any]], metrics: Sequence[str], seeds: Sequence[int]
+) -> dict[str, Any]:
+    """How much a run's score depends on the few-shot examples drawn (``fewshot.draws``).
+
+    ``details``: each scored item's details (their ``draws``).  Per metric: the score of
+    each draw (the mean over the items scored under every draw), their mean, standard
+    deviation (n - 1), lowest and highest.
+    """
+    per_draw: dict[str, list[list[float]]] = {m: [[] for _ in seeds] for m in metrics}
+    for entry in details:
+        draws = entry.get("draws")
+        if not isinstance(draws, list) or len(draws) != len(seeds):
+            continue
+        for metric in metrics:
+            values = [d.get("scores", {}).get(metric) for d in draws]
+            if all(isinstance(v, int | float) and not math.isnan(v) for v in values):
+                for column, value in zip(per_draw[metric], values, strict=True):
+                    column.append(float(value))
+    out: dict[str, Any] = {"seeds": list(seeds), "metrics": {}}
+    for metric, columns in per_draw.items():
+        if not columns or not columns[0]:
+            continue
+        scores = [sum(column) / len(column) for column in columns]
+        mean = sum(scores) / len(scores)
+        sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)) if len(scores) > 1 else 0.0
+        out["metrics"][metric] = {
+            "scores": scores,
+            "mean": mean,
+            "sd": sd,
+            "min": min(scores),
+            "max": max(scores),
+            "n": len(columns[0]),
+        }
+    return out
 
 
 def write_results(path: Path, task: str, results: Sequence[ItemResult]) -> None:

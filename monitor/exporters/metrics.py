@@ -195,6 +195,55 @@ class StoreCollector(Collector):
             if run.finished_at is not None:
                 when.add_metric([model, run.evalset_name, run.strategy], aware(run.finished_at).timestamp())
         yield from (score, stderr, items, when)
+        yield from self._judges_and_draws(runs, names)
+
+    def _judges_and_draws(self, runs: list[RunRecord], names: Mapping[int, str]) -> Iterator[Metric]:
+        """The calibrated judges' agreement with people, and the spread of scores over few-shot draws,
+        of each series' latest succeeded run."""
+        labels = ["model", "evalset", "strategy", "metric", "judge"]
+        agreement = GaugeMetricFamily(
+            "monitor_judge_agreement",
+            "Share of the calibration file's items on which the judge agrees with people (latest run).",
+            labels=labels,
+        )
+        kappa = GaugeMetricFamily(
+            "monitor_judge_kappa",
+            "Cohen's kappa of the judge against people's labels (latest run).",
+            labels=labels,
+        )
+        draw_labels = ["model", "evalset", "strategy", "metric"]
+        draw_sd = GaugeMetricFamily(
+            "monitor_score_draws_stddev",
+            "Standard deviation of the score over the run's few-shot draws (fewshot.draws).",
+            labels=draw_labels,
+        )
+        draw_range = GaugeMetricFamily(
+            "monitor_score_draws_range",
+            "Highest minus lowest score over the run's few-shot draws (fewshot.draws).",
+            labels=draw_labels,
+        )
+        for run in sorted(runs, key=lambda r: (names.get(r.model_id, ""), r.evalset_name, r.strategy)):
+            model = names.get(run.model_id, "?")
+            if not self._shown(model):
+                continue
+            info = run.backend_info or {}
+            for metric, judge in sorted((info.get("judges") or {}).items()):
+                calibration = judge.get("calibration") if isinstance(judge, Mapping) else None
+                if not isinstance(calibration, Mapping):
+                    continue
+                key = [model, run.evalset_name, run.strategy, metric, str(judge.get("model") or "")]
+                if _finite(calibration.get("accuracy")):
+                    agreement.add_metric(key, float(calibration["accuracy"]))
+                if _finite(calibration.get("kappa")):
+                    kappa.add_metric(key, float(calibration["kappa"]))
+            spread = (info.get("fewshot_draws") or {}).get("metrics") or {}
+            for metric, found in sorted(spread.items()):
+                key = [model, run.evalset_name, run.strategy, metric]
+                if _finite(found.get("sd")):
+                    draw_sd.add_metric(key, float(found["sd"]))
+                if _finite(found.get("max")) and _finite(found.get("min")):
+                    draw_range.add_metric(key, float(found["max"]) - float(found["min"]))
+        yield from (agreement, kappa, draw_sd, draw_range)
 
     def _recommendations(self) -> Iterator[Metric]:
         from monitor.analysis.recommend import ACTIONS

@@ -26,6 +26,7 @@ from monitor.evals.loop import (
     evaluate,
     run_verdict,
 )
+from monitor.evals.results import draw_spread
 from monitor.evals.scorers import ScorerContext
 from monitor.evals.scoring import aggregate
 from monitor.service.after_job import after_job, analyze_safely, make_notifier
@@ -238,6 +239,9 @@ def _continue_run(
     complete = not (stopped and len(stored) < len(plan.evalset.items))
     if judges:
         info |= judges.record(earlier, calibrate=complete)
+    seeds = plan.evalset.draw_seeds(plan.fewshot_k)
+    if len(seeds) > 1:
+        info["fewshot_draws"] = draw_spread(store.item_details(run_id).values(), plan.evalset.metrics, seeds)
     metrics = aggregate((r.scores for r in stored if not r.error), plan.evalset.metrics)
     metric_dict = {name: value.to_dict() for name, value in metrics.items()}
     if not complete:
