@@ -67,10 +67,23 @@ class InsufficientSamplesError(DriftError):
 
 
 def _capped(problems: list[Problem]) -> list[Problem]:
-    if len(problems) <= MAX_PROBLEMS:
-        return problems
-    extra = len(problems) - MAX_PROBLEMS
-    return [*problems[:MAX_PROBLEMS], Problem("", f"... and {extra} more problems")]
+    """The problems with each message counted once (``800 lines: no 'timestamp' field (first at
+    log.jsonl:3)``), in the order first seen, at most :data:`MAX_PROBLEMS` of them."""
+    groups: dict[str, list[str]] = {}
+    for problem in problems:
+        groups.setdefault(problem.message, []).append(problem.location)
+    counted = [
+        Problem(places[0], message)
+        if len(places) == 1
+        else Problem(
+            "", f"{len(places)} lines: {message}" + (f" (first at {places[0]})" if places[0] else "")
+        )
+        for message, places in groups.items()
+    ]
+    if len(counted) <= MAX_PROBLEMS:
+        return counted
+    extra = sum(len(places) for places in list(groups.values())[MAX_PROBLEMS:])
+    return [*counted[:MAX_PROBLEMS], Problem("", f"... and {extra} more problems")]
 
 
 # --------------------------------------------------------------------------- windows and samples
