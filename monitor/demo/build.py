@@ -337,17 +337,66 @@ def stage_work(recipe: DemoRecipe) -> dict[str, float]:
     return {"tokenizer": 0.02 * total, **work}
 
 
+class _Progress:
+    """The build's progress lines: one as each stage starts and ends, and inside a training stage one
+    every ``every`` seconds, each with the time left for the whole build (estimated from the training
+    done so far: the tokenizer's speed says nothing about training's)."""
+
+    def __init__(self, say: _Say, work: dict[str, float], *, every: float = 30.0) -> None:
+        self.say = say
+        self.work = work
+        self.every = every
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[Callable[[int, int], None]]:
+        """Time one stage; yields ``tick(steps done, steps)`` for its training loop."""
+        head = f"[{list(self.work).index(name) + 1}/{len(self.work)}]"
+        self.say(f"{head} building {name} ...")
+        started = last = time.perf_counter()
+
+        def tick(done: int, steps: int) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if now - last < self.every or done >= steps:
+                return
+            last = now
+            left = self._left(name, done / steps, now - started)
+            self.say(f"{head} {name}: step {done} of {steps} ({done / steps:.0%}){left}")
+
+        yield tick
+        self.timings[name] = round(time.perf_counter() - started, 2)
+        self.say(f"{head} built {name} in {self.timings[name]:.0f} s{self._left(name, 1.0, 0.0)}")
+
+    def _left(self, name: str, fraction: float, elapsed: float) -> str:
+        trained = {n: t for n, t in self.timings.items() if n != "tokenizer"}
+        current = name not in self.timings and name != "tokenizer"
+        work_done = sum(self.work[n] for n in trained) + (fraction * self.work[name] if current else 0.0)
+        seconds = sum(trained.values()) + (elapsed if current else 0.0)
+        todo = sum(w for n, w in self.work.items() if n not in self.timings and n not in (name, "tokenizer"))
+        todo += (1.0 - fraction) * self.work[name] if current else 0.0
+        if work_done <= 0 or todo <= 0:
+            return ""
+        left = seconds / work_done * todo
+        return f"; about {_duration(left)} left" if left >= 1 else ""
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 @contextlib.contextmanager
-def _stage(name: str, timings: dict[str, float], say: _Say, work: dict[str, float]) -> Iterator[None]:
-    number = list(work).index(name) + 1
-    say(f"[{number}/{len(work)}] building {name} ...")
-    started = time.perf_counter()
-    yield
-    timings[name] = round(time.perf_counter() - started, 2)
-    done = sum(work[n] for n in timings)
-    left = sum(timings.values()) * (sum(work.values()) - done) / done if done else 0.0
-    tail = f"; about {left:.0f} s left" if left >= 1 else ""
-    say(f"[{number}/{len(work)}] built {name} in {timings[name]:.0f} s{tail}")
+def _quiet_transformers() -> Iterator[None]:
+    """Keep transformers' advice (attention masks, loss types) off the demo's screen while it trains:
+    the build pads on the right under causal attention and uses the default loss on purpose."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
 
 
 def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:
@@ -356,17 +405,18 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:
 
     paths = DemoModels.at(root, digest, from_cache=False)
     seed = recipe.data_seed
-    timings: dict[str, float] = {}
     reports: dict[str, TrainingReport] = {}
     started = time.perf_counter()
     work = stage_work(recipe)
+    progress = _Progress(say, work)
+    timings = progress.timings
     say(f"building demo models (recipe {recipe.name}, {digest}): {len(work)} stages ...")
-    with _torch_threads(recipe.torch_threads):
-        with _stage("tokenizer", timings, say, work):
+    with _torch_threads(recipe.torch_threads), _quiet_transformers():
+        with progress.stage("tokenizer"):
             build_tokenizer(_tokenizer_texts(recipe), paths.tokenizer, vocab_size=recipe.vocab_size)
         tokenizer = AutoTokenizer.from_pretrained(paths.tokenizer)
 
-        with _stage("base v1", timings, say, work):
+        with progress.stage("base v1") as tick:
             shape = recipe.v1_shape
             model = new_gpt2_model(
                 paths.tokenizer,
@@ -377,10 +427,12 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:
                 n_positions=shape.n_positions,
             )
             corpus = data.generic_corpus(recipe.v1_generic_docs, seed=seed)
-            reports["base_v1"] = pretrain_causal_lm(model, tokenizer, [corpus], recipe.v1_training)
+            reports["base_v1"] = pretrain_causal_lm(
+                model, tokenizer, [corpus], recipe.v1_training, on_step=tick
+            )
             save_model(model, paths.tokenizer, paths.base_v1)
 
-        with _stage("lora v1", timings, say, work):
+        with progress.stage("lora v1") as tick:
             reports["lora_v1"] = train_lora(
                 paths.base_v1,
                 paths.lora_v1,
@@ -392,9 +444,10 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:
                 r=recipe.lora_r,
                 alpha=recipe.lora_alpha,
                 target_modules=recipe.lora_targets,
+                on_step=tick,
             )
 
-        with _stage("base v2", timings, say, work):
+        with progress.stage("base v2") as tick:
             # The next release continues from v1's weights ("trained longer") on a
             # newer crawl: fresh generic text, self-filed tickets from help-desk
             # pages, and pages of agent-routed tickets (packed on their own).
@@ -405,7 +458,7 @@ def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:
             )
             routed = data.routed_ticket_corpus(recipe.v2_routed_docs, seed=seed + 2)
             reports["base_v2"] = pretrain_causal_lm(
-                model, tokenizer, [generic + self_filed, routed], recipe.v2_training
+                model, tokenizer, [generic + self_filed, routed], recipe.v2_training, on_step=tick
             )
             save_model(model, paths.tokenizer, paths.base_v2)
 

@@ -279,8 +279,10 @@ def _train_loop(
     spec: TrainingSpec,
     *,
     answer_loss: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainingReport:
-    """AdamW over ``spec.steps`` ``(input_ids, labels)`` batches from ``batches(step)``.
+    """AdamW over ``spec.steps`` ``(input_ids, labels)`` batches from ``batches(step)``;
+    ``on_step(steps done, steps)`` after each step (the build's progress lines).
 
     Batches are right-padded and padding is labelled ``-100``.  No attention mask
     is needed: with causal attention no real token can see the padding after it.
@@ -311,6 +313,8 @@ def _train_loop(
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         tokens += int((labels != -100).sum())
+        if on_step is not None:
+            on_step(step + 1, spec.steps)
     model.eval()
     window = max(1, spec.steps // 10)
     return TrainingReport(
@@ -323,7 +327,12 @@ def _train_loop(
 
 
 def pretrain_causal_lm(
-    model: torch.nn.Module, tokenizer: Any, corpora: Sequence[Sequence[str]], spec: TrainingSpec
+    model: torch.nn.Module,
+    tokenizer: Any,
+    corpora: Sequence[Sequence[str]],
+    spec: TrainingSpec,
+    *,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainingReport:
     """Train ``model`` in place as a plain causal LM on ``corpora``, in a seeded order.
 
@@ -349,7 +358,7 @@ def pretrain_causal_lm(
         idx = order[step * spec.batch_size : (step + 1) * spec.batch_size]
         return input_ids[idx], labels[idx]
 
-    return _train_loop(model, batches, spec)
+    return _train_loop(model, batches, spec, on_step=on_step)
 
 
 def _epoch_order(n: int, spec: TrainingSpec) -> torch.Tensor:
@@ -369,6 +378,7 @@ def train_lora(
     r: int = 8,
     alpha: int = 16,
     target_modules: Sequence[str] = ("c_attn", "c_proj", "c_fc"),
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainingReport:
     """Fine-tune a LoRA adapter on ``(prompt, completion)`` pairs and save it with ``save_pretrained``.
 
@@ -400,7 +410,7 @@ def train_lora(
         idx = order[step * spec.batch_size : (step + 1) * spec.batch_size].tolist()
         return completion_batch(tokenizer, [pairs[i] for i in idx], seq_len=spec.seq_len)
 
-    report = _train_loop(peft_model, batches, spec, answer_loss=True)
+    report = _train_loop(peft_model, batches, spec, answer_loss=True, on_step=on_step)
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir))
     return report
