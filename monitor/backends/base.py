@@ -265,6 +265,8 @@ class EndpointSpec:
     tokens_per_minute: float | None = None
     max_retries: int = 5
     mc_method: str = "auto"
+    #: A tokenizer whose chat template renders conversations when the server does not show its own.
+    tokenizer: str | None = None
 
 
 @dataclass(frozen=True)

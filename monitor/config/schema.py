@@ -398,6 +398,11 @@ class EndpointConfig(Strict):
     #: Multiple choice by prompt log-probabilities (``logprobs``), by generating the answer
     #: (``generate``), or ``auto``: log-probabilities when the server returns them.
     mc_method: Literal["auto", "logprobs", "generate"] = "auto"
+    #: A tokenizer (a local folder, resolved against the config's folder, or a cached hub name) whose chat
+    #: template renders conversations when the server does not show its own (no vLLM ``/tokenize``):
+    #: the same template the server applies, so that multiple choice under ``format: chat`` can score
+    #: its choices on ``/v1/completions`` after the rendered text.
+    tokenizer: str | None = None
 
 
 class ModelConfig(Strict):

@@ -18,7 +18,7 @@ from monitor.config import MonitorConfig
 from monitor.errors import ConfigError, EvalSetError, Problem
 from monitor.evals.evalset import EvalSet, load_evalset, parse_strategy
 from monitor.exporters.webhooks import resolve_secrets
-from monitor.service.plan import chat_template_text, for_model
+from monitor.service.plan import chat_template_text, endpoint_tokenizer, for_model
 
 
 def config_problems(cfg: MonitorConfig, config_path: Path) -> list[Problem]:
@@ -73,6 +73,14 @@ def config_problems(cfg: MonitorConfig, config_path: Path) -> list[Problem]:
             problems.extend(
                 Problem(where_is("models", name, "adapter"), f"models.{name}.adapter: {message}")
                 for message in adapter_problems(Path(adapter), base_dir)
+            )
+        tokenizer = endpoint_tokenizer(cfg, name)
+        if tokenizer is not None and tokenizer.startswith("/") and not Path(tokenizer).is_dir():
+            problems.append(
+                Problem(
+                    where_is("models", name, "endpoint", "tokenizer"),
+                    f"models.{name}.endpoint.tokenizer: {tokenizer} is not a tokenizer folder",
+                )
             )
         try:
             chat_template_text(cfg, name)

@@ -165,13 +165,25 @@ def model_spec(cfg: MonitorConfig, name: str) -> ModelSpec:
         device=model.device,
         dtype=model.dtype,
         batch_tokens=model.batch_tokens,
-        endpoint=endpoint_spec(model.endpoint) if model.endpoint else None,
+        endpoint=endpoint_spec(model.endpoint, endpoint_tokenizer(cfg, name)) if model.endpoint else None,
         chat_template=chat_template_text(cfg, name),
     )
 
 
-def endpoint_spec(endpoint: EndpointConfig) -> EndpointSpec:
-    """The ``openai`` backend's connection settings from a model's ``endpoint:`` block."""
+def endpoint_tokenizer(cfg: MonitorConfig, name: str) -> str | None:
+    """``models.NAME.endpoint.tokenizer``: a folder resolved against the config's, else the name as given."""
+    endpoint = cfg.models[name].endpoint
+    if endpoint is None or endpoint.tokenizer is None:
+        return None
+    given = endpoint.tokenizer
+    if given.startswith(("/", ".", "~")) or cfg.resolve(given).exists():
+        return str(cfg.resolve(given))
+    return given
+
+
+def endpoint_spec(endpoint: EndpointConfig, tokenizer: str | None = None) -> EndpointSpec:
+    """The ``openai`` backend's connection settings from a model's ``endpoint:`` block (``tokenizer``
+    resolved by the caller)."""
     return EndpointSpec(
         base_url=endpoint.base_url,
         api_key_env=endpoint.api_key_env,
@@ -183,4 +195,5 @@ def endpoint_spec(endpoint: EndpointConfig) -> EndpointSpec:
         tokens_per_minute=endpoint.tokens_per_minute,
         max_retries=endpoint.max_retries,
         mc_method=endpoint.mc_method,
+        tokenizer=tokenizer,
     )

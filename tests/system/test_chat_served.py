@@ -125,3 +125,40 @@ def test_choices_picked_by_generation_go_as_a_conversation(server: OpenAIServer,
     for result in outcome.results:
         assert result.error is None and result.completion_tokens > 0
         assert result.messages is not None and result.messages[0]["role"] == "system"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_named_tokenizer_renders_for_a_server_that_hides_its_template(
+    served: dict[str, ServedModel],
+    in_process: dict[str, HFBackend],
+    chat_models: ChatModels,
+    tmp_path: Path,
+    model: str,
+) -> None:
+    mc = load_evalset(chat_set(tmp_path / "mc"))
+    gen = load_evalset(chat_set(tmp_path / "gen", "max_new_tokens: 6\n", data=DATA, task="generate"))
+    tokenizer = str(getattr(chat_models, model))
+    with OpenAIServer(served, tokenize=False) as hidden:
+        backend = OpenAIBackend.load(model, EndpointSpec(hidden.url, tokenizer=tokenizer))
+        try:
+            settings = chat_settings(backend, mc)
+            remote = evaluate(backend, mc, fewshot_k=2)
+            before = (hidden.stats["/v1/completions"], hidden.stats["/v1/chat/completions"])
+            generated = evaluate(backend, gen, fewshot_k=2)
+            after = (hidden.stats["/v1/completions"], hidden.stats["/v1/chat/completions"])
+            described = backend.describe()["chat_template"]
+        finally:
+            backend.close()
+    # the tokenizer's template is the served one: the same hash and folding as in process
+    assert settings == {**chat_settings(in_process[model], mc), "chat_template_source": "tokenizer"}
+    assert described["source"] == "tokenizer" and described["tokenizer"] == tokenizer
+    local = evaluate(in_process[model], mc, fewshot_k=2)
+    for mine, theirs in zip(remote.results, local.results, strict=True):
+        assert mine.error is None and mine.prompt == theirs.prompt
+        assert mine.prediction == theirs.prediction
+        assert mine.loglikelihoods == pytest.approx(theirs.loglikelihoods, abs=1e-4)
+    # generation: rendered here, the text sent to /v1/completions
+    assert after[0] - before[0] == len(gen.items) and after[1] == before[1]
+    expected = evaluate(in_process[model], gen, fewshot_k=2)
+    for mine, theirs in zip(generated.results, expected.results, strict=True):
+        assert mine.error is None and (mine.prompt, mine.prediction) == (theirs.prompt, theirs.prediction)

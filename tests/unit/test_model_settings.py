@@ -160,3 +160,31 @@ def test_check_config_names_a_judge_model_that_is_not_configured(
         config.read_text().replace("models:\n", f"models:\n  grader:\n    base: {chat_models.plain}\n")
     )
     assert CliRunner().invoke(app, ["check-config", "--config", str(config)]).exit_code == 0
+
+
+def test_an_endpoint_tokenizer_is_resolved_and_a_missing_folder_is_one_located_line(
+    chat_models: ChatModels, tmp_path: Path
+) -> None:
+    from monitor.config import load_config
+    from monitor.service.plan import model_spec
+
+    (tmp_path / "tok").symlink_to(chat_models.chatml)
+    config = tmp_path / "monitor.yaml"
+    config.write_text(
+        "database: sqlite:///monitor.db\n"
+        "models:\n  served:\n    backend: openai\n    base: router\n"
+        "    endpoint:\n      base_url: 'http://127.0.0.1:8000/v1'\n      tokenizer: tok\n"
+        "  hub:\n    backend: openai\n    base: router\n"
+        "    endpoint: {base_url: 'http://127.0.0.1:8000/v1', tokenizer: org/served-model}\n"
+    )
+    cfg = load_config(config)
+    assert model_spec(cfg, "served").endpoint.tokenizer == str(tmp_path / "tok")  # type: ignore[union-attr]
+    assert model_spec(cfg, "hub").endpoint.tokenizer == "org/served-model"  # type: ignore[union-attr]
+    assert CliRunner().invoke(app, ["check-config", "--config", str(config)]).exit_code == 0
+    config.write_text(config.read_text().replace("tokenizer: tok", "tokenizer: ./missing"))
+    result = CliRunner().invoke(app, ["check-config", "--config", str(config)])
+    assert result.exit_code == 2
+    assert (
+        f"error: {config}:8: models.served.endpoint.tokenizer: {tmp_path / 'missing'} is not a tokenizer folder"
+        in result.stderr
+    ), result.stderr

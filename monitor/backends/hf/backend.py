@@ -43,13 +43,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from monitor.backends.hf.chat import ChatRenderer, transformers_silenced
 from monitor.backends.hf.imports import long_lived_imports
 
 with long_lived_imports():
     import torch
 
 from monitor.backends.base import (
-    PROBE_CONVERSATION,
     ChatTemplate,
     GenerationRequest,
     GenerationResult,
@@ -59,9 +59,7 @@ from monitor.backends.base import (
     ProgressCallback,
     Sampling,
     cut_at_stop,
-    fold_system,
     one_line,
-    template_digest,
 )
 from monitor.backends.fingerprint import fingerprint_model, stack_files
 from monitor.backends.hf.packing import (
@@ -175,8 +173,7 @@ class HFBackend:
         self._packing_note = "enabled" if packed else "disabled by the caller"
         self._prefix_cache: OrderedDict[tuple[int, ...], KV] = OrderedDict()
         self.tokens_run = 0
-        self._chat: ChatTemplate | None = None
-        self._chat_known = False
+        self._chat: ChatRenderer | None = None
         #: The configured chat template that replaced the tokenizer's (``models.NAME.chat_template``).
         self._template_override: str | None = None
 
@@ -202,7 +199,7 @@ class HFBackend:
         pad = tokenizer.pad_token_id
         self._pad_id: int = pad if pad is not None else (eos if eos is not None else 0)
         if self._packed:
-            with _transformers_silenced():
+            with transformers_silenced():
                 self._check_packing()
             self.tokens_run = 0
 
@@ -375,42 +372,21 @@ class HFBackend:
         return out
 
     def chat_template(self) -> ChatTemplate | None:
-        """The tokenizer's chat template (None without one), probed once for a system role.
-
-        A template that raises on a system message, or renders without it, has no system role.
-        """
-        if self._chat_known:
-            return self._chat
-        if getattr(self._tokenizer, "chat_template", None):
-            try:
-                rendered = self.render_chat(PROBE_CONVERSATION)
-                system_role = PROBE_CONVERSATION[0][1] in rendered
-            except BackendError:
-                system_role = False
-            if not system_role:
-                rendered = self.render_chat(fold_system(PROBE_CONVERSATION))
-            self._chat = ChatTemplate(template_digest(rendered), system_role, "tokenizer")
-        self._chat_known = True
-        return self._chat
+        """The tokenizer's chat template (None without one), probed once for a system role
+        (:meth:`monitor.backends.hf.chat.ChatRenderer.template`)."""
+        return self._renderer().template()
 
     def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
         """``messages`` through the tokenizer's ``apply_chat_template`` with the generation prompt.
 
         Raises :class:`BackendError` when the model has no template or the template refuses the conversation.
         """
-        if not getattr(self._tokenizer, "chat_template", None):
-            raise BackendError(f"{self._base} has no chat template")
-        conversation = [{"role": role, "content": content} for role, content in messages]
-        try:
-            with _transformers_silenced():
-                text = self._tokenizer.apply_chat_template(
-                    conversation, tokenize=False, add_generation_prompt=True
-                )
-        except Exception as exc:  # jinja2's TemplateError (raise_exception in a template) and kin
-            raise BackendError(
-                f"the chat template of {self._base} refuses this conversation: {one_line(exc)}"
-            ) from exc
-        return str(text)
+        return self._renderer().render(messages)
+
+    def _renderer(self) -> ChatRenderer:
+        if self._chat is None:
+            self._chat = ChatRenderer(self._tokenizer, self._base)
+        return self._chat
 
     def describe(self) -> dict[str, Any]:
         """Device, dtype, attention implementation, adapter handling and library versions."""
@@ -857,7 +833,7 @@ class HFBackend:
     def _inference_errors(self) -> Iterator[None]:
         """Report torch failures (out of memory, device errors) as :class:`BackendError`."""
         try:
-            with _transformers_silenced():
+            with transformers_silenced():
                 yield
         except RuntimeError as exc:  # torch.OutOfMemoryError is one
             if self._device.type == "cuda":
@@ -1007,30 +983,9 @@ def _local_source(spec: str, what: str, marker: str) -> Path | None:
 def _quiet() -> Iterator[None]:
     """Silence library warnings while loading (deprecation notices we cannot act on), and
     transformers' own chatter (progress bars, notices logged once)."""
-    with warnings.catch_warnings(), _transformers_silenced():
+    with warnings.catch_warnings(), transformers_silenced():
         warnings.simplefilter("ignore")
         yield
-
-
-@contextlib.contextmanager
-def _transformers_silenced() -> Iterator[None]:
-    """transformers' "Loading weights" progress bars and its logged notices, off for the block.
-
-    A run's output is the monitor's: a notice such as "passing an attention_mask is recommended"
-    (our prefix pass starts with a token that doubles as padding, on purpose) is noise there.
-    """
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _load_base(base: str, revision: str | None, dtype: torch.dtype) -> tuple[Any, Any]:
