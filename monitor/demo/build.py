@@ -387,16 +387,19 @@ def _duration(seconds: float) -> str:
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Keep transformers' advice (attention masks, loss types) off the demo's screen while it trains:
+    """Keep transformers' advice (attention masks, loss types) and its bars off the demo's screen:
     the build pads on the right under causal attention and uses the default loss on purpose."""
     from transformers.utils import logging as hf_logging
 
-    previous = hf_logging.get_verbosity()
+    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Writing model shards", "Loading weights": a bar per model saved
     try:
         yield
     finally:
         hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _build_into(root: Path, recipe: DemoRecipe, digest: str, say: _Say) -> None:

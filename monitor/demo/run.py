@@ -42,6 +42,8 @@ def run_demo(workdir: Path, *, rebuild: bool = False, once: bool = False, port: 
     # torch's OpenMP threads spin while they wait by default; beside other work on a small machine
     # that spinning made the build many times slower. Set before torch is first imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # transformers draws a bar for every model it loads or saves: noise between the story's lines
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from monitor.api.app import run_daemon
     from monitor.demo.build import build_demo_models, link_stable_paths
     from monitor.demo.receiver import DemoReceiver
@@ -67,8 +69,7 @@ def run_demo(workdir: Path, *, rebuild: bool = False, once: bool = False, port: 
         story_started = time.perf_counter()
         tell_story(workdir, config_path, models, receiver=receiver, say=say, show_table=print_status)
         print(
-            f"\ndemo: story told in {time.perf_counter() - story_started:.0f} s (the models took {built:.0f} s "
-            f"before it); database {workdir / 'monitor.db'}",
+            f"\ndemo: story told in {time.perf_counter() - story_started:.0f} s; database {workdir / 'monitor.db'}",
             file=sys.stderr,
             flush=True,
         )

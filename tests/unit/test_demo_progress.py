@@ -39,7 +39,7 @@ def test_training_stages_report_their_steps_and_the_time_left() -> None:
 def test_transformers_advice_is_kept_off_the_screen_during_the_build() -> None:
     from transformers.utils import logging as hf_logging
 
-    before = hf_logging.get_verbosity()
+    before = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     with _quiet_transformers():
-        assert hf_logging.get_verbosity() == hf_logging.ERROR
-    assert hf_logging.get_verbosity() == before
+        assert hf_logging.get_verbosity() == hf_logging.ERROR and not hf_logging.is_progress_bar_enabled()
+    assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == before
