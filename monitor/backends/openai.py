@@ -51,6 +51,11 @@ The API key is read from the environment variable named in the configuration
 when the backend loads; it is sent as ``Authorization: Bearer`` and kept out of
 every message, log line and record (any text that would carry it is redacted).
 
+The ``max_concurrency`` bound is per endpoint and process-wide (:class:`EndpointGate`):
+every backend of the same ``base_url`` and ``api_key_env`` (fifty adapters behind one
+vLLM, the runs of several jobs in flight at once) runs on one event loop and shares
+one gate, whose limit is the smallest ``max_concurrency`` among the backends using it.
+
 This is the only backend module that talks HTTP; httpx exceptions become
 :class:`~monitor.errors.EndpointError` here.
 """
@@ -58,6 +63,8 @@ This is the only backend module that talks HTTP; httpx exceptions become
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -68,8 +75,9 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -197,6 +205,116 @@ def choices_prompt(context: str, choices: Sequence[str]) -> str:
     return f"Answer with one of: {', '.join(choices)}.\n\n{context}"
 
 
+class EndpointGate:
+    """One endpoint's event loop and concurrency gate, shared by every backend of that endpoint in the process.
+
+    Backends attach when they load and detach when closed; the loop runs on a thread of
+    its own while any backend is attached.  At most :attr:`limit` requests are in flight
+    through the gate at once, whichever backend, run or job sends them; waiting requests
+    are let through first come, first served (one wake-up per freed slot, however many wait).
+    """
+
+    def __init__(self, key: tuple[str, str | None]) -> None:
+        self.key = key
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name=f"openai-endpoint-{key[0]}", daemon=True
+        )
+        self.thread.start()
+        self.users = 0
+        self._limits: Counter[int] = Counter()
+        #: The smallest ``max_concurrency`` among the attached backends (set under the gates' lock).
+        self.limit = 1
+        #: Requests through the gate now, and the most there ever were at once (read on any thread).
+        self.in_flight = 0
+        self.max_in_flight = 0
+        # Touched on the loop's thread only: no lock.
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def _set_limits(self, max_concurrency: int, change: int) -> None:
+        """Count a backend in (``change`` 1) or out (-1) and recompute the limit (under ``_GATES_LOCK``)."""
+        self._limits[max_concurrency] += change
+        if self._limits[max_concurrency] <= 0:
+            del self._limits[max_concurrency]
+        self.limit = min(self._limits) if self._limits else 1
+        if change < 0:  # a larger limit may let waiting requests through
+            self.loop.call_soon_threadsafe(self._admit)
+
+    def _admit(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._take()
+                waiter.set_result(None)
+
+    def _take(self) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _give(self) -> None:
+        self.in_flight -= 1
+        self._admit()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the endpoint's request slots (on the gate's loop)."""
+        if self.in_flight < self.limit and not self._waiters:
+            self._take()
+        else:
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._give()  # admitted as it was cancelled: hand the slot on
+                raise
+        try:
+            yield
+        finally:
+            self._give()
+
+
+_GATES: dict[tuple[str, str | None], EndpointGate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def _gate_key(endpoint: EndpointSpec) -> tuple[str, str | None]:
+    return (endpoint.base_url.rstrip("/"), endpoint.api_key_env)
+
+
+def endpoint_gate(endpoint: EndpointSpec) -> EndpointGate | None:
+    """The live gate of ``endpoint`` in this process (None when no backend of it is attached)."""
+    with _GATES_LOCK:
+        return _GATES.get(_gate_key(endpoint))
+
+
+def _attach(endpoint: EndpointSpec) -> EndpointGate:
+    key = _gate_key(endpoint)
+    with _GATES_LOCK:
+        gate = _GATES.get(key)
+        if gate is None:
+            gate = _GATES[key] = EndpointGate(key)
+        gate.users += 1
+        gate._set_limits(endpoint.max_concurrency, 1)
+        return gate
+
+
+def _detach(gate: EndpointGate, endpoint: EndpointSpec) -> None:
+    with _GATES_LOCK:
+        gate.users -= 1
+        if gate.users > 0:
+            gate._set_limits(endpoint.max_concurrency, -1)
+            return
+        if _GATES.get(gate.key) is gate:
+            del _GATES[gate.key]
+    gate.loop.call_soon_threadsafe(gate.loop.stop)
+    if threading.current_thread() is gate.thread:
+        return  # a backend dropped on the loop's own thread: the loop stops when this callback returns
+    gate.thread.join(timeout=10)
+    gate.loop.close()
+
+
 class OpenAIBackend:
     """A model behind an OpenAI-compatible endpoint.  Build it with :meth:`load`.
 
@@ -243,12 +361,17 @@ class OpenAIBackend:
         self._chat_known = False
         #: Whether the server renders conversations for us (vLLM's /tokenize with messages, /detokenize).
         self._renders: bool | None = None
+        #: ``endpoint.tokenizer``'s chat template, rendering for a server that does not show its own.
+        self._local: Any = None
         self._stack: dict[str, str] | None = None
-        # One event loop on a thread of its own and one connection pool, kept from call to call.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        # The endpoint's shared event loop and gate (attached at first use) and this backend's
+        # connection pool on that loop, kept from call to call.
+        self._gate: EndpointGate | None = None
         self._http: httpx.AsyncClient | None = None
-        self._gate: asyncio.Semaphore | None = None
+        # Several runs (threads) may share this backend: one attaches it, one asks the server's facts.
+        self._attach_lock = threading.Lock()
+        self._facts_lock = threading.RLock()
+        self._release: weakref.finalize[Any, Any] | None = None
 
     # ------------------------------------------------------------------ loading
 
@@ -358,6 +481,10 @@ class OpenAIBackend:
     def _stack_facts(self) -> dict[str, str]:
         """What the server says about the stack around the weights: vLLM's ``/version``, and the
         chat template's hash when the server renders conversations for us (asked once)."""
+        with self._facts_lock:
+            return dict(self._ask_stack())
+
+    def _ask_stack(self) -> dict[str, str]:
         if self._stack is None:
             stack = {f"server/{k}": str(v) for k, v in self.server_facts.items()}
             version = self._run(self._version())
@@ -372,7 +499,7 @@ class OpenAIBackend:
             if chat is not None and chat.sha256 != UNEXPOSED_TEMPLATE:
                 stack["chat_template/rendered"] = chat.sha256
             self._stack = stack
-        return dict(self._stack)
+        return self._stack
 
     async def _version(self) -> str | None:
         root = re.sub(r"/v\d+$", "", self._url)
@@ -394,10 +521,18 @@ class OpenAIBackend:
         (``sha256`` reads :data:`UNEXPOSED_TEMPLATE`): chat requests then carry the
         messages, and multiple choice, which needs the text, fails its items with the reason.
         """
-        if not self._chat_known:
-            self._chat = self._run(self._probe_chat())
-            self._chat_known = True
-        return self._chat
+        with self._facts_lock:
+            if not self._chat_known:
+                chat = self._run(self._probe_chat())
+                if chat.sha256 == UNEXPOSED_TEMPLATE and self.endpoint.tokenizer:
+                    # the configured tokenizer's template stands for the server's, which it does not show
+                    from monitor.backends.hf.chat import load_chat_renderer
+
+                    self._local = load_chat_renderer(self.endpoint.tokenizer)
+                    chat = self._local.template() or chat
+                self._chat = chat
+                self._chat_known = True
+            return self._chat
 
     async def _probe_chat(self) -> ChatTemplate:
         # 404/405: no such endpoint (the template is not exposed); 400/422: the request was refused,
@@ -430,9 +565,12 @@ class OpenAIBackend:
         return ChatTemplate(template_digest(rendered), system_role, "server")
 
     def render_chat(self, messages: Sequence[tuple[str, str]]) -> str | None:
-        """The conversation as the server's template renders it; None when the server does not show it."""
+        """The conversation as the server's template renders it (else as ``endpoint.tokenizer``'s does);
+        None when neither shows it."""
         if self._renders is None:
             self.chat_template()
+        if self._local is not None:
+            return self._local.render(messages)
         if not self._renders:
             return None
         return self._run(self._render(messages))
@@ -471,7 +609,12 @@ class OpenAIBackend:
             # Only once asked (a chat eval set, or the fingerprint): describing sends nothing.
             "chat_template": None
             if self._chat is None
-            else {"sha256": self._chat.sha256, "system_role": self._chat.system_role, "source": "server"},
+            else {
+                "sha256": self._chat.sha256,
+                "system_role": self._chat.system_role,
+                "source": self._chat.source,
+                **({"tokenizer": self.endpoint.tokenizer} if self._local is not None else {}),
+            },
             "server": dict(self.server_facts),
             "token_counts": self.token_counts(),
             "tokenize": {None: "not asked", True: "server /tokenize", False: "estimate"}[self._can_tokenize],
@@ -498,17 +641,19 @@ class OpenAIBackend:
         return source
 
     def close(self) -> None:
-        """Close the connections and stop the backend's event loop."""
-        loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
-        if loop is None:
+        """Close the connections and leave the endpoint's gate (its loop stops with its last backend)."""
+        with self._attach_lock:
+            gate, self._gate = self._gate, None
+            release, self._release = self._release, None
+        if gate is None:
             return
-        http, self._http, self._gate = self._http, None, None
-        if http is not None:
-            asyncio.run_coroutine_threadsafe(http.aclose(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        if thread is not None:
-            thread.join(timeout=10)
-        loop.close()
+        http, self._http = self._http, None
+        try:
+            if http is not None:
+                asyncio.run_coroutine_threadsafe(http.aclose(), gate.loop).result(timeout=10)
+        finally:
+            if release is not None:
+                release()  # _detach, once
 
     @property
     def safe_url(self) -> str:
@@ -529,14 +674,13 @@ class OpenAIBackend:
     ) -> list[T]:
         """Run ``one`` for every request, at most ``max_concurrency`` at a time; failures become results.
 
-        The bound holds across overlapping calls too (the runner overlaps chunks): they share one gate.
+        The bound holds across overlapping calls, backends and runs: they share the endpoint's gate.
         """
-        if self._gate is None:  # made on the loop's thread, where every call runs
-            self._gate = asyncio.Semaphore(self.endpoint.max_concurrency)
         gate = self._gate
+        assert gate is not None  # attached by _run, which every call goes through
 
         async def guarded(client: httpx.AsyncClient, request: Any) -> T:
-            async with gate:
+            async with gate.slot():
                 try:
                     result = await one(client, request)
                 except BackendError as exc:
@@ -556,7 +700,8 @@ class OpenAIBackend:
         if request.messages and not request.context:
             raise BackendError(
                 "multiple choice under format: chat needs the rendered prompt, and the server does not expose "
-                "its chat template (vLLM's /tokenize with messages and /detokenize)"
+                "its chat template (vLLM's /tokenize with messages and /detokenize): name the served model's "
+                "tokenizer in endpoint.tokenizer to render it here"
             )
         prompts = [request.context + c for c in request.continuations]
         data = await self._call(
@@ -615,7 +760,8 @@ class OpenAIBackend:
             request.prompt,
             request.max_new_tokens,
             request.stop,
-            messages=request.messages,
+            # rendered here by endpoint.tokenizer: the text goes to /v1/completions (unless api: chat)
+            messages=request.messages if self._local is None or self.endpoint.api == "chat" else (),
             sampling=request.sampling,
         )
         return GenerationResult(cut_at_stop(text, request.stop), prompt_tokens, completion_tokens)
@@ -731,17 +877,17 @@ class OpenAIBackend:
 
         Progress callbacks are called from the loop's thread.
         """
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(
-                target=self._loop.run_forever, name=f"openai-backend-{self.model}", daemon=True
-            )
-            self._thread.start()
+        with self._attach_lock:
+            if self._gate is None:
+                self._gate = _attach(self.endpoint)
+                # A backend dropped without close() leaves the gate too (its limit no longer counts).
+                self._release = weakref.finalize(self, _detach, self._gate, self.endpoint)
+            gate = self._gate
 
         async def main() -> T:
             return await coroutine
 
-        return asyncio.run_coroutine_threadsafe(main(), self._loop).result()
+        return asyncio.run_coroutine_threadsafe(main(), gate.loop).result()
 
     async def _call(
         self,
