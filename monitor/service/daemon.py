@@ -4,8 +4,15 @@ Threads and their jobs:
 
 - APScheduler (behind :class:`~monitor.schedule.JobTimer`) only keeps time: a
   fire puts the job on the work queue.
-- One worker executes the queue, one job at a time, so models and CPU are never
-  contended; a job already queued or running is not queued twice.
+- ``daemon.max_concurrent_runs`` workers execute the queue, a fire each; a job
+  already queued or running is not queued twice.  A fire's runs against
+  OpenAI-compatible endpoints go out at once, at most ``max_concurrent_runs``
+  runs in flight across all fires (one :class:`~monitor.service.fires.RunSlots`
+  for the process), each endpoint bounded by its ``max_concurrency`` across every
+  job (:class:`~monitor.backends.openai.EndpointGate`); in-process (``hf``) runs
+  take their device's lock, one at a time per device, so models and CPU are never
+  contended.  With ``max_concurrent_runs: 1`` the daemon is the serial worker:
+  one fire, one run at a time.
 - A heartbeat renews the single-instance lease; a poller turns run-now requests
   from the database into queue entries.
 - A release watcher scans the watched base-model families when due; a new
@@ -21,9 +28,9 @@ done is never redone.
 
 Runs commit their items in chunks.  A run found ``running`` at start was
 interrupted by a crash; it is marked so and resumed, skipping the items already
-stored.  On SIGTERM/SIGINT the worker stops after the chunk in hand, the run is
-marked ``interrupted`` (and resumed at the next start), and the daemon exits
-within the configured shutdown timeout.
+stored.  On SIGTERM/SIGINT every run in flight stops after the chunk in hand and
+is marked ``interrupted`` (and resumed at the next start), its fire stays open,
+and the daemon exits within the configured shutdown timeout.
 
 Faults: every run and fire write checks the lease's epoch in its own transaction
 (fencing), so a daemon paused past its lease and taken over writes nothing when
@@ -51,7 +58,7 @@ from monitor.errors import LeaseHeldError, LeaseLostError, MonitorError, StoreEr
 from monitor.evals.evalset import load_evalset
 from monitor.schedule import JobTimer, latest_missed_fire, make_trigger, typical_interval
 from monitor.service.after_job import make_notifier
-from monitor.service.fires import FireRunner, resumable
+from monitor.service.fires import FireRunner, RunSlots, resumable
 from monitor.service.plan import RunPlan, plan_runs
 from monitor.service.pool import ModelPool
 from monitor.service.releases.challengers import pending_challenger_jobs, stale_challenger_jobs
@@ -141,7 +148,11 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._idle = threading.Event()
         self._idle.set()
-        self.current_job: str | None = None
+        #: The jobs whose fires the workers have in hand.
+        self._running: set[str] = set()
+        self.workers = settings.max_concurrent_runs
+        #: The bound on runs in flight and the devices' locks, shared by every worker's fire.
+        self.slots = RunSlots(settings.max_concurrent_runs)
         self.watcher = ReleaseWatcher(store, config, sources=release_sources, notify=self.notify)
         #: Set when another daemon took the lease over while this one worked: it stopped, fenced.
         self.lost_lease: str | None = None
@@ -157,6 +168,7 @@ class Daemon:
             on_finished=self._on_run_finished,
             wake=self._wake_sender,
             clock=self.clock,
+            slots=self.slots,
         )
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -203,8 +215,9 @@ class Daemon:
         self.catch_up(self.clock())
         self.queue_release_evaluations()
         self.timer.start()
+        workers = [(f"worker-{i}" if i else "worker", self._work) for i in range(self.workers)]
         threads: list[tuple[str, Callable[[], None]]] = [
-            ("worker", self._work),
+            *workers,
             ("heartbeat", self._heartbeat),
             ("requests", self._poll),
         ]
@@ -227,6 +240,12 @@ class Daemon:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def current_job(self) -> str | None:
+        """The job(s) whose fires are in hand, comma-separated (None when the workers are idle)."""
+        with self._pending_lock:
+            return ", ".join(sorted(self._running)) or None
+
     def shutdown(self) -> bool:
         """Stop, wait up to the shutdown timeout for the worker, release the lease; true if clean.
 
@@ -236,7 +255,8 @@ class Daemon:
         """
         self.request_stop()
         self.timer.shutdown()
-        self._queue.put(None)
+        for _ in range(self.workers):
+            self._queue.put(None)
         deadline = time.monotonic() + self.shutdown_timeout_s
         clean = True
         for thread in self._threads:
@@ -504,17 +524,20 @@ class Daemon:
                 continue
             if item is None:
                 break
+            requeued = False
             try:
-                self.current_job = item.job
-                self._execute(item)
+                with self._pending_lock:
+                    self._running.add(item.job)
+                requeued = self._execute(item)
             except LeaseLostError as exc:
                 self._lose_lease(str(exc))
             except Exception:  # one bad job must never stop the others
                 log.exception("job %s failed outside any run", item.job)
             finally:
-                self.current_job = None
                 with self._pending_lock:
-                    self._pending.discard(item.key)
+                    self._running.discard(item.job)
+                    if not requeued:  # a queued item keeps its place: its job is not queued twice
+                        self._pending.discard(item.key)
                 self._mark_idle()
 
     def _lose_lease(self, why: str) -> None:
@@ -529,41 +552,48 @@ class Daemon:
             if not self._pending and self._queue.empty():
                 self._idle.set()
 
-    def _execute(self, item: WorkItem) -> None:
+    def _execute(self, item: WorkItem) -> bool:
+        """Do ``item``; true when it was queued again (after a storage fault)."""
         if item.resume_run_id is not None:
             plan = self._resume_plan(item.resume_run_id)
-            if plan is not None:
-                log.info("resuming run %d of job %s", item.resume_run_id, item.job)
-                self._guarded(item, lambda: self._continue(plan, item.resume_run_id))  # type: ignore[arg-type]
-            return
+            if plan is None:
+                return False
+            log.info("resuming run %d of job %s", item.resume_run_id, item.job)
+            return self._guarded(item, lambda: self._continue(plan, item.resume_run_id))  # type: ignore[arg-type]
         assert item.fire_id is not None
-        self._guarded(item, lambda: self._run_fire(self.store.get_fire(item.fire_id)))  # type: ignore[arg-type]
+        return self._guarded(item, lambda: self._run_fire(self.store.get_fire(item.fire_id)))  # type: ignore[arg-type]
 
-    def _guarded(self, item: WorkItem, work: Callable[[], object]) -> None:
+    def _guarded(self, item: WorkItem, work: Callable[[], object]) -> bool:
         """Do ``work``; on a storage fault, leave the run in hand resumable once the database takes
-        writes again, and queue the item again (a lost lease propagates: the daemon stops)."""
+        writes again, and queue the item again (true; a lost lease propagates: the daemon stops).
+
+        The item goes back on the queue still counted as pending, so that no other fire of its
+        job is queued meanwhile and the daemon is never idle with it waiting.
+        """
         try:
             work()
             self._storage_faults = 0
+            return False
         except StoreError as exc:
             log.error(
                 "job %s: the database refused a write (%s); will resume when it takes writes", item.job, exc
             )
-            if not self._await_storage(str(exc)):
-                return
+            if not self._await_storage(str(exc), item):
+                return False
             # The fault may come back at once (a disk still nearly full): back off between attempts.
             delay = STORAGE_RETRY_S[min(self._storage_faults, len(STORAGE_RETRY_S) - 1)]
             self._storage_faults += 1
             if self._stop.wait(delay):
-                return
-            with self._pending_lock:
-                self._pending.discard(item.key)
-            self.enqueue(item)
+                return False
+            self._idle.clear()
+            self._queue.put(item)
+            return True
 
-    def _await_storage(self, reason: str) -> bool:
-        """Retry, with backoff, a real write (the lease's heartbeat) and then marking this daemon's
-        running runs ``interrupted`` with the storage fault's reason; true once both succeeded
-        (false: stopping first, or the lease was lost meanwhile)."""
+    def _await_storage(self, reason: str, item: WorkItem) -> bool:
+        """Retry, with backoff, a real write (the lease's heartbeat) and then marking the running runs
+        of ``item`` (its fire's, or the run it resumes) ``interrupted`` with the storage fault's reason;
+        true once both succeeded (false: stopping first, or the lease was lost meanwhile).  Other
+        workers' runs in flight are theirs to handle."""
         attempt = 0
         while not self._stop.is_set():
             try:
@@ -571,7 +601,10 @@ class Daemon:
                     self._lose_lease("another daemon took this daemon's lease over during a storage fault")
                     return False
                 for run in self.store.unfinished_runs():
-                    if run.id is not None and run.status == "running":
+                    ours = run.id == item.resume_run_id or (
+                        item.fire_id is not None and run.fire_id == item.fire_id
+                    )
+                    if run.id is not None and run.status == "running" and ours:
                         self.store.finish_run(
                             run.id,
                             status="interrupted",

@@ -5,22 +5,36 @@ One :class:`FireRunner` serves the daemon's worker and ``monitor run JOB --slot`
 same way by either.  A storage fault (:class:`~monitor.errors.StoreError`) and a
 lost lease or claim (:class:`~monitor.errors.LeaseLostError`) propagate: the
 caller leaves the fire open for whoever resumes it.
+
+Concurrency: a fire's runs against OpenAI-compatible endpoints go out at once,
+each on a thread of its own, at most ``daemon.max_concurrent_runs`` runs in
+flight across every fire of the process (:class:`RunSlots`, shared by the
+daemon's workers); each endpoint's own ``max_concurrency`` bounds its requests
+across all of them (:class:`monitor.backends.openai.EndpointGate`).  In-process
+(``hf``) runs take their device's lock first, so two never share a device.  A
+fire is closed, and its after-job work done, only when all its runs are
+finished; a stop or a fault leaves the runs in flight to end at their chunk
+boundary, and the fire open.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
+from monitor.backends import ModelSpec
 from monitor.config import MonitorConfig
 from monitor.errors import MonitorError
 from monitor.evals.evalset import parse_strategy
 from monitor.events import Notify
 from monitor.service.after_job import after_job, analyze_safely
-from monitor.service.plan import RunPlan, plan_key, plan_runs
+from monitor.service.plan import RunPlan, model_spec, plan_key, plan_runs
 from monitor.service.releases.challengers import mark_evaluated
-from monitor.service.runs import ModelPool, continue_run, open_run
+from monitor.service.runs import ModelPool, continue_run, judge_specs, open_run
 from monitor.store import FireRecord, RunRecord, Store, as_utc
 
 log = logging.getLogger("monitor.service.fires")
@@ -39,6 +53,67 @@ def resumable(config: MonitorConfig, run: RunRecord, model_name: str, plans: lis
                 return "not resumed: the eval set changed since the run started"
             return plan
     return "not resumed: its strategy is no longer configured"
+
+
+def run_lanes(todo: list[tuple[RunPlan, RunRecord | None]]) -> list[list[tuple[RunPlan, RunRecord | None]]]:
+    """The runs of a fire in lanes that may go at once: each served run its own, the in-process
+    runs of one device one lane, in the plan's order."""
+    lanes: dict[str, list[tuple[RunPlan, RunRecord | None]]] = {}
+    for i, (plan, run) in enumerate(todo):
+        key = f"served:{i}" if plan.spec.backend == "openai" else f"device:{plan.spec.device}"
+        lanes.setdefault(key, []).append((plan, run))
+    return list(lanes.values())
+
+
+class RunSlots:
+    """The process-wide bound on runs in flight (``daemon.max_concurrent_runs``) and the per-device
+    locks of in-process models; one per process, shared by every :class:`FireRunner` in it.
+
+    Locks are always taken in one order, a device's before a run slot, so a waiting
+    in-process run holds no slot that a served run could use.
+    """
+
+    def __init__(self, max_runs: int) -> None:
+        self.max_runs = max(1, max_runs)
+        self._slots = threading.BoundedSemaphore(self.max_runs)
+        self._devices: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        #: Held while a run is opened: two runs of one model (or eval set) starting at once would
+        #: both insert its row (the store's upserts are read-then-write).
+        self.opening = threading.Lock()
+        #: Runs in flight now, and the most there ever were at once.
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def device_lock(self, spec: ModelSpec) -> threading.Lock | None:
+        """The lock of ``spec``'s device for an in-process model (None for a served one)."""
+        if spec.backend == "openai":
+            return None
+        with self._lock:
+            return self._devices.setdefault(spec.device, threading.Lock())
+
+    @contextlib.contextmanager
+    def devices(self, specs: Iterable[ModelSpec]) -> Iterator[None]:
+        """Hold the devices of the in-process models among ``specs`` (in a fixed order: no deadlock)."""
+        locks = {id(lock): lock for lock in map(self.device_lock, specs) if lock is not None}
+        with self._lock:
+            names = {id(lock): name for name, lock in self._devices.items()}
+        with contextlib.ExitStack() as held:
+            for key in sorted(locks, key=lambda k: names.get(k, "")):
+                held.enter_context(locks[key])
+            yield
+
+    def run(self, spec: ModelSpec, work: Callable[[], object]) -> None:
+        """Do ``work`` holding the spec's device (in-process models) and one run slot."""
+        with self.devices([spec]), self._slots:
+            with self._lock:
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                work()
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
 
 
 class FireRunner:
@@ -61,8 +136,11 @@ class FireRunner:
         on_finished: Callable[[RunRecord], None] | None = None,
         wake: Callable[[], None] | None = None,
         clock: Callable[[], datetime] | None = None,
+        slots: RunSlots | None = None,
     ) -> None:
         self.store = store
+        #: Shared with every other runner of the process (the daemon's workers); one of its own otherwise.
+        self.slots = slots or RunSlots(config().daemon.max_concurrent_runs)
         self.config = config
         self.pool = pool
         self.notify = notify
@@ -92,32 +170,77 @@ class FireRunner:
         fire_id = fire.id
         fire = self.store.start_fire(fire_id, [plan_key(plan) for plan in plans])
         made = {(name, run.evalset_name, run.strategy): run for run, name in self.store.fire_runs(fire_id)}
+        todo: list[tuple[RunPlan, RunRecord | None]] = []
         for plan in plans:
-            if self.should_stop():
-                return False  # the fire stays open: whoever comes next completes it
             run = made.get((plan.model_name, plan.evalset.name, plan.strategy))
             if run is not None and run.status in ("succeeded", "failed"):
                 continue
+            todo.append((plan, run))
+        interrupted = threading.Event()
+        errors: list[BaseException] = []
+
+        def halted() -> bool:
+            """Stop at the next chunk: the runner stops, a sibling run was stopped, or one hit a fault."""
+            return self.should_stop() or interrupted.is_set() or bool(errors)
+
+        def one(plan: RunPlan, run: RunRecord | None) -> None:
+            if halted():
+                interrupted.set()  # not started: the fire stays open
+                return
             if run is None:
-                run_id = open_run(self.store, plan, fire_id=fire_id)
+                with self.slots.opening:  # the model's and eval set's first rows are made once
+                    run_id = open_run(self.store, plan, fire_id=fire_id)
             else:
                 assert run.id is not None
                 found = resumable(config, run, plan.model_name, [plan])
                 if isinstance(found, str):
                     self.finished(self.store.finish_run(run.id, status="failed", error=found))
-                    continue
+                    return
                 log.info("resuming run %d of job %s", run.id, fire.job)
                 run_id = run.id
-            if self.continue_run(plan, run_id).status == "interrupted":
-                return False
-        if self.should_stop():
-            return False
+            if self.continue_run(plan, run_id, should_stop=halted).status == "interrupted":
+                interrupted.set()
+
+        def lane(runs: list[tuple[RunPlan, RunRecord | None]]) -> None:
+            for plan, run in runs:
+                if halted():
+                    interrupted.set()
+                    return
+                try:
+                    self.slots.run(plan.spec, functools.partial(one, plan, run))
+                except BaseException as exc:  # a storage fault or a lost lease: re-raised once all ended
+                    errors.append(exc)
+                    return
+
+        lanes = run_lanes(todo)
+        if len(lanes) == 1 or self.slots.max_runs == 1:
+            lane(todo)  # in the plan's order, on this thread (the serial worker)
+        else:
+            threads = [
+                threading.Thread(target=lane, args=(runs,), name=f"monitor-run-{fire.job}-{i}", daemon=True)
+                for i, runs in enumerate(lanes)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        if errors:
+            raise errors[0]
+        if interrupted.is_set() or self.should_stop():
+            return False  # the fire stays open: whoever comes next completes it
         self.after_fire(fire)
         return True
 
-    def continue_run(self, plan: RunPlan, run_id: int) -> RunRecord:
-        """Evaluate what run ``run_id`` has not stored yet, close it and analyse it."""
-        settings = self.config().daemon
+    def continue_run(
+        self, plan: RunPlan, run_id: int, *, should_stop: Callable[[], bool] | None = None
+    ) -> RunRecord:
+        """Evaluate what run ``run_id`` has not stored yet, close it and analyse it.
+
+        The eval set's ``judge`` metrics are scored with the configured judge models, as
+        ``monitor run`` scores them.
+        """
+        config = self.config()
+        settings = config.daemon
         run = continue_run(
             self.store,
             self.pool,
@@ -125,7 +248,8 @@ class FireRunner:
             run_id,
             chunk_size=settings.chunk_size,
             max_error_rate=settings.max_item_error_rate,
-            should_stop=self.should_stop,
+            should_stop=should_stop or self.should_stop,
+            judge_specs=judge_specs(config),
         )
         self.finished(run)
         return run
@@ -134,7 +258,14 @@ class FireRunner:
         """The fire's after-job work (input drift, recommendations, releases evaluated), then close it."""
         assert fire.id is not None
         config = self.config()
-        after_job(self.store, config, list(config.jobs[fire.job].models), self.notify, pool=self.pool)
+        models = list(config.jobs[fire.job].models)
+        specs = [model_spec(config, name) for name in models if name in config.models]
+        # The job's models stay loaded while its drift and label-free checks use them, and its
+        # in-process models' devices are not shared with another fire's run meanwhile.
+        with self.slots.devices(specs), contextlib.ExitStack() as pins:
+            for spec in specs:
+                pins.enter_context(self.pool.pinned(spec))
+            after_job(self.store, config, models, self.notify, pool=self.pool)
         if self.clock is not None:
             mark_evaluated(self.store, config, fire.job, self.clock())
         else:

@@ -29,7 +29,7 @@ from monitor.errors import InputError, LeaseLostError, NotFoundError
 from monitor.schedule import latest_missed_fire, make_trigger, typical_interval
 from monitor.service.after_job import make_notifier
 from monitor.service.daemon import pid_alive
-from monitor.service.fires import FireRunner
+from monitor.service.fires import FireRunner, RunSlots
 from monitor.service.pool import ModelPool
 from monitor.store import FireRecord, RunRecord, Store, fire_key, utcnow
 
@@ -92,10 +92,15 @@ def run_slot(
     stop: threading.Event | None = None,
     clock: Callable[[], datetime] = utcnow,
     on_finished: Callable[[RunRecord], None] | None = None,
+    slots: RunSlots | None = None,
 ) -> SlotOutcome:
     """Claim the fire of ``job`` for ``slot`` and complete it (after any earlier fire of the job
     whose claimant died).  Raises :class:`~monitor.errors.LeaseLostError` when a claim was
-    taken over while this process worked (it wrote nothing after that)."""
+    taken over while this process worked (it wrote nothing after that).
+
+    The fire's served runs go out at once as the daemon's do, bounded by ``slots`` (one
+    :class:`~monitor.service.fires.RunSlots` for every fire of this call, or the caller's,
+    shared with its other fires)."""
     if job not in cfg.jobs:
         raise NotFoundError(f"unknown job {job!r}; configured: {', '.join(cfg.jobs) or 'none'}")
     key, trigger, scheduled_for = slot_key(cfg, job, slot, clock())
@@ -120,6 +125,7 @@ def run_slot(
         should_stop=stop.is_set,
         on_finished=finished,
         clock=clock,
+        slots=slots or RunSlots(cfg.daemon.max_concurrent_runs),
     )
     try:
         for earlier in store.stale_open_fires(job, exclude_key=key):
