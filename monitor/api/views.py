@@ -92,7 +92,7 @@ def recommendation_to_dict(record: Any, model_name: str) -> dict[str, Any]:
 def status_entries(store: Store, *, flaky_window: int = 10) -> list[dict[str, Any]]:
     """The latest run per model, eval set and strategy, with the change from the previous succeeded run,
     the verdict against the baseline, the items newly broken since it and the flaky items."""
-    from monitor.analysis.behaviour import flaky_items, run_identity
+    from monitor.analysis.behaviour import run_identity
     from monitor.store import as_utc
 
     verdicts = {(v.model_id, v.evalset_name, v.strategy, v.metric): v for v in store.latest_verdicts()}
@@ -112,14 +112,20 @@ def status_entries(store: Store, *, flaky_window: int = 10) -> list[dict[str, An
             )
             if run.strategy == latest.strategy
         ]
-        outcomes = store.item_outcomes([run.id for run in recent if run.id is not None])
-        history = [outcomes.get(run.id, {}) for run in reversed(recent) if run.id is not None]
-        # a flip counts only between runs of the same weights and settings (a deploy is not flakiness)
-        keys = [
-            run_identity(run.model_fingerprint, run.settings_digest)
+        # a flip counts only between runs of the same weights and settings (a deploy is not flakiness);
+        # the flips are counted in the store, which returns only the flaky items
+        identities: dict[tuple[str | None, str | None], int] = {}
+        window = [
+            (
+                run.id,
+                identities.setdefault(
+                    run_identity(run.model_fingerprint, run.settings_digest), len(identities)
+                ),
+            )
             for run in reversed(recent)
             if run.id is not None
         ]
+        flaky = store.item_flips(window)
         out.append(
             clean(
                 {
@@ -146,7 +152,7 @@ def status_entries(store: Store, *, flaky_window: int = 10) -> list[dict[str, An
                     }
                     or None,
                     "detectable": verdict.details.get("detectable") if verdict else None,
-                    "flaky": len(flaky_items(history, keys=keys)),
+                    "flaky": len(flaky),
                 }
             )
         )

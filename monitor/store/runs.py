@@ -384,6 +384,43 @@ class RunsMixin(StoreMixin):
             out[int(run_id)][str(item_id)] = correct
         return out
 
+    def item_flips(self, runs: Sequence[tuple[int, int]], min_flips: int = 2) -> dict[str, int]:
+        """Items whose correctness changed at least ``min_flips`` times across ``runs``, and how often.
+
+        ``runs``: ``(run id, identity)``, oldest first; a change counts only against the previous
+        run of the same identity that scored the item (unscored items are skipped), as
+        :func:`monitor.analysis.behaviour.flaky_items` counts them.  Counted in the database with
+        a window over the runs' item results, so only the flaky items come back.
+        """
+        if not runs:
+            return {}
+        position = case({run_id: k for k, (run_id, _) in enumerate(runs)}, value=col(ItemResultRecord.run_id))
+        identity = case({run_id: key for run_id, key in runs}, value=col(ItemResultRecord.run_id))
+        previous = (
+            func.lag(col(ItemResultRecord.correct))
+            .over(partition_by=(col(ItemResultRecord.item_id), identity), order_by=position)
+            .label("previous")
+        )
+        outcomes = (
+            select(
+                col(ItemResultRecord.item_id).label("item_id"),
+                col(ItemResultRecord.correct).label("correct"),
+                previous,
+            )
+            .where(col(ItemResultRecord.run_id).in_([run_id for run_id, _ in runs]))
+            .where(col(ItemResultRecord.correct).is_not(None))
+            .subquery()
+        )
+        query = (
+            select(outcomes.c.item_id, func.count())
+            .where(outcomes.c.previous.is_not(None), outcomes.c.previous != outcomes.c.correct)
+            .group_by(outcomes.c.item_id)
+            .having(func.count() >= min_flips)
+            .order_by(outcomes.c.item_id)
+        )
+        with self.session() as s:
+            return {str(item): int(n) for item, n in s.execute(query).all()}
+
     def completed_item_ids(self, run_id: int) -> set[str]:
         """The ids of the items a run has already stored (what a resumed run skips)."""
         with self.session() as s:
