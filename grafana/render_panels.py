@@ -110,19 +110,27 @@ def substitute(text: str, values: Mapping[str, str]) -> str:
 
 
 def variable_values(
-    prom: Prometheus, dashboard: Mapping[str, Any], start: float, end: float
+    prom: Prometheus,
+    dashboard: Mapping[str, Any],
+    start: float,
+    end: float,
+    chosen: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Each template variable's value: the first that Prometheus has (``.*`` when it has none)."""
+    """Each template variable's value: ``chosen``'s, else the first that Prometheus has (``.*`` when
+    it has none; an empty selector for a ``query_result`` variable, which stands for a whole one)."""
     values: dict[str, str] = {}
     for variable in dashboard.get("templating", {}).get("list", []):
         name, kind = variable["name"], variable.get("type")
+        if chosen and name in chosen:
+            values[name] = chosen[name]
+            continue
         query = variable.get("query")
         text = query.get("query", "") if isinstance(query, dict) else str(query or "")
         if kind == "query" and text.startswith("query_result("):
             found = query_result_options(
                 prom, variable, substitute(text[len("query_result(") : -1], values), end
             )
-            values[name] = found[0] if found else ".*"
+            values[name] = found[0] if found else ""
         elif kind == "query":
             match = _LABEL_VALUES.match(text)
             found = (
@@ -331,14 +339,26 @@ def _merged_table(
     columns: list[str] = []
     for ref, labels, value in samples:
         shown = {k: v for k, v in labels.items() if k != "__name__"}
-        row = rows.setdefault(tuple(sorted(shown.items())), dict(shown))
+        key = tuple(sorted(shown.items()))
+        if key not in rows:  # as Grafana's merge: a row that agrees on every label both have is joined
+            key = next(
+                (
+                    k
+                    for k, row in rows.items()
+                    if all(row.get(n, v) == v for n, v in shown.items())
+                    and all(shown.get(n, v) == v for n, v in k)
+                ),
+                key,
+            )
+        row = rows.setdefault(key, dict(shown))
+        row.update(shown)
         row[f"Value #{ref}"] = value
         for column in [*shown, f"Value #{ref}"]:
             if column not in columns:
                 columns.append(column)
     excluded = {k for k, v in (organize.get("excludeByName") or {}).items() if v}
     order = organize.get("indexByName") or {}
-    kept = [c for c in columns if c not in excluded and c not in ("job", "instance")]
+    kept = [c for c in columns if c not in excluded]
     kept.sort(key=lambda c: (order.get(c, 1000), columns.index(c)))
     table = [[row.get(c) for c in kept] for row in rows.values()]
     renamed = [str((organize.get("renameByName") or {}).get(c) or c) for c in kept]
@@ -350,6 +370,7 @@ def _table(
     title: str,
     samples: list[tuple[str, Mapping[str, str], float | None]],
     targets: Sequence[Mapping[str, Any]],
+    width: int = 24,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     if any(step.get("id") == "merge" for step in panel.get("transformations", [])):
         names, rows = _merged_table(panel, samples)
@@ -375,7 +396,11 @@ def _table(
             fills.append([PANEL] * len(column))
     if not rows:
         names, cells, fills = ["no data"], [[""]], [[PANEL]]
-    layout = _base_layout(title, min(520, 80 + 24 * max(1, len(rows))), legend=False)
+    # a cell wraps (two lines) where its text is wider than its column's share of the panel
+    column_px = width / 24 * 1500 / max(1, len(names))
+    wraps = any(len(text) * 6.5 > column_px - 12 for column in cells for text in column)
+    row_height = 42 if wraps else 24
+    layout = _base_layout(title, min(560, 90 + row_height * max(1, len(rows))), legend=False)
     layout["margin"] = {"l": 8, "r": 8, "t": 36, "b": 8}
     data = [
         {
@@ -393,7 +418,8 @@ def _stat(
     """Stat tiles: one per series (value, and its name where the panel shows names or has several)."""
     options = panel.get("options") or {}
     background = options.get("colorMode", "value") == "background"
-    named = options.get("textMode") in ("value_and_name", "name") or len(tiles) > 1
+    only_name = options.get("textMode") == "name"  # e.g. the version, carried by a label
+    named = not only_name and (options.get("textMode") == "value_and_name" or len(tiles) > 1)
     if not tiles:
         tiles = [("", "A", None)]
     per_row = max(1, min(len(tiles), width // 6 if width >= 12 else 1))
@@ -422,7 +448,7 @@ def _stat(
                 "layer": "below",
             }
         )
-        shown = "no data" if value is None else style.text(value)
+        shown = "no data" if value is None else (name if only_name and name else style.text(value))
         notes.append(
             {
                 "x": x + 0.5,
@@ -518,12 +544,23 @@ def draw_panel(
         style = field_style(panel)
         layout = _base_layout(title, 80 + 34 * max(1, len(samples)), legend=False)
         layout["yaxis"] = {"automargin": True}
-        layout["xaxis"] = {"gridcolor": "#2c3235", "ticksuffix": " s" if style.unit == "s" else ""}
+        scale, suffix = 1.0, ""
+        if style.unit == "s":  # seconds on the axis in the unit that suits the largest
+            top = max((abs(v) for _, _, v in samples if v is not None), default=0.0)
+            scale, suffix = next(
+                (
+                    (size, name)
+                    for size, name in ((86400, " days"), (3600, " h"), (60, " min"))
+                    if top >= 2 * size
+                ),
+                (1.0, " s"),
+            )
+        layout["xaxis"] = {"gridcolor": "#2c3235", "ticksuffix": suffix}
         data = [
             {
                 "type": "bar",
                 "orientation": "h",
-                "x": [v for _, _, v in samples],
+                "x": [None if v is None else v / scale for _, _, v in samples],
                 "y": [legend(by_ref[ref], labels) for ref, labels, _ in samples],
                 "text": [style.text(v) for _, _, v in samples],
                 "textposition": "auto",
@@ -533,7 +570,7 @@ def draw_panel(
         if not samples:
             _no_data(layout)
     else:
-        data, layout = _table(panel, title, samples, targets)
+        data, layout = _table(panel, title, samples, targets, width)
     return DrawnPanel(title, kind, width, data, layout, points)
 
 
@@ -644,7 +681,15 @@ def page_height(drawn: Sequence[DrawnPanel]) -> int:
 
 
 def render_dashboard(
-    prom: Prometheus, path: Path, out: Path, start: float, end: float, *, step: float = 0, note: str = ""
+    prom: Prometheus,
+    path: Path,
+    out: Path,
+    start: float,
+    end: float,
+    *,
+    step: float = 0,
+    note: str = "",
+    chosen: Mapping[str, str] | None = None,
 ) -> tuple[Path, Path, list[DrawnPanel]]:
     """Draw one dashboard file: its HTML page and PNG in ``out``, and the panels as drawn."""
     from plotly.offline import get_plotlyjs
@@ -652,14 +697,14 @@ def render_dashboard(
     out = out.resolve()  # chromium opens the page by a file:// URI
     dashboard = json.loads(path.read_text(encoding="utf-8"))
     step = step or max(1.0, (end - start) / 300)
-    values = variable_values(prom, dashboard, start, end)
+    values = variable_values(prom, dashboard, start, end, chosen)
     drawn = [draw_panel(prom, panel, values, start, end, step) for panel in panels(dashboard)]
     name = path.stem.removeprefix("model-monitor-")
-    chosen = ", ".join(f"{k}={v}" for k, v in values.items() if v != ".*")
+    shown = ", ".join(f"{k}={v}" for k, v in values.items() if v not in (".*", ""))
     page = out / f"dashboard-{name}.html"
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(
-        dashboard_page(str(dashboard.get("title", name)), drawn, get_plotlyjs(), note or chosen),
+        dashboard_page(str(dashboard.get("title", name)), drawn, get_plotlyjs(), note or shown),
         encoding="utf-8",
     )
     png = out / f"dashboard-{name}.png"
@@ -729,6 +774,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/images"), help="where the PNGs go")
     parser.add_argument("--minutes", type=float, default=60.0, help="the time range, ending now")
     parser.add_argument("--dashboard", type=Path, action="append", help="one dashboard file (default: all)")
+    parser.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a template variable's value (default: the first Prometheus has), e.g. --var model=ticket-router",
+    )
     parser.add_argument("--keep-html", action="store_true", help="keep each page's HTML beside its PNG")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still stops its prometheus
@@ -754,7 +806,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def draw_all(prom: Prometheus, args: argparse.Namespace, start: float, end: float) -> None:
     for path in args.dashboard or sorted(DASHBOARDS.glob("*.json")):
-        page, png, drawn = render_dashboard(prom, path, args.out, start, end)
+        chosen = dict(item.split("=", 1) for item in args.var)
+        page, png, drawn = render_dashboard(prom, path, args.out, start, end, chosen=chosen)
         with_data = sum(p.points > 0 for p in drawn)
         print(f"{png}: {len(drawn)} panels, {with_data} with data", flush=True)
         page.with_suffix(".dom.html").unlink(missing_ok=True)
