@@ -34,3 +34,10 @@ def test_a_drift_error_counts_each_repeated_problem_once_in_the_stored_reason(tm
         and f"{log}:{len(lines)}: invalid JSON" in reason
     )
     assert reason.count("no 'timestamp' field") == 1 and len(reason) < 600, reason
+
+
+def test_a_mistyped_command_gets_a_did_you_mean() -> None:
+    result = CliRunner().invoke(app, ["stauts"])
+    assert result.exit_code == 2 and "No such command 'stauts'. Did you mean 'status'?" in result.output
+    result = CliRunner().invoke(app, ["releases", "lsit"])
+    assert result.exit_code == 2 and "Did you mean 'list'?" in result.output
