@@ -13,6 +13,8 @@ from sqlalchemy import (
     BigInteger,
     Column,
     CursorResult,
+    DateTime,
+    Float,
     Integer,
     String,
     Table,
@@ -505,13 +507,17 @@ class RunsMixin(StoreMixin):
                 .limit(1)
             ).scalar_one_or_none()
 
-    def run_summary(self, duration_buckets: Sequence[float] = ()) -> RunSummary:
+    def run_summary(self, duration_buckets: Sequence[float] = (), *, scan: bool = False) -> RunSummary:
         """What the metrics export about runs, read in one transaction.
 
-        Every read is bounded by the number of series, models and jobs, not by the
-        history: the newest row per model or job is picked in SQL, and finished runs'
-        durations are counted into ``duration_buckets`` (upper bounds, seconds) there too.
+        The counters, the duration histogram (``duration_buckets``: upper bounds, seconds, each
+        one of :data:`RUN_DURATION_BOUNDS`), each job's last success and newest scheduled run and
+        each model's last load time come from ``run_counters``, the roll-up the triggers on
+        ``runs`` keep (migrations 0010, 0011): a few hundred rows, however long the history.
+        ``scan=True`` computes the same from every run instead (for checks and tests; also what
+        other bounds get).
         """
+        scan = scan or not set(duration_buckets) <= set(RUN_DURATION_BOUNDS)
         with self.session() as s:
             names = {
                 int(i): str(n) for i, n in s.execute(select(col(ModelRecord.id), col(ModelRecord.name))).all()
@@ -525,60 +531,97 @@ class RunsMixin(StoreMixin):
             latest_ok = list(
                 s.execute(select(RunRecord).join(newest, col(RunRecord.id) == newest.c.id)).scalars()
             )
-            # the cumulative counters: the roll-up the triggers on ``runs`` keep (migration 0010)
+            if scan:
+                return self._scanned_summary(s, names, latest_ok, duration_buckets)
+            rc = RUN_COUNTERS.c
             counts = s.execute(
-                select(*RUN_COUNTERS.c).where(RUN_COUNTERS.c.runs > 0).order_by(*RUN_COUNTERS.primary_key)
+                select(*(rc[c] for c in _COUNT_COLUMNS))
+                .where(rc.runs > 0)
+                .order_by(*RUN_COUNTERS.primary_key)
             ).all()
-            finished = (
-                col(RunRecord.duration_s).is_not(None),
-                col(RunRecord.status).in_(("succeeded", "failed")),
-            )
-            bucket_columns = [
-                func.sum(case((col(RunRecord.duration_s) <= bound, 1), else_=0)) for bound in duration_buckets
-            ]
             durations = s.execute(
-                select(col(RunRecord.job), func.count(), func.sum(col(RunRecord.duration_s)), *bucket_columns)
-                .where(*finished)
-                .group_by(col(RunRecord.job))
-            ).all()
+                select(
+                    rc.job, func.sum(rc.timed_runs), func.sum(rc.duration_s_total),
+                    *(func.sum(rc[bucket_column(bound)]) for bound in duration_buckets),
+                )
+                .where(rc.status.in_(("succeeded", "failed")))
+                .group_by(rc.job)
+                .having(func.sum(rc.timed_runs) > 0)
+            ).all()  # fmt: skip
             last_success = s.execute(
-                select(col(RunRecord.job), func.max(col(RunRecord.finished_at)))
-                .where(col(RunRecord.status) == "succeeded", col(RunRecord.job).is_not(None))
-                .group_by(col(RunRecord.job))
+                select(rc.job, func.max(rc.last_finished_at))
+                .where(rc.status == "succeeded", rc.job != "")
+                .group_by(rc.job)
             ).all()
-            newest_load = (
-                select(func.max(col(RunRecord.id)).label("id"))
-                .where(col(RunRecord.load_s) > 0)
-                .group_by(col(RunRecord.model_id))
-                .subquery()
-            )
+            newest_load = select(func.max(rc.last_load_id)).group_by(rc.model_id).scalar_subquery()
             last_load = s.execute(
                 select(col(RunRecord.model_id), col(RunRecord.load_s))
-                .join(newest_load, col(RunRecord.id) == newest_load.c.id)
+                .where(col(RunRecord.id).in_(newest_load))
                 .order_by(col(RunRecord.id).desc())
             ).all()
             newest_scheduled = (
-                select(func.max(col(RunRecord.id)).label("id"))
-                .where(col(RunRecord.scheduled_for).is_not(None), col(RunRecord.job).is_not(None))
-                .group_by(col(RunRecord.job))
-                .subquery()
+                select(func.max(rc.last_scheduled_id)).where(rc.job != "").group_by(rc.job).scalar_subquery()
             )
             lag_rows = s.execute(
                 select(col(RunRecord.job), col(RunRecord.started_at), col(RunRecord.scheduled_for))
-                .join(newest_scheduled, col(RunRecord.id) == newest_scheduled.c.id)
+                .where(col(RunRecord.id).in_(newest_scheduled))
                 .order_by(col(RunRecord.id).desc())
             ).all()
-        return RunSummary(
-            model_names=names,
-            latest_succeeded=latest_ok,
-            counts=[_run_count(row) for row in counts],
-            durations=[
-                DurationCounts(job, int(count), float(total or 0.0), tuple(int(b or 0) for b in buckets))
-                for job, count, total, *buckets in durations
-            ],
-            last_success=[(str(job), aware(when)) for job, when in last_success if when is not None],
-            last_load=[(int(m), float(secs)) for m, secs in last_load],
-            schedule_lags=[(str(job), aware(started), aware(sched)) for job, started, sched in lag_rows],
+        return _summary(
+            names,
+            latest_ok,
+            [_run_count(row) for row in counts],
+            durations,
+            last_success,
+            last_load,
+            lag_rows,
+        )
+
+    def _scanned_summary(
+        self, s: Any, names: dict[int, str], latest_ok: list[RunRecord], duration_buckets: Sequence[float]
+    ) -> RunSummary:
+        """:meth:`run_summary` computed from every run (what the roll-up keeps)."""
+        finished = (
+            col(RunRecord.duration_s).is_not(None),
+            col(RunRecord.status).in_(("succeeded", "failed")),
+        )
+        bucket_columns = [
+            func.sum(case((col(RunRecord.duration_s) <= bound, 1), else_=0)) for bound in duration_buckets
+        ]
+        durations = s.execute(
+            select(col(RunRecord.job), func.count(), func.sum(col(RunRecord.duration_s)), *bucket_columns)
+            .where(*finished)
+            .group_by(col(RunRecord.job))
+        ).all()
+        last_success = s.execute(
+            select(col(RunRecord.job), func.max(col(RunRecord.finished_at)))
+            .where(col(RunRecord.status) == "succeeded", col(RunRecord.job).is_not(None))
+            .group_by(col(RunRecord.job))
+        ).all()
+        newest_load = (
+            select(func.max(col(RunRecord.id)).label("id"))
+            .where(col(RunRecord.load_s) > 0)
+            .group_by(col(RunRecord.model_id))
+            .subquery()
+        )
+        last_load = s.execute(
+            select(col(RunRecord.model_id), col(RunRecord.load_s))
+            .join(newest_load, col(RunRecord.id) == newest_load.c.id)
+            .order_by(col(RunRecord.id).desc())
+        ).all()
+        newest_scheduled = (
+            select(func.max(col(RunRecord.id)).label("id"))
+            .where(col(RunRecord.scheduled_for).is_not(None), col(RunRecord.job).is_not(None))
+            .group_by(col(RunRecord.job))
+            .subquery()
+        )
+        lag_rows = s.execute(
+            select(col(RunRecord.job), col(RunRecord.started_at), col(RunRecord.scheduled_for))
+            .join(newest_scheduled, col(RunRecord.id) == newest_scheduled.c.id)
+            .order_by(col(RunRecord.id).desc())
+        ).all()
+        return _summary(
+            names, latest_ok, self.scanned_run_counts(), durations, last_success, last_load, lag_rows
         )
 
     def scanned_run_counts(self) -> list[RunCount]:
@@ -684,6 +727,15 @@ class RunsMixin(StoreMixin):
             return taken
 
 
+#: The run-duration buckets ``run_counters`` keeps (seconds; migration 0011 holds the same list).
+RUN_DURATION_BOUNDS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+
+
+def bucket_column(bound: float) -> str:
+    """The ``run_counters`` column counting runs of at most ``bound`` seconds (``le_300``)."""
+    return f"le_{bound:g}".replace(".", "_")
+
+
 #: The runs' counters summed per (model, eval set, job, status), kept by triggers on ``runs``
 #: (migration 0010) in the transaction of every insert, update and delete of a run: a scrape reads
 #: these rows, not every run.  ``job`` is ``''`` for runs without one.
@@ -699,7 +751,51 @@ RUN_COUNTERS = Table(
     Column("items_failed", BigInteger, nullable=False),
     Column("prompt_tokens", BigInteger, nullable=False),
     Column("completion_tokens", BigInteger, nullable=False),
+    # migration 0011: the duration histogram (runs with a duration; their sum; at most each bound)
+    Column("timed_runs", BigInteger, nullable=False),
+    Column("duration_s_total", Float, nullable=False),
+    *(Column(bucket_column(bound), BigInteger, nullable=False) for bound in RUN_DURATION_BOUNDS),
+    # and the newest of the group's runs: finished, with a load time, scheduled
+    Column("last_finished_at", DateTime(timezone=True), nullable=True),
+    Column("last_load_id", Integer, nullable=True),
+    Column("last_scheduled_id", Integer, nullable=True),
 )
+
+
+_COUNT_COLUMNS = (
+    "model_id",
+    "evalset_name",
+    "job",
+    "status",
+    "runs",
+    "items_done",
+    "items_failed",
+    "prompt_tokens",
+    "completion_tokens",
+)
+
+
+def _summary(
+    names: dict[int, str],
+    latest_ok: list[RunRecord],
+    counts: list[RunCount],
+    durations: Sequence[Any],
+    last_success: Sequence[Any],
+    last_load: Sequence[Any],
+    lag_rows: Sequence[Any],
+) -> RunSummary:
+    return RunSummary(
+        model_names=names,
+        latest_succeeded=latest_ok,
+        counts=counts,
+        durations=[
+            DurationCounts(job or None, int(count), float(total or 0.0), tuple(int(b or 0) for b in buckets))
+            for job, count, total, *buckets in durations
+        ],
+        last_success=[(str(job), aware(when)) for job, when in last_success if when is not None],
+        last_load=[(int(m), float(secs)) for m, secs in last_load],
+        schedule_lags=[(str(job), aware(started), aware(sched)) for job, started, sched in lag_rows],
+    )
 
 
 def _run_count(row: Any) -> RunCount:

@@ -8,6 +8,7 @@ scan gives.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from sqlalchemy import delete, insert, select, update
 
-from monitor.exporters.metrics import StoreCollector
+from monitor.exporters.metrics import DURATION_BUCKETS, StoreCollector
 from monitor.store import RunRecord, Store, utcnow
-from monitor.store.db import alembic_config, migrate
-from monitor.store.runs import RunCount
+from monitor.store.db import MIGRATIONS, alembic_config, migrate
+from monitor.store.runs import RUN_DURATION_BOUNDS, RunCount
 from monitor.store.tables import ItemResultRecord
 from tests.helpers.pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from tests.unit.test_store import add_evalset, add_model, result, start
@@ -53,9 +54,30 @@ def _key(c: RunCount) -> tuple[int, str, str, str]:
 
 
 def assert_agree(store: Store) -> list[RunCount]:
+    """Every part of the metrics' run summary read from the roll-up equals the scan over every run."""
     counts = rolled_up(store)
     assert counts == scanned(store)
+    fast, scan = store.run_summary(DURATION_BUCKETS), store.run_summary(DURATION_BUCKETS, scan=True)
+    assert sorted(fast.counts, key=_key) == sorted(scan.counts, key=_key) == counts
+    durations = sorted(fast.durations, key=lambda d: d.job or "")
+    expected = sorted(scan.durations, key=lambda d: d.job or "")
+    assert [(d.job, d.count, d.buckets) for d in durations] == [(d.job, d.count, d.buckets) for d in expected]
+    assert [d.total_s for d in durations] == pytest.approx([d.total_s for d in expected])
+    assert sorted(fast.last_success) == sorted(scan.last_success)
+    assert fast.last_load == scan.last_load
+    assert fast.schedule_lags == scan.schedule_lags
+    assert {r.id for r in fast.latest_succeeded} == {r.id for r in scan.latest_succeeded}
     return counts
+
+
+def test_the_roll_up_keeps_the_buckets_the_metrics_use() -> None:
+    assert set(DURATION_BUCKETS) <= set(RUN_DURATION_BOUNDS)
+    path = MIGRATIONS / "versions" / "0011_run_rollup.py"
+    spec = importlib.util.spec_from_file_location("migration_0011", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.BOUNDS == RUN_DURATION_BOUNDS
 
 
 def test_every_write_to_runs_keeps_the_roll_up_equal_to_the_scan(store: Store) -> None:
@@ -76,6 +98,13 @@ def test_every_write_to_runs_keeps_the_roll_up_equal_to_the_scan(store: Store) -
     store.reopen_run(b.id)
     store.add_item_results(b.id, [result("q2")])
     store.finish_run(b.id, status="failed", error="CUDA out of memory")
+    store.update_run(b.id, load_s=0.0)  # the newest load time moves back to the run before
+    assert_agree(store)
+    store.update_run(a.id, load_s=3.5, scheduled_for=utcnow())
+    assert_agree(store)
+    store.finish_run(a.id, status="failed")  # finished again: the last success is recomputed
+    assert_agree(store)
+    store.finish_run(a.id, status="succeeded")
     c = start(store, model="other-bot", evalset="faq")  # no job
     store.update_run(c.id, status="interrupted", prompt_tokens=99)
     counts = assert_agree(store)
@@ -92,13 +121,17 @@ def test_every_write_to_runs_keeps_the_roll_up_equal_to_the_scan(store: Store) -
         "job": "nightly", "status": "succeeded", "trigger": "schedule", "strategy": "zero-shot",
         "settings_digest": "0" * 16, "settings": {}, "evalset_version": "v1", "started_at": now,
         "metrics": {}, "backend_info": {}, "items_done": 400, "prompt_tokens": 1200,
+        "finished_at": now, "duration_s": 330.5, "load_s": 12.0, "scheduled_for": now,
     }  # fmt: skip
     with store.engine.begin() as conn:
-        conn.execute(insert(RUNS), [row, row, {**row, "job": None, "status": "failed"}])
+        conn.execute(
+            insert(RUNS),
+            [row, {**row, "duration_s": 9000.0}, {**row, "job": None, "status": "failed", "duration_s": 0.5}],
+        )
     assert_agree(store)
     with store.engine.begin() as conn:
         conn.execute(update(RUNS).where(RUNS.c.id == a.id).values(job="weekly", completion_tokens=5))
-        conn.execute(update(RUNS).where(RUNS.c.job == "nightly").values(duration_s=1.0))  # not counted
+        conn.execute(update(RUNS).where(RUNS.c.job == "nightly").values(duration_s=1.0))
     assert_agree(store)
     with store.engine.begin() as conn:
         conn.execute(delete(ItemResultRecord).where(ItemResultRecord.run_id == b.id))  # type: ignore[arg-type]
@@ -166,6 +199,12 @@ def test_the_metrics_from_the_roll_up_are_those_of_the_scan(store: Store) -> Non
 
     rolled, scan = exposition(store.run_summary().counts), exposition(store.scanned_run_counts())
     assert rolled == scan
+    # the whole exposition, from the roll-up and from the scan
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(store))
+    from_roll_up = generate_latest(registry)
+    store.run_summary = lambda buckets=(): Store.run_summary(store, buckets, scan=True)  # type: ignore[method-assign]
+    assert generate_latest(registry) == from_roll_up
     text = rolled.decode()
     assert 'monitor_runs_total{evalset="tickets",job="nightly",model="a",status="failed"} 1.0' in text
     assert 'monitor_items_evaluated_total{evalset="tickets",job="",model="b"} 3.0' in text
