@@ -335,3 +335,24 @@ def test_an_unknown_top_level_key_gets_a_did_you_mean(tmp_path: Path) -> None:
     assert code == 2 and f"error: {config}:3: databse: unknown key; did you mean 'database'?" in lines, lines
     assert any(line.startswith(f"error: {config}:4: zzz: unknown key; known keys: ") for line in lines), lines
     assert not (tmp_path / "x.db").exists()
+
+
+def test_eval_with_an_empty_adapter_folder_says_lora_adapter(tiny_models: TinyModels, tmp_path: Path) -> None:
+    routing, _ = make_evalsets(tmp_path / "evals")
+    empty = tmp_path / "empty-adapter"
+    empty.mkdir()
+    code, _, stderr = invoke(
+        "eval",
+        "--model",
+        str(tiny_models.gpt2),
+        "--adapter",
+        str(empty),
+        "--evalset",
+        str(routing),
+        "--device",
+        "cpu",
+    )
+    assert code != 0 and f"{empty} is not a LoRA adapter folder: it has no adapter_config.json" in stderr, (
+        stderr
+    )
+    assert "a adapter" not in stderr

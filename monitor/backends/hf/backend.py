@@ -972,7 +972,8 @@ def _local_source(spec: str, what: str, marker: str) -> Path | None:
         if not path.is_dir():
             raise ModelLoadError(f"{what} {spec} is not a folder")
         if not (path / marker).is_file():
-            raise ModelLoadError(f"{what} {spec} is not a {what} folder: it has no {marker}")
+            kind = "a LoRA adapter" if what == "adapter" else f"a {what}"
+            raise ModelLoadError(f"{what} {spec} is not {kind} folder: it has no {marker}")
         return path.resolve()
     if _HUB_ID.fullmatch(spec) and not spec.startswith("."):
         return None
