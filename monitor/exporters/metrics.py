@@ -256,15 +256,23 @@ class StoreCollector(Collector):
         )
         since = GaugeMetricFamily(
             "monitor_recommendation_timestamp_seconds",
-            "When the current recommendation was made.",
+            "When the current recommendation was last made (every assessment makes it again).",
+            labels=["model"],
+        )
+        standing = GaugeMetricFamily(
+            "monitor_recommendation_since_timestamp_seconds",
+            "When the current action was first recommended (the recommendation may be made again since).",
             labels=["model"],
         )
         records = [(r, m) for r, m in self._store.latest_recommendations() if self._shown(m)]
+        began = self._store.recommendations_since() if records else {}
         for record, model in records:
             for action in ACTIONS:
                 current.add_metric([model, action], 1.0 if record.action == action else 0.0)
             since.add_metric([model], aware(record.created_at).timestamp())
-        yield from (current, since)
+            first = began.get(record.model_id, record.created_at)
+            standing.add_metric([model], aware(first).timestamp())
+        yield from (current, since, standing)
         yield from _challenger_metrics(records)
         yield from _cost_metrics(records)
 

@@ -76,3 +76,14 @@ class RecommendationsMixin(StoreMixin):
                 .order_by(col(ModelRecord.name))
             ).all()
             return [(r, n) for r, n in rows]
+
+    def recommendations_since(self) -> dict[int, Any]:
+        """When each model's current action was first recommended: the newest change's time, by model id
+        (a streak of the same action keeps the time it began; the first recommendation counts as a change)."""
+        with self.session() as s:
+            rows = s.execute(
+                select(col(RecommendationRecord.model_id), func.max(col(RecommendationRecord.created_at)))
+                .where(col(RecommendationRecord.changed))
+                .group_by(col(RecommendationRecord.model_id))
+            ).all()
+            return {model_id: when for model_id, when in rows}
