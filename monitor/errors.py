@@ -127,3 +127,12 @@ class NotFoundError(MonitorError):
 
 class WatchError(MonitorError):
     """A release watcher could not list its directory, server or hub repository."""
+
+
+def reason_of(exc: BaseException) -> str:
+    """Why something failed, as stored and shown: the monitor's own errors say it in words; another
+    exception (a bug, a library's) keeps its class name, which is then the clue."""
+    text = str(exc)
+    if isinstance(exc, MonitorError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -28,7 +28,7 @@ from monitor.backends.base import (
     Sampling,
     fold_system,
 )
-from monitor.errors import EndpointAuthError, EvalSetError
+from monitor.errors import EndpointAuthError, EvalSetError, reason_of
 from monitor.evals.evalset import SPEC_FILE, EvalItem, EvalSet, GenerationSpec, strategy_name
 from monitor.evals.filters import apply_filters
 from monitor.evals.results import ItemResult
@@ -212,7 +212,7 @@ def _evaluate_chunk(
 
 
 def _failed(item: EvalItem, exc: BaseException) -> ItemResult:
-    return _failed_reason(item, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    return _failed_reason(item, reason_of(exc))
 
 
 def _failed_reason(item: EvalItem, reason: str) -> ItemResult:

@@ -16,7 +16,7 @@ from monitor.analysis.judge import calibration_record
 from monitor.backends import Backend, ModelSpec
 from monitor.backends.base import ProgressCallback
 from monitor.config import MonitorConfig
-from monitor.errors import LeaseLostError, NotFoundError, StoreError
+from monitor.errors import LeaseLostError, NotFoundError, StoreError, reason_of
 from monitor.evals.evalset import EvalSet, chat_template_change, strategy_name
 from monitor.evals.judge import JudgeModels, JudgeScorer
 from monitor.evals.loop import (
@@ -455,8 +455,7 @@ def record_mc_method(store: Store, run_id: int, backend: Backend, evalset: EvalS
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return reason_of(exc)
 
 
 def run_jobs(

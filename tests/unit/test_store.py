@@ -705,7 +705,7 @@ def test_a_model_that_fails_to_load_is_stored_as_a_failed_run(store: Store, tmp_
     assert run.id is not None
     stored = store.get_run(run.id)
     assert stored.status == "failed"
-    assert stored.error == "model failed to load: ModelLoadError: model folder tiny-base does not exist"
+    assert stored.error == "model failed to load: model folder tiny-base does not exist"
     assert (stored.items_total, stored.items_done) == (10, 0)
     assert stored.finished_at is not None and stored.duration_s is not None
     assert store.item_results(run.id) == []
@@ -731,7 +731,7 @@ def test_an_item_that_raises_is_stored_with_its_error_and_not_scored(store: Stor
 
     by_id = {r.item_id: r for r in store.item_results(run.id)}
     failed = by_id["q7"]
-    assert failed.error == "BackendError: cannot score 'question 7'"
+    assert failed.error == "cannot score 'question 7'"
     assert (failed.correct, failed.score, failed.scores, failed.prediction) == (None, None, {}, None)
     assert (by_id["q1"].correct, by_id["q1"].prediction) == (False, "D")
     assert (by_id["q3"].correct, by_id["q3"].prediction, by_id["q3"].target) == (True, "D", "D")
@@ -746,7 +746,7 @@ def test_a_run_over_the_error_rate_threshold_fails_with_the_reason(store: Store,
     stored = store.get_run(run.id)
     assert stored.status == "failed"
     assert stored.error == (
-        "3 of 10 items failed (30.0% > 20%); first error: BackendError: cannot score 'question 2'"
+        "3 of 10 items failed (30.0% > 20%); first error: cannot score 'question 2'"
     )
     assert (stored.items_done, stored.items_failed) == (10, 3)
     assert stored.metrics["acc"] == {"value": 1.0, "stderr": 0.0, "n": 7}
