@@ -230,6 +230,17 @@ class EndpointGate:
         self.max_in_flight = 0
         # Touched on the loop's thread only: no lock.
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._http: httpx.AsyncClient | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        """The endpoint's one connection pool (on the loop's thread), shared by its backends: the gate
+        bounds the connections in use, and a pool per backend would keep idle connections per backend
+        (fifty adapters, thousands of sockets) that every request of that pool walks through."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=SHARED_KEEPALIVE)
+            )
+        return self._http
 
     def _set_limits(self, max_concurrency: int, change: int) -> None:
         """Count a backend in (``change`` 1) or out (-1) and recompute the limit (under ``_GATES_LOCK``)."""
@@ -276,6 +287,8 @@ class EndpointGate:
 
 
 _GATES: dict[tuple[str, str | None], EndpointGate] = {}
+#: Idle connections an endpoint's shared pool keeps (the most ``max_concurrency`` allows).
+SHARED_KEEPALIVE = 1024
 _GATES_LOCK = threading.Lock()
 
 
@@ -308,9 +321,14 @@ def _detach(gate: EndpointGate, endpoint: EndpointSpec) -> None:
             return
         if _GATES.get(gate.key) is gate:
             del _GATES[gate.key]
-    gate.loop.call_soon_threadsafe(gate.loop.stop)
     if threading.current_thread() is gate.thread:
+        gate.loop.call_soon_threadsafe(gate.loop.stop)
         return  # a backend dropped on the loop's own thread: the loop stops when this callback returns
+    http, gate._http = gate._http, None
+    if http is not None:
+        with contextlib.suppress(Exception):  # closing sockets: nothing to keep from a failure
+            asyncio.run_coroutine_threadsafe(http.aclose(), gate.loop).result(timeout=10)
+    gate.loop.call_soon_threadsafe(gate.loop.stop)
     gate.thread.join(timeout=10)
     gate.loop.close()
 
@@ -372,6 +390,9 @@ class OpenAIBackend:
         self._attach_lock = threading.Lock()
         self._facts_lock = threading.RLock()
         self._release: weakref.finalize[Any, Any] | None = None
+        self._headers = {"User-Agent": f"model-aging-monitor/{__version__}", **dict(endpoint.headers)}
+        if self._key:
+            self._headers["Authorization"] = f"Bearer {self._key}"
 
     # ------------------------------------------------------------------ loading
 
@@ -855,18 +876,18 @@ class OpenAIBackend:
     # ------------------------------------------------------------------ HTTP
 
     def _connection_pool(self) -> httpx.AsyncClient:
-        """The client of this backend's event loop, made at first use."""
+        """The endpoint's shared client (:meth:`EndpointGate.client`); a client of this backend's own
+        when it was given a transport.  Headers and timeout go with each request."""
+        if self._transport is None and self._gate is not None:
+            return self._gate.client()
         if self._http is None:
             self._http = self._client()
         return self._http
 
     def _client(self) -> httpx.AsyncClient:
-        headers = {"User-Agent": f"model-aging-monitor/{__version__}", **dict(self.endpoint.headers)}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
         limit = self.endpoint.max_concurrency
         return httpx.AsyncClient(
-            headers=headers,
+            headers=self._headers,
             timeout=httpx.Timeout(self.endpoint.timeout_s),
             limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
             transport=self._transport,
@@ -915,7 +936,9 @@ class OpenAIBackend:
             retry_after: float | None = None
             status: int | None = None
             try:
-                response = await client.request(method, url, json=payload)
+                response = await client.request(
+                    method, url, json=payload, headers=self._headers, timeout=self.endpoint.timeout_s
+                )
             except httpx.TimeoutException:
                 self.stats["timeout"] += 1
                 problem = f"no answer within {self.endpoint.timeout_s:g}s"
