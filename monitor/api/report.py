@@ -294,42 +294,12 @@ def _latest_verdicts(history: list[Any]) -> list[Any]:
 
 def _verdict_history(store: Store, model_id: int | None) -> list[Any]:
     """Every verdict of the model, oldest first."""
-    reader = getattr(store, "verdicts", None)
-    if callable(reader):  # the store's own reader, where it has one
-        return list(reader(model_id))
-    from sqlalchemy import select
-    from sqlmodel import col
-
-    from monitor.store.tables import VerdictRecord
-
-    with store.session() as s:
-        return list(
-            s.execute(
-                select(VerdictRecord)
-                .where(col(VerdictRecord.model_id) == model_id)
-                .order_by(col(VerdictRecord.id))
-            ).scalars()
-        )
+    return store.verdicts(model_id) if model_id is not None else []
 
 
 def _drift_history(store: Store, model_id: int | None) -> list[Any]:
     """Every input drift finding of the model, oldest first."""
-    reader = getattr(store, "findings", None)
-    if callable(reader):  # the store's own reader, where it has one
-        return [f for f in reader(model_id) if f.kind == "input"]
-    from sqlalchemy import select
-    from sqlmodel import col
-
-    from monitor.store.tables import DriftRecord
-
-    with store.session() as s:
-        return list(
-            s.execute(
-                select(DriftRecord)
-                .where(col(DriftRecord.model_id) == model_id, col(DriftRecord.kind) == "input")
-                .order_by(col(DriftRecord.id))
-            ).scalars()
-        )
+    return store.findings(model_id, "input") if model_id is not None else []
 
 
 # --- charts ---------------------------------------------------------------------------------------

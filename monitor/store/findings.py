@@ -55,3 +55,11 @@ class FindingsMixin(StoreMixin):
                 .order_by(col(ModelRecord.name), col(DriftRecord.kind), col(DriftRecord.source))
             ).all()
             return [(record, name) for record, name in rows]
+
+    def findings(self, model_id: int, kind: str | None = None) -> list[DriftRecord]:
+        """Every finding of a model (of one ``kind``: input, behaviour, canary), oldest first."""
+        query = select(DriftRecord).where(col(DriftRecord.model_id) == model_id)
+        if kind is not None:
+            query = query.where(col(DriftRecord.kind) == kind)
+        with self.session() as s:
+            return list(s.execute(query.order_by(col(DriftRecord.id))).scalars())

@@ -77,3 +77,14 @@ class VerdictsMixin(StoreMixin):
             return list(
                 s.execute(select(VerdictRecord).join(sub, col(VerdictRecord.id) == sub.c.id)).scalars()
             )
+
+    def verdicts(self, model_id: int) -> list[VerdictRecord]:
+        """Every verdict of a model, oldest first."""
+        with self.session() as s:
+            return list(
+                s.execute(
+                    select(VerdictRecord)
+                    .where(col(VerdictRecord.model_id) == model_id)
+                    .order_by(col(VerdictRecord.id))
+                ).scalars()
+            )
