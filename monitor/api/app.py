@@ -119,6 +119,9 @@ def run_daemon(
     if on_status is not None:
         listener = on_status
         daemon.on_run_finished = lambda _run: listener(status_entries(store))
+        started = getattr(listener, "started", None)
+        if callable(started):
+            daemon.on_run_started = started
     try:
         daemon.start()
     except MonitorError:

@@ -307,6 +307,14 @@ class EventLines:
         stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
         print(f"{stamp} {line}", file=self._out or sys.stdout, flush=True)
 
+    def started(self, plan: Any, run_id: int, resumed: bool) -> None:
+        """A run made or resumed: ``run 8 ticket-router ticket-routing zero-shot: started (180 items)``."""
+        what = "resumed" if resumed else "started"
+        self.say(
+            f"run {run_id} {plan.model_name} {plan.evalset.name} {plan.strategy}: {what} "
+            f"({len(plan.evalset.items)} items)"
+        )
+
     def prime(self, entries: Sequence[dict[str, Any]]) -> None:
         """Take what is already recorded as seen (nothing is printed for it)."""
         self._runs = {(e["model"], e["evalset"], e["strategy"]): e["run"] for e in entries}

@@ -137,6 +137,8 @@ class Daemon:
         self.job_intervals: dict[str, float] = {}
         self.plan_errors: dict[str, int] = {}
         self.on_run_finished: Callable[[RunRecord], None] | None = None
+        #: Called when a run is made or resumed: ``(plan, run_id, resumed)``.
+        self.on_run_started: Callable[[RunPlan, int, bool], None] | None = None
         #: Writes webhook events into the outbox in the caller's transaction (None: no endpoints).
         self.notify = make_notifier(config)
         #: Called after anything may have written an event (the webhook sender's wake-up).
@@ -166,6 +168,7 @@ class Daemon:
             notify=self.notify,
             should_stop=self._stop.is_set,
             on_finished=self._on_run_finished,
+            on_started=self._on_run_started,
             wake=self._wake_sender,
             clock=self.clock,
             slots=self.slots,
@@ -445,8 +448,20 @@ class Daemon:
             if batch < retention.batch_size:
                 break
             self._stop.wait(0.05)
+        texts = 0
+        while deleted and not self._stop.is_set():  # then the prompts no item refers to any more
+            batch = self.store.prune_item_texts(batch_size=retention.batch_size)
+            texts += batch
+            if batch < retention.batch_size:
+                break
+            self._stop.wait(0.05)
         if deleted:
-            log.info("retention: pruned %d item results of runs finished before %s", deleted, cutoff)
+            log.info(
+                "retention: pruned %d item results of runs finished before %s, and %d stored prompts",
+                deleted,
+                cutoff,
+                texts,
+            )
         return deleted
 
     def _retain(self) -> None:
@@ -633,6 +648,10 @@ class Daemon:
             for job in stale_challenger_jobs(self.store, self.config):
                 if self.enqueue(WorkItem(job, "evalset-changed", self.clock())):
                     log.info("a golden set changed since %s last ran: queued again", job)
+
+    def _on_run_started(self, plan: RunPlan, run_id: int, resumed: bool) -> None:
+        if self.on_run_started is not None:
+            self.on_run_started(plan, run_id, resumed)
 
     def _on_run_finished(self, run: RunRecord) -> None:
         if self.on_run_finished is not None:

@@ -121,8 +121,9 @@ class FireRunner:
 
     ``config()`` is read at each step (the daemon's effective configuration grows
     with the releases it finds); ``should_stop()`` is checked between chunks and
-    runs (a stopped fire stays open); ``on_finished(run)`` hears every finished
-    run; ``wake()`` is called after anything may have written an event.
+    runs (a stopped fire stays open); ``on_started(plan, run_id, resumed)`` hears every run
+    made or resumed, ``on_finished(run)`` every finished run; ``wake()`` is called after
+    anything may have written an event.
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class FireRunner:
         notify: Notify | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         on_finished: Callable[[RunRecord], None] | None = None,
+        on_started: Callable[[RunPlan, int, bool], None] | None = None,
         wake: Callable[[], None] | None = None,
         clock: Callable[[], datetime] | None = None,
         slots: RunSlots | None = None,
@@ -146,6 +148,7 @@ class FireRunner:
         self.notify = notify
         self.should_stop = should_stop
         self.on_finished = on_finished
+        self.on_started = on_started
         self.wake = wake
         self.clock = clock
 
@@ -198,6 +201,7 @@ class FireRunner:
                     return
                 log.info("resuming run %d of job %s", run.id, fire.job)
                 run_id = run.id
+            self.started(plan, run_id, resumed=run is not None)
             if self.continue_run(plan, run_id, should_stop=halted).status == "interrupted":
                 interrupted.set()
 
@@ -280,6 +284,14 @@ class FireRunner:
             if run.id is not None and run.status in ("running", "interrupted"):
                 self.finished(self.store.finish_run(run.id, status="failed", error=f"not resumed: {reason}"))
         self.store.finish_fire(fire.id, status="abandoned", error=reason)
+
+    def started(self, plan: RunPlan, run_id: int, *, resumed: bool) -> None:
+        """Tell ``on_started`` (a listener's failure is logged, never the run's)."""
+        if self.on_started is not None:
+            try:
+                self.on_started(plan, run_id, resumed)
+            except Exception:
+                log.exception("the run-started listener failed")
 
     def finished(self, run: RunRecord) -> None:
         """Log a finished run, analyse it (verdicts, canaries, failure streaks) and tell the hook."""
