@@ -102,7 +102,7 @@ from monitor.backends.base import (
     one_line,
     template_digest,
 )
-from monitor.errors import BackendError, EndpointAuthError, EndpointError, ModelLoadError
+from monitor.errors import BackendError, EndpointAuthError, EndpointError, ModelLoadError, reason_of
 
 log = logging.getLogger("monitor.backends.openai")
 T = TypeVar("T")
@@ -705,7 +705,7 @@ class OpenAIBackend:
                 try:
                     result = await one(client, request)
                 except BackendError as exc:
-                    result = failed(request, self._redact(f"{type(exc).__name__}: {exc}"))
+                    result = failed(request, self._redact(reason_of(exc)))
             if progress is not None:
                 progress(1)
             return result
