@@ -340,8 +340,7 @@ def test_an_item_that_keeps_failing_is_an_error_and_its_neighbours_are_answered(
         results = backend.generate([GenerationRequest(PROMPT, 2), GenerationRequest("POISON " + PROMPT, 2)])
     assert results[0].error is None
     assert results[1].error == (
-        "POST /completions failed after 3 attempts: "
-        "HTTP 500 Internal Server Error: injected fault: HTTP 500"
+        "POST /completions failed after 3 attempts: HTTP 500 Internal Server Error: injected fault: HTTP 500"
     )
     assert backend.stats["retries"] == 2 and backend.stats["gave_up"] == 1 and backend.stats["http_500"] == 3
 

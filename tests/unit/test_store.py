@@ -745,9 +745,7 @@ def test_a_run_over_the_error_rate_threshold_fails_with_the_reason(store: Store,
     assert run.id is not None
     stored = store.get_run(run.id)
     assert stored.status == "failed"
-    assert stored.error == (
-        "3 of 10 items failed (30.0% > 20%); first error: cannot score 'question 2'"
-    )
+    assert stored.error == ("3 of 10 items failed (30.0% > 20%); first error: cannot score 'question 2'")
     assert (stored.items_done, stored.items_failed) == (10, 3)
     assert stored.metrics["acc"] == {"value": 1.0, "stderr": 0.0, "n": 7}
 
