@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -25,9 +25,10 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, col
 
-from monitor.errors import NotFoundError
+from monitor.errors import NotFoundError, StoreError
 from monitor.evals.results import ItemResult, item_details
 from monitor.store._mixin import StoreMixin
 from monitor.store.tables import (
@@ -51,7 +52,18 @@ class RunsMixin(StoreMixin):
     def upsert_model(
         self, name: str, *, kind: str, base: str, adapter: str | None, fingerprint: str | None = None
     ) -> ModelRecord:
-        """Create or update the model called ``name``; a known fingerprint is kept when none is given."""
+        """Create or update the model called ``name``; a known fingerprint is kept when none is given.
+
+        Two processes creating the same model at once (two ``--slot`` claimants): the one whose
+        insert loses to the other's reads the row it made and updates it.
+        """
+        return _once_more_on_conflict(
+            lambda: self._upsert_model(name, kind=kind, base=base, adapter=adapter, fingerprint=fingerprint)
+        )
+
+    def _upsert_model(
+        self, name: str, *, kind: str, base: str, adapter: str | None, fingerprint: str | None
+    ) -> ModelRecord:
         now = utcnow()
         with self.session() as s:
             record = s.execute(select(ModelRecord).where(col(ModelRecord.name) == name)).scalar_one_or_none()
@@ -108,7 +120,14 @@ class RunsMixin(StoreMixin):
     def ensure_evalset_version(
         self, name: str, version: str, *, task: str, path: str, item_count: int
     ) -> EvalSetVersionRecord:
-        """The row for this exact eval set version, created on first use."""
+        """The row for this exact eval set version, created on first use (by whichever process is first)."""
+        return _once_more_on_conflict(
+            lambda: self._ensure_evalset_version(name, version, task=task, path=path, item_count=item_count)
+        )
+
+    def _ensure_evalset_version(
+        self, name: str, version: str, *, task: str, path: str, item_count: int
+    ) -> EvalSetVersionRecord:
         with self.session() as s:
             query = select(EvalSetVersionRecord).where(
                 col(EvalSetVersionRecord.name) == name, col(EvalSetVersionRecord.version) == version
@@ -896,3 +915,17 @@ def _insert_ignoring_duplicates(session: Any, rows: list[dict[str, str]]) -> Any
 
         return sqlite_insert(ItemTextRecord).values(rows).on_conflict_do_nothing(index_elements=["sha256"])
     return insert(ItemTextRecord).values(rows)
+
+
+R = TypeVar("R")
+
+
+def _once_more_on_conflict(write: Callable[[], R]) -> R:
+    """``write()``, and once more when its insert lost a race for a unique key to another writer
+    (the second try finds the row the other made)."""
+    try:
+        return write()
+    except StoreError as exc:
+        if not isinstance(exc.__cause__, IntegrityError):
+            raise
+    return write()
