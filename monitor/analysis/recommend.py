@@ -36,6 +36,7 @@ shown as ruled out and never called the cheapest.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -130,8 +131,7 @@ class ChallengerEvidence:
         if len(self.draw_scores) < 2:
             return ""
         n = len(self.draw_scores)
-        mean = sum(self.draw_scores) / n
-        sd = (sum((x - mean) ** 2 for x in self.draw_scores) / (n - 1)) ** 0.5
+        sd = statistics.stdev(self.draw_scores)
         return (
             f"; over {n} draws of the few-shot examples it scored {min(self.draw_scores):.3f} to "
             f"{max(self.draw_scores):.3f} (sd {sd:.3f})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,8 +181,8 @@ def draw_spread(
         if not columns or not columns[0]:
             continue
         scores = [sum(column) / len(column) for column in columns]
-        mean = sum(scores) / len(scores)
-        sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)) if len(scores) > 1 else 0.0
+        mean = statistics.fmean(scores)
+        sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
         out["metrics"][metric] = {
             "scores": scores,
             "mean": mean,
