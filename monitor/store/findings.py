@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlmodel import col
 
 from monitor.events import Event, Notify
 from monitor.store._mixin import StoreMixin
-from monitor.store.tables import DriftRecord, ModelRecord
+from monitor.store.tables import LATEST_FINDINGS, DriftRecord, ModelRecord
 
 
 class FindingsMixin(StoreMixin):
@@ -41,16 +41,12 @@ class FindingsMixin(StoreMixin):
         return self._add_with_events(findings, events, notify)
 
     def latest_findings(self) -> list[tuple[DriftRecord, str]]:
-        """The newest drift or canary record of every (model, kind, source), with the model's name."""
+        """The newest drift or canary record of every (model, kind, source), with the model's name,
+        from the roll-up ``latest_findings`` (one row per series, however long the history)."""
         with self.session() as s:
-            newest = (
-                select(func.max(col(DriftRecord.id)).label("id"))
-                .group_by(col(DriftRecord.model_id), col(DriftRecord.kind), col(DriftRecord.source))
-                .subquery()
-            )
             rows = s.execute(
                 select(DriftRecord, col(ModelRecord.name))
-                .join(newest, col(DriftRecord.id) == newest.c.id)
+                .join(LATEST_FINDINGS, col(DriftRecord.id) == LATEST_FINDINGS.c.finding_id)
                 .join(ModelRecord, col(DriftRecord.model_id) == col(ModelRecord.id))
                 .order_by(col(ModelRecord.name), col(DriftRecord.kind), col(DriftRecord.source))
             ).all()

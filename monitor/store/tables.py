@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, Integer, String, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -240,6 +240,7 @@ class VerdictRecord(SQLModel, table=True):
     __tablename__ = "verdicts"
     __table_args__ = (
         Index("ix_verdicts_series", "model_id", "evalset_name", "strategy", "metric", "run_id"),
+        Index("ix_verdicts_series_newest", "model_id", "evalset_name", "strategy", "metric", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -384,3 +385,26 @@ class ReleaseRecord(SQLModel, table=True):
     evaluated_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+
+
+#: The newest verdict of every (model, eval set, strategy, metric) and the newest finding of every
+#: (model, kind, source), kept by triggers on ``verdicts`` and ``drift_analyses`` (migration 0012)
+#: in the transaction of every write: the latest-per-series reads join these rows, not a
+#: ``GROUP BY`` over the whole history.
+LATEST_VERDICTS = Table(
+    "latest_verdicts",
+    SQLModel.metadata,
+    Column("model_id", Integer, primary_key=True, autoincrement=False),
+    Column("evalset_name", String(200), primary_key=True),
+    Column("strategy", String(40), primary_key=True),
+    Column("metric", String(80), primary_key=True),
+    Column("verdict_id", Integer, nullable=False),
+)
+LATEST_FINDINGS = Table(
+    "latest_findings",
+    SQLModel.metadata,
+    Column("model_id", Integer, primary_key=True, autoincrement=False),
+    Column("kind", String(20), primary_key=True),
+    Column("source", String(200), primary_key=True),
+    Column("finding_id", Integer, nullable=False),
+)

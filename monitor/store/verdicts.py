@@ -9,7 +9,7 @@ from sqlmodel import col
 
 from monitor.events import Event, Notify
 from monitor.store._mixin import StoreMixin
-from monitor.store.tables import VerdictRecord
+from monitor.store.tables import LATEST_VERDICTS, VerdictRecord
 
 
 class VerdictsMixin(StoreMixin):
@@ -63,20 +63,15 @@ class VerdictsMixin(StoreMixin):
         return self._add_with_events(records, events, notify)
 
     def latest_verdicts(self, model_id: int | None = None) -> list[VerdictRecord]:
-        """The newest verdict of every (model, eval set, strategy, metric)."""
+        """The newest verdict of every (model, eval set, strategy, metric), from the roll-up
+        ``latest_verdicts`` (one row per series, however long the history)."""
+        query = select(VerdictRecord).join(
+            LATEST_VERDICTS, col(VerdictRecord.id) == LATEST_VERDICTS.c.verdict_id
+        )
+        if model_id is not None:
+            query = query.where(LATEST_VERDICTS.c.model_id == model_id)
         with self.session() as s:
-            newest = select(func.max(col(VerdictRecord.id)).label("id")).group_by(
-                col(VerdictRecord.model_id),
-                col(VerdictRecord.evalset_name),
-                col(VerdictRecord.strategy),
-                col(VerdictRecord.metric),
-            )
-            if model_id is not None:
-                newest = newest.where(col(VerdictRecord.model_id) == model_id)
-            sub = newest.subquery()
-            return list(
-                s.execute(select(VerdictRecord).join(sub, col(VerdictRecord.id) == sub.c.id)).scalars()
-            )
+            return list(s.execute(query).scalars())
 
     def verdicts(self, model_id: int) -> list[VerdictRecord]:
         """Every verdict of a model, oldest first."""

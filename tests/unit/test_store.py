@@ -69,6 +69,8 @@ TABLES = {
     "fires",
     "item_texts",
     "run_counters",
+    "latest_verdicts",
+    "latest_findings",
 }
 
 
@@ -175,7 +177,7 @@ def test_migrations_create_the_schema_from_empty(db_url: str) -> None:
 
     with Store.open(db_url) as store:
         assert store.schema_tables() == {*TABLES, "alembic_version"}
-        assert current_revision(store) == head_revision() == "0011"
+        assert current_revision(store) == head_revision() == "0012"
         columns = {c["name"] for c in inspect(store.engine).get_columns("item_results")}
         assert {"run_id", "item_id", "prediction", "target", "scores", "error"} <= columns
 
