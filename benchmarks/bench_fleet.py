@@ -32,7 +32,7 @@ or when the concurrent pass stays under ``--min-ratio`` of the bound.
 
 Usage::
 
-    python benchmarks/bench_fleet.py              # 50 adapters, 3 x 400 items, C=128, L=500 ms
+    python benchmarks/bench_fleet.py              # 50 adapters, 3 x 400 items, C=128, L=1 s (16 min here)
     python benchmarks/bench_fleet.py --quick      # 6 adapters, 3 x 60 items, C=64, L=200 ms
 """
 
@@ -350,14 +350,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--concurrency", type=int, default=128, help="The endpoint's max_concurrency (C).")
     parser.add_argument(
-        "--latency-ms", type=float, default=500.0, help="Added to every inference request (L)."
+        "--latency-ms", type=float, default=1000.0, help="Added to every inference request (L)."
     )
     parser.add_argument("--chunk-size", type=int, default=16, help="daemon.chunk_size (the default).")
     parser.add_argument(
         "--max-runs", type=int, default=16, help="daemon.max_concurrent_runs of the concurrent passes."
     )
     parser.add_argument(
-        "--serial-jobs", type=int, default=10, help="Jobs the serial worker runs (its time is projected)."
+        "--serial-jobs", type=int, default=4, help="Jobs the serial worker runs (its time is projected)."
     )
     parser.add_argument("--min-ratio", type=float, default=0.85)
     parser.add_argument("--timeout", type=float, default=1800.0, help="Seconds a pass may take.")
@@ -367,11 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="JSON report (default benchmarks/fleet.json; --quick: fleet_quick.json).",
     )
+    if parser.parse_known_args(argv)[0].quick:  # the small check's settings, where none is given
+        parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
-    if args.quick:  # the small check's settings, where none was given
-        for key, value in QUICK.items():
-            if getattr(args, key) == parser.get_default(key):
-                setattr(args, key, value)
     if args.report is None:
         name = "fleet_quick.json" if args.quick else "fleet.json"
         args.report = str(Path(__file__).with_name(name) if not args.quick else Path(args.workdir) / name)

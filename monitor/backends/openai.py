@@ -230,17 +230,36 @@ class EndpointGate:
         self.max_in_flight = 0
         # Touched on the loop's thread only: no lock.
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._http: httpx.AsyncClient | None = None
+        #: The endpoint's connection pools and the requests in flight through each.
+        self._pools: list[httpx.AsyncClient] = []
+        self._pool_load: list[int] = []
 
     def client(self) -> httpx.AsyncClient:
-        """The endpoint's one connection pool (on the loop's thread), shared by its backends: the gate
-        bounds the connections in use, and a pool per backend would keep idle connections per backend
-        (fifty adapters, thousands of sockets) that every request of that pool walks through."""
-        if self._http is None:
-            self._http = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=SHARED_KEEPALIVE)
+        """The endpoint's first connection pool (on the loop's thread), for calls outside the gate's
+        slots (loading, ``/version``, ``/tokenize``)."""
+        return self._pools[0] if self._pools else self._pools_at(0)
+
+    def _pools_at(self, index: int) -> httpx.AsyncClient:
+        while len(self._pools) <= index:
+            self._pools.append(
+                httpx.AsyncClient(
+                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=POOL_CONNECTIONS)
+                )
             )
-        return self._http
+            self._pool_load.append(0)
+        return self._pools[index]
+
+    def _pick_pool(self) -> int:
+        """The first pool with fewer than :data:`POOL_CONNECTIONS` requests in flight (a new one when
+        none has): the pools are shared by every backend of the endpoint, since a pool per backend
+        would keep idle connections per backend (fifty adapters, thousands of sockets), and none
+        grows past ``POOL_CONNECTIONS`` connections, since httpcore walks every connection of a pool
+        on each request and its close (so one pool of ``C`` connections costs ``O(C)`` a request)."""
+        for index, load in enumerate(self._pool_load):
+            if load < POOL_CONNECTIONS:
+                return index
+        self._pools_at(len(self._pools))
+        return len(self._pools) - 1
 
     def _set_limits(self, max_concurrency: int, change: int) -> None:
         """Count a backend in (``change`` 1) or out (-1) and recompute the limit (under ``_GATES_LOCK``)."""
@@ -267,8 +286,8 @@ class EndpointGate:
         self._admit()
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the endpoint's request slots (on the gate's loop)."""
+    async def slot(self) -> AsyncIterator[httpx.AsyncClient]:
+        """Hold one of the endpoint's request slots (on the gate's loop): the pool to send it through."""
         if self.in_flight < self.limit and not self._waiters:
             self._take()
         else:
@@ -280,15 +299,23 @@ class EndpointGate:
                 if waiter.done() and not waiter.cancelled():
                     self._give()  # admitted as it was cancelled: hand the slot on
                 raise
+        index = self._pick_pool()
+        self._pool_load[index] += 1
         try:
-            yield
+            yield self._pools[index]
         finally:
+            self._pool_load[index] -= 1
             self._give()
+
+    async def aclose(self) -> None:
+        pools, self._pools, self._pool_load = self._pools, [], []
+        for pool in pools:
+            await pool.aclose()
 
 
 _GATES: dict[tuple[str, str | None], EndpointGate] = {}
-#: Idle connections an endpoint's shared pool keeps (the most ``max_concurrency`` allows).
-SHARED_KEEPALIVE = 1024
+#: The most requests in flight through one of an endpoint's connection pools (:meth:`EndpointGate._pick_pool`).
+POOL_CONNECTIONS = 16
 _GATES_LOCK = threading.Lock()
 
 
@@ -324,10 +351,8 @@ def _detach(gate: EndpointGate, endpoint: EndpointSpec) -> None:
     if threading.current_thread() is gate.thread:
         gate.loop.call_soon_threadsafe(gate.loop.stop)
         return  # a backend dropped on the loop's own thread: the loop stops when this callback returns
-    http, gate._http = gate._http, None
-    if http is not None:
-        with contextlib.suppress(Exception):  # closing sockets: nothing to keep from a failure
-            asyncio.run_coroutine_threadsafe(http.aclose(), gate.loop).result(timeout=10)
+    with contextlib.suppress(Exception):  # closing sockets: nothing to keep from a failure
+        asyncio.run_coroutine_threadsafe(gate.aclose(), gate.loop).result(timeout=10)
     gate.loop.call_soon_threadsafe(gate.loop.stop)
     gate.thread.join(timeout=10)
     gate.loop.close()
@@ -700,10 +725,10 @@ class OpenAIBackend:
         gate = self._gate
         assert gate is not None  # attached by _run, which every call goes through
 
-        async def guarded(client: httpx.AsyncClient, request: Any) -> T:
-            async with gate.slot():
+        async def guarded(client: httpx.AsyncClient | None, request: Any) -> T:
+            async with gate.slot() as pooled:
                 try:
-                    result = await one(client, request)
+                    result = await one(client or pooled, request)
                 except BackendError as exc:
                     result = failed(request, self._redact(reason_of(exc)))
             if progress is not None:
@@ -712,8 +737,8 @@ class OpenAIBackend:
 
         if not requests:
             return []
-        client = self._connection_pool()
-        return list(await asyncio.gather(*(guarded(client, r) for r in requests)))
+        own = self._connection_pool() if self._transport is not None else None  # a test's transport
+        return list(await asyncio.gather(*(guarded(own, r) for r in requests)))
 
     async def _score_item(
         self, client: httpx.AsyncClient, request: LoglikelihoodRequest

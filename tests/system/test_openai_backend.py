@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 import torch
 from prometheus_client import CollectorRegistry, generate_latest
@@ -222,6 +223,25 @@ def test_count_tokens_estimates_without_tokenize(served: dict[str, ServedModel])
         backend = connect(plain)
         assert backend.count_tokens("x" * 41) == 11  # four characters a token, rounded up
         assert backend.describe()["tokenize"] == "estimate"
+
+
+def test_a_memoizing_server_answers_a_repeated_request_as_first_computed(
+    served: dict[str, ServedModel],
+) -> None:
+    """``--memoize`` (the benchmarks' server): a repeated greedy request gets the first answer's bytes
+    without the model; a sampled one without a seed is computed anew."""
+    greedy = {"model": "tiny", "prompt": "Ticket: refund\nCategory:", "max_tokens": 3, "temperature": 0}
+    sampled = {**greedy, "temperature": 1.0}
+    with OpenAIServer(served, memoize=True) as memo:
+        url = memo.url + "/completions"
+        first = httpx.post(url, json=greedy)
+        again = [httpx.post(url, json=greedy) for _ in range(3)]
+        assert [r.content for r in again] == [first.content] * 3
+        assert first.status_code == 200 and memo.stats["/v1/completions"] == 4
+        assert len(memo._sent) == 1 and len(memo._cache) == 1
+        for _ in range(2):
+            assert httpx.post(url, json=sampled).status_code == 200
+        assert len(memo._sent) == 1 and len(memo._cache) == 1  # never kept
 
 
 def test_unknown_model_and_unreachable_server_fail_to_load(server: OpenAIServer) -> None:

@@ -20,7 +20,7 @@ from monitor.backends.base import (
     ModelFingerprint,
     ProgressCallback,
 )
-from monitor.backends.openai import OpenAIBackend, endpoint_gate
+from monitor.backends.openai import POOL_CONNECTIONS, OpenAIBackend, endpoint_gate
 from monitor.errors import BackendError
 from monitor.testing.openai_server import FaultPlan, OpenAIServer, ServedModel
 
@@ -106,6 +106,34 @@ def test_the_bound_holds_across_the_backends_and_threads_of_one_endpoint(server:
         for backend in backends:
             backend.close()
     assert endpoint_gate(backends[0].endpoint) is None  # the last backend out stopped its loop
+
+
+def test_a_wide_endpoint_spreads_its_requests_over_small_connection_pools(server: OpenAIServer) -> None:
+    """C = 40: three pools of at most 16 requests in flight each (httpcore walks a pool's every
+    connection per request), each holding no more connections than it had requests at once."""
+    backends = [connect(server, name, 40) for name in ("adapter-a", "adapter-b")]
+    try:
+        gate = endpoint_gate(backends[0].endpoint)
+        assert gate is not None
+        picked: list[int] = []  # the load of each pool a request was sent through, before it
+        original = gate._pick_pool
+
+        def pick() -> int:
+            index = original()
+            picked.append(gate._pool_load[index])
+            return index
+
+        gate._pick_pool = pick  # type: ignore[method-assign]
+        out = at_once(*((b, requests(60, b.model)) for b in backends))
+        assert all(r.error is None for o in out for r in o)
+        assert server.max_in_flight == gate.max_in_flight == 40
+        assert len(gate._pools) == 3 and len(picked) == 120 and max(picked) < POOL_CONNECTIONS
+        assert gate._pool_load == [0, 0, 0]  # every slot given back to its pool
+        for pool in gate._pools:
+            assert len(pool._transport._pool.connections) <= POOL_CONNECTIONS  # type: ignore[attr-defined]
+    finally:
+        for backend in backends:
+            backend.close()
 
 
 def test_the_smallest_limit_of_an_endpoint_applies_until_its_backend_leaves(server: OpenAIServer) -> None:
