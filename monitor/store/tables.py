@@ -76,6 +76,7 @@ class RunRecord(SQLModel, table=True):
         Index("ix_runs_status", "status"),
         #: the latest-per-series reads (status, metrics): a year of history read in tens of ms
         Index("ix_runs_series", "model_id", "evalset_name", "strategy", "status", "id"),
+        Index("ix_runs_started", "started_at", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

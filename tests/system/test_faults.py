@@ -334,9 +334,13 @@ def test_a_holder_paused_past_its_lease_is_fenced_when_it_wakes(
     with daemons() as started:
         first = Daemon(config, "first")
         started.append(first)
-        first.wait_for(lambda: bool(query(db, "select 1 from runs where items_done >= 8")), "a run")
+        # the 400-item run, not the 24-item generation run before it (done by the time of the pause
+        # on a quiet machine, which left the second daemon nothing to resume)
+        running = "select id from runs where status = 'running' and evalset_name = 'mc' and items_done >= 8"
+        first.wait_for(lambda: bool(query(db, running)), "a run")
         pause_between_writes(first, db)
         try:
+            assert query(db, running), "paused after the run: nothing left to take over"
             time.sleep(3.0)  # past the 2 s lease
             second = Daemon(config, "second")
             started.append(second)

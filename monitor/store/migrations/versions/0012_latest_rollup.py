@@ -1,4 +1,5 @@
-"""latest_verdicts and latest_findings: the newest verdict and finding of every series, kept by triggers
+"""latest_verdicts and latest_findings: the newest verdict and finding of every series, kept by triggers;
+the runs listed newest first by an index
 
 A scrape, the status page and the recommender read the newest verdict of every (model, eval set,
 strategy, metric) and the newest drift or canary finding of every (model, kind, source).  Both
@@ -10,6 +11,9 @@ the transaction of every insert, update and delete, whichever code writes it:
 * an insert raises the series' id when it is newer;
 * a delete (or an update that moves a row to another series) of the row that held it recomputes
   the series' newest id from its rows (an index range), and removes the series when none is left.
+
+And ``ix_runs_started`` (``started_at``, ``id``): the runs listing (``monitor runs``, the API's runs
+page) is newest first, which sorted every run before.
 
 A later migration that rebuilds ``verdicts`` or ``drift_analyses`` on SQLite (``batch_alter_table``
 in recreate mode drops the table's triggers) must call :func:`create_triggers` again after it.
@@ -69,12 +73,14 @@ def upgrade() -> None:
         )
         if r.id_index:  # the verdicts' series index ends with run_id: the recompute wants the id
             op.create_index(r.id_index, r.source, [*r.key, "id"])
+    op.create_index("ix_runs_started", "runs", ["started_at", "id"])
     create_triggers()
     refill()
 
 
 def downgrade() -> None:
     drop_triggers()
+    op.drop_index("ix_runs_started", table_name="runs")
     for r in _ROLLUPS:
         if r.id_index:
             op.drop_index(r.id_index, table_name=r.source)
