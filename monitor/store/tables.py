@@ -9,7 +9,19 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Integer, String, Table, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -408,4 +420,39 @@ LATEST_FINDINGS = Table(
     Column("kind", String(20), primary_key=True),
     Column("source", String(200), primary_key=True),
     Column("finding_id", Integer, nullable=False),
+)
+
+
+#: The run-duration buckets ``run_counters`` keeps (seconds; migration 0011 holds the same list).
+RUN_DURATION_BOUNDS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
+
+
+def bucket_column(bound: float) -> str:
+    """The ``run_counters`` column counting runs of at most ``bound`` seconds (``le_300``)."""
+    return f"le_{bound:g}".replace(".", "_")
+
+
+#: The runs' counters summed per (model, eval set, job, status), kept by triggers on ``runs``
+#: (migration 0010) in the transaction of every insert, update and delete of a run: a scrape reads
+#: these rows, not every run.  ``job`` is ``''`` for runs without one.
+RUN_COUNTERS = Table(
+    "run_counters",
+    SQLModel.metadata,
+    Column("model_id", Integer, primary_key=True, autoincrement=False),
+    Column("evalset_name", String(200), primary_key=True),
+    Column("job", String(200), primary_key=True),
+    Column("status", String(20), primary_key=True),
+    Column("runs", BigInteger, nullable=False),
+    Column("items_done", BigInteger, nullable=False),
+    Column("items_failed", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    # migration 0011: the duration histogram (runs with a duration; their sum; at most each bound)
+    Column("timed_runs", BigInteger, nullable=False),
+    Column("duration_s_total", Float, nullable=False),
+    *(Column(bucket_column(bound), BigInteger, nullable=False) for bound in RUN_DURATION_BOUNDS),
+    # and the newest of the group's runs: finished, with a load time, scheduled
+    Column("last_finished_at", DateTime(timezone=True), nullable=True),
+    Column("last_load_id", Integer, nullable=True),
+    Column("last_scheduled_id", Integer, nullable=True),
 )

@@ -22,8 +22,8 @@ from sqlalchemy import delete, insert, select, update
 from monitor.exporters.metrics import DURATION_BUCKETS, StoreCollector
 from monitor.store import RunRecord, Store, utcnow
 from monitor.store.db import MIGRATIONS, alembic_config, migrate
-from monitor.store.runs import RUN_DURATION_BOUNDS, RunCount
-from monitor.store.tables import ItemResultRecord
+from monitor.store.runs import RunCount
+from monitor.store.tables import RUN_DURATION_BOUNDS, ItemResultRecord
 from tests.helpers.pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from tests.unit.test_store import add_evalset, add_model, result, start
 
