@@ -16,6 +16,9 @@ a failure so that a broken CI image cannot pass quietly.
 ``postgres_url`` (function scope) gives each test an empty schema of its own,
 selected through the connection's ``search_path``; the session runs in a
 non-UTC time zone so that timestamp handling has to be right.
+
+``store`` (import ``sqlite_or_postgres_store``) runs a test twice: on a new SQLite file and on
+an empty PostgreSQL schema, the store opened (migrated) on each.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
+
+from monitor.store import Store
 
 URL_ENV = "MONITOR_TEST_POSTGRES_URL"
 REQUIRED_ENV = "MONITOR_TEST_POSTGRES_REQUIRED"
@@ -246,3 +251,15 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(name="store", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def sqlite_or_postgres_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A store on a new SQLite file, then on an empty PostgreSQL schema."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'monitor.db'}"
+    else:
+        url = str(request.getfixturevalue("postgres_url"))
+    opened = Store.open(url)
+    yield opened
+    opened.close()

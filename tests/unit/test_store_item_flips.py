@@ -4,26 +4,15 @@ with :func:`monitor.analysis.behaviour.flaky_items` on the same runs, on SQLite 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from monitor.analysis.behaviour import flaky_items
 from monitor.store import Store
-from tests.helpers.pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from tests.helpers.pg import (  # noqa: F401  (fixtures)
+    postgres_server,
+    postgres_url,
+    sqlite_or_postgres_store,
+)
 from tests.unit.test_store import result, start
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'monitor.db'}"
-    else:
-        url = str(request.getfixturevalue("postgres_url"))
-    opened = Store.open(url)
-    yield opened
-    opened.close()
 
 
 def test_item_flips_counts_what_flaky_items_counts(store: Store) -> None:

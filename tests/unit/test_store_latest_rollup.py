@@ -8,35 +8,25 @@ from the rows already there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from alembic import command
 from sqlalchemy import delete, func, insert, select, update
 
 from monitor.store import Store
 from monitor.store.db import alembic_config, migrate
 from monitor.store.tables import DriftRecord, VerdictRecord, utcnow
-from tests.helpers.pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from tests.helpers.pg import (  # noqa: F401  (fixtures)
+    postgres_server,
+    postgres_url,
+    sqlite_or_postgres_store,
+)
 from tests.unit.test_store import add_model, start
 
 VERDICTS: Any = VerdictRecord.__table__  # type: ignore[attr-defined]
 FINDINGS: Any = DriftRecord.__table__  # type: ignore[attr-defined]
 VERDICT_SERIES = ("model_id", "evalset_name", "strategy", "metric")
 FINDING_SERIES = ("model_id", "kind", "source")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'monitor.db'}"
-    else:
-        url = str(request.getfixturevalue("postgres_url"))
-    opened = Store.open(url)
-    yield opened
-    opened.close()
 
 
 def scanned(store: Store, table: Any, series: tuple[str, ...]) -> set[int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,21 +23,14 @@ from monitor.store import RunRecord, Store, utcnow
 from monitor.store.db import MIGRATIONS, alembic_config, migrate
 from monitor.store.runs import RunCount
 from monitor.store.tables import RUN_DURATION_BOUNDS, ItemResultRecord
-from tests.helpers.pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from tests.helpers.pg import (  # noqa: F401  (fixtures)
+    postgres_server,
+    postgres_url,
+    sqlite_or_postgres_store,
+)
 from tests.unit.test_store import add_evalset, add_model, result, start
 
 RUNS: Any = RunRecord.__table__  # type: ignore[attr-defined]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'monitor.db'}"
-    else:
-        url = str(request.getfixturevalue("postgres_url"))
-    opened = Store.open(url)
-    yield opened
-    opened.close()
 
 
 def rolled_up(store: Store) -> list[RunCount]:
