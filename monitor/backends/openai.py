@@ -237,17 +237,16 @@ class EndpointGate:
     def client(self) -> httpx.AsyncClient:
         """The endpoint's first connection pool (on the loop's thread), for calls outside the gate's
         slots (loading, ``/version``, ``/tokenize``)."""
-        return self._pools[0] if self._pools else self._pools_at(0)
+        return self._pools[0] if self._pools else self._pools[self._add_pool()]
 
-    def _pools_at(self, index: int) -> httpx.AsyncClient:
-        while len(self._pools) <= index:
-            self._pools.append(
-                httpx.AsyncClient(
-                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=POOL_CONNECTIONS)
-                )
+    def _add_pool(self) -> int:
+        self._pools.append(
+            httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=POOL_CONNECTIONS)
             )
-            self._pool_load.append(0)
-        return self._pools[index]
+        )
+        self._pool_load.append(0)
+        return len(self._pools) - 1
 
     def _pick_pool(self) -> int:
         """The first pool with fewer than :data:`POOL_CONNECTIONS` requests in flight (a new one when
@@ -258,8 +257,7 @@ class EndpointGate:
         for index, load in enumerate(self._pool_load):
             if load < POOL_CONNECTIONS:
                 return index
-        self._pools_at(len(self._pools))
-        return len(self._pools) - 1
+        return self._add_pool()
 
     def _set_limits(self, max_concurrency: int, change: int) -> None:
         """Count a backend in (``change`` 1) or out (-1) and recompute the limit (under ``_GATES_LOCK``)."""
